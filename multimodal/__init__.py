@@ -1,0 +1,1 @@
+"""Shared core: cohort tables, tabular preprocessing, MRI pipeline, encoders, synthetic cohorts."""

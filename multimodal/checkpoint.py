@@ -1,0 +1,101 @@
+"""Atomic file writes and safe weight loading.
+
+Every file a run writes goes through a temp file in the same folder and ``os.replace``, so a
+killed process never leaves a half-written file under the final name (open_clip ``main.py``).
+Weights are ``.safetensors``; other tensors load with ``torch.load(weights_only=True)`` only,
+which refuses pickled code (timm ``_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from multimodal.errors import StrokeSSLError
+
+# Wrappers that prefix parameter names: DistributedDataParallel, torch.compile, Lightning.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Save a state dict as ``.safetensors`` atomically (tensors made contiguous, shared storage split)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_weights(path: str | Path, strip_prefixes: tuple[str, ...] = _WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:
+    """Load a state dict from a local ``.safetensors`` or a tensors-only ``.pt``/``.pth`` file.
+
+    Prefixes left by wrappers (``module.``, ``_orig_mod.``) are stripped. A ``.pt`` holding a
+    dict with ``state_dict`` / ``model`` is unwrapped. Nothing is ever downloaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StrokeSSLError(f"weights file {path} does not exist; give a local file path")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own untyped errors on corrupt headers
+            raise StrokeSSLError(f"weights file {path} is not a readable safetensors file: {err}") from err
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise StrokeSSLError(
+                f"weights file {path} could not be loaded with weights_only=True ({err}); "
+                "convert it to .safetensors, we never unpickle code"
+            ) from err
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise StrokeSSLError(f"weights file {path} does not hold a state dict of tensors")
+    stripped = {}
+    for key, value in state.items():
+        for prefix in strip_prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        stripped[key] = value
+    return stripped
+
+
+def load_into(module: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load local weights into ``module``; a mismatch names the missing and unexpected keys."""
+    state = load_weights(path)
+    result = module.load_state_dict(state, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise StrokeSSLError(
+            f"weights file {path} does not match {type(module).__name__}: "
+            f"missing {result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, "
+            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}; "
+            "check the encoder name and arguments match the ones the weights were trained with"
+        )

@@ -1,0 +1,342 @@
+"""YAML configs as typed dataclasses.
+
+Two kinds of config (DESIGN.md §6):
+
+* ``cohort.yaml`` describes data only (which column is the id, the label, each MRI sequence...);
+* a run config (``configs/*.yaml``) points at a cohort config by path under ``cohort`` and holds
+  ``seed``, ``run``, ``data``, ``imaging``, ``model``, ``pretrain`` and ``finetune``.
+
+Unknown keys are an error naming the key and the nearest valid one; ``--set a.b=value`` overrides
+any key from the command line; relative paths resolve against the YAML file that contains them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from multimodal.errors import ConfigError
+
+T = TypeVar("T")
+
+MISSING_IMAGE_POLICIES = ("error", "drop", "zero")
+FEATURE_TYPES = ("continuous", "categorical")
+CACHE_DTYPES = ("float32", "float16")
+
+
+# --------------------------------------------------------------------------- cohort config
+@dataclass
+class CohortConfig:
+    """What a cohort CSV holds (DESIGN.md §2). Written by ``strokessl synth`` beside its CSV."""
+
+    csv: Path  # the cohort table; image paths inside it are relative to its folder
+    id: str = "subject_id"  # unique subject (patient) id column
+    images: dict[str, str] = field(default_factory=dict)  # sequence name -> column of NIfTI paths
+    label: str | None = "recurrence_12m"  # 0/1 outcome column, empty = unlabeled; None = no label
+    # value -> 0/1; matched case-insensitively after stripping. None = 0/1, 0.0/1.0, true/false, yes/no
+    label_map: dict[str, int] | None = None
+    text: list[str] = field(default_factory=list)  # free-text columns (never used as features)
+    ignore: list[str] = field(default_factory=list)  # columns that are neither features nor roles
+    features: list[str] | None = None  # optional allow-list of clinical feature columns
+    types: dict[str, str] = field(default_factory=dict)  # column -> continuous | categorical
+    na_values: list[Any] = field(default_factory=list)  # extra missing-value markers, e.g. -999
+    missing_images: str = "error"  # a subject lacking a sequence: error | drop | zero (empty channel)
+    volume_index: dict[str, int] = field(default_factory=dict)  # sequence -> volume of a 4D file
+    source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
+
+    def __post_init__(self) -> None:
+        check_choice("missing_images", self.missing_images, MISSING_IMAGE_POLICIES)
+        for column, kind in self.types.items():
+            check_choice(f"types.{column}", kind, FEATURE_TYPES)
+        for sequence in self.volume_index:
+            if sequence not in self.images:
+                raise ConfigError(
+                    f"volume_index names sequence {sequence!r}, which is not in images "
+                    f"({sorted(self.images)}); use a sequence name from images"
+                )
+        if self.label_map is not None:
+            for value, target in self.label_map.items():
+                if target not in (0, 1):
+                    raise ConfigError(f"label_map.{value} must map to 0 or 1, got {target!r}")
+
+    @property
+    def root(self) -> Path:
+        """Folder that image paths in the CSV are relative to."""
+        return self.csv.parent
+
+
+# --------------------------------------------------------------------------- run config
+@dataclass
+class RunSection:
+    dir: Path | None = None  # default: runs/<config file stem>, relative to the working directory
+
+
+@dataclass
+class DataConfig:
+    cache_dir: Path | None = None  # default: <cohort folder>/.strokessl-cache
+    workers: int = 4  # DataLoader workers (augmentations run there)
+    cache_dtype: str = "float32"  # float16 halves the cache on disk and in memory
+
+    def __post_init__(self) -> None:
+        check_choice("data.cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class AugmentConfig:
+    """Random MRI augmentations, each drawn per sample and per call (MONAI ``Rand*d``)."""
+
+    enabled: bool = True
+    affine_prob: float = 0.5
+    rotate_range: float = 0.17  # radians (~10 degrees), each axis, as MONAI reads it
+    scale_range: float = 0.1  # ± fraction
+    translate_range: float = 4.0  # voxels
+    flip_prob: float = 0.0  # left-right; off by default as infarct side may matter clinically
+    noise_prob: float = 0.3
+    noise_std: float = 0.05  # in normalised (z-score) units
+    bias_field_prob: float = 0.3
+    bias_field_coeff: float = 0.3
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+
+
+@dataclass
+class ImagingConfig:
+    sequences: list[str] | None = None  # channels in this order; None = all cohort sequences
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # target voxel size in mm (RAS axes)
+    spatial_size: tuple[int, int, int] = (96, 112, 96)  # final grid after head crop + pad/crop
+    orientation: str = "RAS"
+    head_margin_mm: float = 6.0  # margin kept around the head mask when cropping
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.spacing):
+            raise ConfigError(f"imaging.spacing must be positive mm values, got {self.spacing}")
+        if any(s < 1 for s in self.spatial_size):
+            raise ConfigError(f"imaging.spatial_size must be >= 1, got {self.spatial_size}")
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: str = "resnet3d_18"  # a name from multimodal.encoders.ENCODERS
+    image_encoder_args: dict[str, Any] = field(default_factory=dict)
+    image_weights: Path | None = None  # local .safetensors / .pt file; nothing is downloaded
+    tabular_encoder: str = "ft_transformer"
+    tabular_encoder_args: dict[str, Any] = field(default_factory=dict)
+    tabular_weights: Path | None = None
+
+
+@dataclass
+class RunConfig:
+    cohort: Path  # the cohort.yaml this run reads
+    seed: int = 0  # drives Python, NumPy, torch and the data order
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: dict[str, Any] = field(default_factory=dict)  # owned by the pretrain stage
+    finetune: dict[str, Any] = field(default_factory=dict)  # owned by the finetune stage
+    source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
+
+
+# --------------------------------------------------------------------------- helpers
+def check_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    """Raise a ``ConfigError`` naming ``key`` and the closest allowed value."""
+    if value in allowed:
+        return
+    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}{did_you_mean}")
+
+
+def _unknown_key_error(where: str, key: str, valid: list[str]) -> ConfigError:
+    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {sorted(valid)}"
+    return ConfigError(f"unknown config key {where}{key!r}{did_you_mean}")
+
+
+def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
+    """Turn a YAML value into ``annotation``; relative paths resolve against ``base``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key, base)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+        return from_dict(annotation, value, where=f"{key}.", base=base)
+    if annotation is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key} must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation in (int, float, str):
+        if annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            # A single value where a list is expected is a common hand-written YAML slip.
+            value = [value]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} values, got {list(value)!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]", base) for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        coerced = [_coerce(v, item, f"{key}[{i}]", base) for i, v in enumerate(value)]
+        return tuple(coerced) if origin is tuple else coerced
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return {
+            _coerce(k, key_type, key, base): _coerce(v, value_type, f"{key}.{k}", base)
+            for k, v in value.items()
+        }
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: Path | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in names:
+            raise _unknown_key_error(where, str(key), names)
+        kwargs[key] = _coerce(value, hints[key], f"{where}{key}", base)
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for name in required:
+        if name not in kwargs:
+            raise ConfigError(f"config key {where}{name!r} is required")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-safe types (paths as strings, tuples as lists) from a config dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "source"}
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested mapping, in place."""
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"--set expects key=value, got {override!r}")
+        dotted, raw = override.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def is_run_config(path: str | Path) -> bool:
+    """True when the YAML at ``path`` is a run config (it names a ``cohort``)."""
+    return "cohort" in read_yaml(path)
+
+
+def load_cohort_config(path: str | Path) -> CohortConfig:
+    """Read a ``cohort.yaml``; its ``csv`` path resolves against the YAML's folder."""
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    if "csv" not in data:
+        raise ConfigError(f"{path} has no 'csv' key; a cohort config names its table with csv: FILE.csv")
+    config = from_dict(CohortConfig, data, base=path.parent)
+    config.source = path
+    return config
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config, apply ``--set`` overrides and fill path defaults.
+
+    Overrides given as relative paths resolve against the working directory, like any
+    command-line path; paths inside the YAML resolve against the YAML's folder.
+    """
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    override_data = apply_overrides({}, overrides)
+    config = from_dict(RunConfig, data, base=path.parent)
+    if override_data:
+        merged = _merge(to_dict(config), override_data)
+        config = from_dict(RunConfig, merged, base=Path.cwd())
+    config.source = path
+    if config.run.dir is None:
+        config.run.dir = Path.cwd() / "runs" / path.stem
+    if config.data.cache_dir is None:
+        config.data.cache_dir = config.cohort.resolve().parent / ".strokessl-cache"
+    return config
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically (temp file + rename)."""
+    from multimodal.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
