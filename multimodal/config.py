@@ -204,7 +204,7 @@ def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key} must have {len(args)} values, got {list(value)!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]", base) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{key}[{i}]", base) for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         coerced = [_coerce(v, item, f"{key}[{i}]", base) for i, v in enumerate(value)]
         return tuple(coerced) if origin is tuple else coerced

@@ -1,0 +1,329 @@
+"""Cohort tables: read the CSV a user brings, assign column roles, map labels, split patients.
+
+A cohort (DESIGN.md §2) is one CSV row per subject with an id column, one column of NIfTI paths
+per MRI sequence, an optional 0/1 label column (empty = unlabeled) and clinical feature columns.
+``load_cohort`` turns it into a ``Cohort``; ``multimodal.validate`` checks everything up front.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from multimodal.config import CohortConfig
+from multimodal.errors import CohortError
+from multimodal.tabular import to_numeric_column
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABEL_MAP = {
+    "0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1, "no": 0, "yes": 1,
+}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the cohort, tied to a subject and/or column where it applies."""
+
+    message: str
+    subject: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.subject is not None:
+            where.append(f"subject {self.subject}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass
+class Cohort:
+    """A read and checked cohort table.
+
+    ``features`` holds only clinical feature columns (continuous as float with NaN, categorical
+    as the raw strings), indexed by subject id in CSV order.
+    """
+
+    config: CohortConfig
+    ids: list[str]
+    labels: np.ndarray  # (N,) float: 0, 1 or NaN (unlabeled)
+    features: pd.DataFrame
+    feature_types: dict[str, str]  # column -> continuous | categorical
+    image_paths: dict[str, dict[str, Path | None]]  # subject -> sequence -> file (None = absent)
+    text: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def continuous(self) -> list[str]:
+        return [c for c, kind in self.feature_types.items() if kind == "continuous"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c for c, kind in self.feature_types.items() if kind == "categorical"]
+
+    @property
+    def sequences(self) -> list[str]:
+        return list(self.config.images)
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """(N,) bool: rows with a label."""
+        return ~np.isnan(self.labels)
+
+    def records(self, subjects: list[str] | None = None) -> list[dict[str, Any]]:
+        """MONAI-style records ``{"subject_id", "image": {sequence: path}, "label"}``."""
+        chosen = self.ids if subjects is None else subjects
+        position = {s: i for i, s in enumerate(self.ids)}
+        return [
+            {
+                "subject_id": s,
+                "image": {k: (str(v) if v is not None else None) for k, v in self.image_paths[s].items()},
+                "label": float(self.labels[position[s]]),
+            }
+            for s in chosen
+        ]
+
+    def subset(self, subjects: list[str]) -> Cohort:
+        """The same cohort restricted to ``subjects`` (in the given order)."""
+        position = {s: i for i, s in enumerate(self.ids)}
+        rows = [position[s] for s in subjects]
+        return Cohort(
+            config=self.config,
+            ids=list(subjects),
+            labels=self.labels[rows],
+            features=self.features.loc[subjects],
+            feature_types=dict(self.feature_types),
+            image_paths={s: self.image_paths[s] for s in subjects},
+            text=self.text.loc[subjects] if not self.text.empty else self.text,
+        )
+
+
+# --------------------------------------------------------------------------- reading
+def read_table(config: CohortConfig) -> pd.DataFrame:
+    """The cohort CSV as strings (so ids like ``007`` survive), ``na_values`` turned into NaN."""
+    if not config.csv.is_file():
+        raise CohortError(f"cohort table {config.csv} does not exist; fix 'csv' in {config.source}")
+    try:
+        frame = pd.read_csv(config.csv, dtype=str, keep_default_na=True, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise CohortError(f"cohort table {config.csv} is not a readable CSV: {err}") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    duplicated = frame.columns[frame.columns.duplicated()].tolist()
+    if duplicated:
+        raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}")
+    frame = frame.apply(lambda col: col.str.strip())
+    markers = {str(v).strip() for v in config.na_values}
+    numeric_markers = {float(v) for v in config.na_values if _is_number(v)}
+    if markers:
+        def is_marker(value: Any) -> bool:
+            if pd.isna(value):
+                return False
+            return value in markers or (_is_number(value) and float(value) in numeric_markers)
+
+        frame = frame.mask(frame.map(is_marker))
+    return frame.replace({"": np.nan})
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
+    """Every column the config names must exist; suggest the closest one when it doesn't."""
+    named: list[tuple[str, str]] = [("id", config.id)]
+    named += [(f"images.{seq}", col) for seq, col in config.images.items()]
+    if config.label is not None:
+        named.append(("label", config.label))
+    named += [("text", c) for c in config.text] + [("ignore", c) for c in config.ignore]
+    named += [("features", c) for c in config.features or []] + [("types", c) for c in config.types]
+    problems = []
+    for key, column in named:
+        if column not in frame.columns:
+            hint = difflib.get_close_matches(column, list(frame.columns), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; columns are {list(frame.columns)}"
+            problems.append(Problem(f"config key {key} names a column not in {config.csv.name}{suggestion}", column=column))
+    if not config.images:
+        problems.append(Problem("the cohort config names no image columns (images: {sequence: column})"))
+    return problems
+
+
+def feature_columns(config: CohortConfig, frame: pd.DataFrame) -> list[str]:
+    """Clinical feature columns: the allow-list if given, else every column without a role."""
+    roles = {config.id, config.label, *config.images.values(), *config.text, *config.ignore}
+    if config.features is not None:
+        return [c for c in config.features if c not in roles]
+    return [c for c in frame.columns if c not in roles]
+
+
+def infer_feature_types(config: CohortConfig, frame: pd.DataFrame, columns: list[str]) -> dict[str, str]:
+    """Numeric columns are continuous, anything else categorical, unless ``types`` says otherwise."""
+    kinds = {}
+    for column in columns:
+        if column in config.types:
+            kinds[column] = config.types[column]
+            continue
+        values = frame[column].dropna()
+        numeric = pd.to_numeric(values, errors="coerce")
+        kinds[column] = "continuous" if len(values) and numeric.notna().all() else "categorical"
+    return kinds
+
+
+def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, list[Problem]]:
+    """Labels as (N,) float 0/1/NaN and a problem per unmappable value."""
+    if config.label is None:
+        return np.full(len(frame), np.nan), []
+    mapping = DEFAULT_LABEL_MAP if config.label_map is None else {
+        str(k).strip().casefold(): int(v) for k, v in config.label_map.items()
+    }
+    labels = np.full(len(frame), np.nan)
+    problems = []
+    for i, (subject, value) in enumerate(zip(frame[config.id], frame[config.label], strict=True)):
+        if pd.isna(value):
+            continue
+        key = str(value).strip().casefold()
+        if key not in mapping:
+            problems.append(Problem(
+                f"label {value!r} is not one of {sorted(mapping)}; fix the value or set label_map "
+                "in the cohort config",
+                subject=str(subject), column=config.label,
+            ))
+            continue
+        labels[i] = mapping[key]
+    return labels, problems
+
+
+def resolve_image_path(config: CohortConfig, cell: Any) -> Path | None:
+    """An image cell as an absolute path (relative to the CSV's folder); ``None`` when empty."""
+    if pd.isna(cell):
+        return None
+    path = Path(str(cell)).expanduser()
+    return path if path.is_absolute() else (config.root / path)
+
+
+def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
+    """Read the table and collect table-level problems (without touching image files)."""
+    frame = read_table(config)
+    problems = check_columns(config, frame)
+    if problems:
+        return _empty_cohort(config), problems
+    ids = frame[config.id]
+    for row in np.flatnonzero(ids.isna().to_numpy()):
+        problems.append(Problem(f"row {row + 2} of {config.csv.name} has an empty id", column=config.id))
+    frame = frame[ids.notna()].reset_index(drop=True)
+    labels, label_problems = map_labels(config, frame)
+    problems += label_problems
+    duplicated = frame[config.id].duplicated().to_numpy()
+    for row in np.flatnonzero(duplicated):
+        subject = str(frame.at[row, config.id])
+        problems.append(Problem(f"id appears more than once (row {row + 2}); ids must be unique", subject=subject, column=config.id))
+        for column in config.images.values():
+            path = resolve_image_path(config, frame.at[row, column])
+            if path is not None and not path.is_file():
+                problems.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
+    # Keep the first row of a repeated id so the rest of the checks run on a consistent table.
+    frame = frame[~duplicated].reset_index(drop=True)
+    labels = labels[~duplicated]
+    columns = feature_columns(config, frame)
+    kinds = infer_feature_types(config, frame, columns)
+    features = pd.DataFrame(index=pd.Index(frame[config.id].astype(str), name=config.id))
+    for column in columns:
+        values = frame[column].set_axis(features.index)
+        if kinds[column] == "continuous":
+            try:
+                values = to_numeric_column(values, column)
+            except CohortError as err:
+                problems.append(Problem(str(err), column=column))
+        features[column] = values
+    image_paths = {
+        str(subject): {seq: resolve_image_path(config, frame.at[i, col]) for seq, col in config.images.items()}
+        for i, subject in enumerate(frame[config.id])
+    }
+    text = frame[config.text].set_axis(features.index) if config.text else pd.DataFrame(index=features.index)
+    cohort = Cohort(config, [str(s) for s in frame[config.id]], labels, features, kinds, image_paths, text)
+    return cohort, problems
+
+
+def _empty_cohort(config: CohortConfig) -> Cohort:
+    return Cohort(config, [], np.zeros(0), pd.DataFrame(), {}, {})
+
+
+def load_cohort(config: CohortConfig) -> Cohort:
+    """Read a cohort for training; any table-level problem is one ``CohortError`` listing all.
+
+    Subjects lacking a sequence are dropped when ``missing_images: drop`` (with a warning).
+    """
+    cohort, problems = read_cohort(config)
+    if problems:
+        raise CohortError(_join(problems, config))
+    if config.missing_images == "drop":
+        keep = [s for s in cohort.ids if all(p is not None for p in cohort.image_paths[s].values())]
+        if len(keep) < len(cohort.ids):
+            logger.warning("dropping %d subject(s) lacking a sequence (missing_images: drop)", len(cohort.ids) - len(keep))
+            cohort = cohort.subset(keep)
+    return cohort
+
+
+def _join(problems: list[Problem], config: CohortConfig) -> str:
+    shown = "; ".join(str(p) for p in problems[:10])
+    more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+    return f"{len(problems)} problem(s) in cohort {config.source or config.csv}: {shown}{more} (run `strokessl validate` for the full list)"
+
+
+# --------------------------------------------------------------------------- splits
+def _check_stratifiable(labels: np.ndarray, k: int, what: str) -> None:
+    positives = int((labels == 1).sum())
+    negatives = int((labels == 0).sum())
+    if k > positives or k > negatives:
+        raise CohortError(
+            f"{what}: cannot stratify {k} folds with {positives} positive and {negatives} negative "
+            f"labeled subjects; use at most {min(positives, negatives)} folds or label more subjects"
+        )
+
+
+def stratified_folds(
+    ids: list[str], labels: np.ndarray, k: int, seed: int, groups: list[str] | None = None
+) -> list[tuple[list[str], list[str]]]:
+    """K patient-level stratified folds as ``(train_ids, test_ids)``; every id is tested once.
+
+    ``groups`` (e.g. a patient id when a patient has several rows) keeps a group in one fold.
+    """
+    labels = np.asarray(labels, dtype=float)
+    if np.isnan(labels).any():
+        raise CohortError("folds need labeled subjects only; drop rows with an empty label first")
+    if k < 2:
+        raise CohortError(f"K-fold cross-validation needs k >= 2, got {k}")
+    _check_stratifiable(labels, k, "cross-validation")
+    index = np.arange(len(ids))
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(index, labels)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(index, labels, groups)
+    return [([ids[i] for i in train], [ids[i] for i in test]) for train, test in splits]
+
+
+def stratified_split(
+    ids: list[str], labels: np.ndarray, fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Hold out ``fraction`` of subjects, stratified by label; unlabeled rows form their own stratum."""
+    if not 0.0 < fraction < 1.0:
+        raise CohortError(f"split fraction must be between 0 and 1, got {fraction}")
+    labels = np.asarray(labels, dtype=float)
+    strata = np.where(np.isnan(labels), -1, labels).astype(int)
+    counts = np.bincount(strata + 1)
+    stratify = strata if (counts[counts > 0] >= 2).all() else None
+    train, held_out = train_test_split(list(ids), test_size=fraction, random_state=seed, stratify=stratify)
+    return list(train), list(held_out)

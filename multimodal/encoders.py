@@ -1,0 +1,442 @@
+"""Encoders by name: 3D ResNet, 2D ResNet per slice + LSTM, FT-Transformer / MLP for tables.
+
+Every encoder exposes ``num_features`` (D), ``forward_tokens(x) -> (B, T, D)`` and
+``forward(x) -> (B, D)`` (DESIGN.md §6), so pretraining and fusion treat them alike. A config
+names one (``image_encoder: resnet3d_10``); ``create_encoder`` builds it, optionally loading
+local weights (timm ``register_model`` / ``create_model`` style). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from monai.networks import nets as monai_nets
+from monai.networks.layers.utils import get_norm_layer
+from timm.layers import GroupNorm
+from torch import nn
+
+from multimodal.checkpoint import load_into
+from multimodal.errors import ConfigError, StrokeSSLError
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+_KINDS: dict[str, str] = {}  # encoder name -> "image" | "tabular"
+ENCODER_KINDS = ("image", "tabular")
+NORMS = ("group", "batch", "instance")
+_MAX_GROUPS = 16  # GroupNorm groups: the largest divisor of the channel count up to 16
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def register_encoder(name: str, kind: str = "image") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator storing an entry function under ``name``; a duplicate name is a ``ValueError``."""
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"encoder kind {kind!r} is not one of {ENCODER_KINDS}")
+
+    def decorate(entry: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in ENCODERS:
+            raise ValueError(f"encoder {name!r} is already registered; registered: {sorted(ENCODERS)}")
+        ENCODERS[name] = entry
+        _KINDS[name] = kind
+        return entry
+
+    return decorate
+
+
+def list_encoders(kind: str | None = None) -> list[str]:
+    """Sorted registered names, optionally only those of ``kind`` ("image" or "tabular")."""
+    if kind is not None and kind not in ENCODER_KINDS:
+        raise ConfigError(f"encoder kind {kind!r} is not one of {ENCODER_KINDS}")
+    return sorted(name for name in ENCODERS if kind is None or _KINDS[name] == kind)
+
+
+def create_encoder(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build the encoder registered as ``name``; ``None`` kwargs are dropped (config defaults).
+
+    ``weights`` is a local ``.safetensors`` / tensors-only ``.pt`` file loaded strictly.
+    Raises ``ConfigError`` for an unknown name or argument, ``StrokeSSLError`` for weights that
+    do not fit.
+    """
+    if name not in ENCODERS:
+        close = difflib.get_close_matches(name, list(ENCODERS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown encoder {name!r}{hint} Registered encoders: {sorted(ENCODERS)}")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        model = ENCODERS[name](**kwargs)
+    except TypeError as err:
+        if "argument" not in str(err):  # a TypeError from inside the model is a bug, not a config error
+            raise
+        raise ConfigError(f"encoder {name!r} does not accept these arguments ({err}); given {sorted(kwargs)}") from err
+    if weights is not None:
+        try:
+            load_into(model, weights)
+        except RuntimeError as err:  # load_state_dict raises RuntimeError on a tensor shape mismatch
+            raise StrokeSSLError(
+                f"weights file {weights} does not fit encoder {name!r} with {kwargs}: {err}; "
+                "use the name and arguments the weights were trained with"
+            ) from err
+    return model
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        close = difflib.get_close_matches(norm, NORMS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"norm {norm!r} is not one of {NORMS}{hint}")
+
+
+def _num_groups(channels: int) -> int:
+    return math.gcd(channels, _MAX_GROUPS)
+
+
+# --------------------------------------------------------------------------- 3D ResNet
+
+
+_MONAI_RESNETS: dict[int, Callable[..., nn.Module]] = {
+    10: monai_nets.resnet10,
+    18: monai_nets.resnet18,
+    34: monai_nets.resnet34,
+    50: monai_nets.resnet50,
+}
+
+
+def _replace_batchnorm3d(module: nn.Module, norm: str) -> None:
+    """Swap every ``BatchNorm3d`` below ``module`` for ``norm`` with the same channel count.
+
+    MONAI 1.6's ResNet passes ``norm`` to the stem only (the residual blocks keep BatchNorm) and
+    crashes on non-affine norms (Project-MONAI/MONAI PR #9028), so we build with BatchNorm and swap.
+    """
+    for child_name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            channels = child.num_features
+            spec = ("group", {"num_groups": _num_groups(channels)}) if norm == "group" else ("instance", {"affine": True})
+            setattr(module, child_name, get_norm_layer(name=spec, spatial_dims=3, channels=channels))
+        else:
+            _replace_batchnorm3d(child, norm)
+
+
+class ImageEncoder3D(nn.Module):
+    """MONAI 3D ResNet over a whole volume.
+
+    Input ``(B, C, H, W, D)``. The last feature map ``(B, F, h, w, d)`` (h = H / 32 with the
+    stride-2 stem) gives ``forward_tokens -> (B, token_grid**3, F)`` (average-pooled to a
+    ``token_grid``³ grid plus learned positions, so attention has more than one vector to look at)
+    and ``forward -> (B, F)`` (global average). F = 512 for depth 10/18/34, 2048 for 50.
+    """
+
+    def __init__(
+        self,
+        depth: int = 18,
+        in_channels: int = 1,
+        norm: str = "group",
+        stem_stride: int = 2,
+        token_grid: int = 2,
+    ) -> None:
+        super().__init__()
+        if depth not in _MONAI_RESNETS:
+            raise ConfigError(f"3D ResNet depth {depth} is not one of {sorted(_MONAI_RESNETS)}")
+        _check_norm(norm)
+        if token_grid < 1 or stem_stride < 1:
+            raise ConfigError(f"token_grid ({token_grid}) and stem_stride ({stem_stride}) must be >= 1")
+        # MONAI's default stem stride is 1; stride 2 (the usual ResNet stem) measured ~13x faster.
+        self.backbone = _MONAI_RESNETS[depth](
+            spatial_dims=3, n_input_channels=in_channels, feed_forward=False, conv1_t_stride=stem_stride, norm="batch"
+        )
+        if norm != "batch":
+            _replace_batchnorm3d(self.backbone, norm)
+        self.num_features: int = self.backbone.in_planes  # MONAI leaves the last layer's width here
+        self.token_grid = token_grid
+        self.token_pool = nn.AdaptiveAvgPool3d(token_grid)
+        self.pos_embed = nn.Parameter(torch.zeros(1, token_grid**3, self.num_features))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)  # small, so positions do not swamp features at init
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, D) -> (B, F, h, w, d)``, the last ResNet stage (for attribution)."""
+        net = self.backbone
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, D) -> (B, token_grid**3, F)``."""
+        fmap = self.token_pool(self.forward_feature_map(x))  # (B, F, g, g, g)
+        return fmap.flatten(2).transpose(1, 2) + self.pos_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, D) -> (B, F)``."""
+        return self.forward_feature_map(x).mean(dim=(2, 3, 4))
+
+
+# --------------------------------------------------------------------------- slices + LSTM
+
+
+def _timm_norm_layer(norm: str) -> Callable[..., nn.Module]:
+    if norm == "batch":
+        return nn.BatchNorm2d
+
+    def make(num_channels: int, **kwargs: Any) -> nn.Module:  # timm passes device/dtype kwargs
+        if norm == "instance":
+            return nn.InstanceNorm2d(num_channels, affine=True, **kwargs)
+        return GroupNorm(num_channels, num_groups=_num_groups(num_channels), **kwargs)
+
+    return make
+
+
+class SliceSequenceEncoder(nn.Module):
+    """A 2D timm ResNet shared over axial slices, then a bidirectional LSTM (the MISRP model).
+
+    The slice axis is the last axis of MONAI's ``(B, C, H, W, S)`` (axial in RAS); channels are
+    the MRI sequences. ``(B, C, H, W, S) -> (B*S, C, H, W) -> ResNet -> (B, S, F) -> LSTM ->
+    (B, S, 2h) -> mean over slices -> (B, 2h)``; ``num_features = 2 * lstm_hidden``.
+    ``slice_chunk`` runs the ResNet on that many slices at a time to bound memory.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        in_channels: int = 1,
+        norm: str = "group",
+        lstm_hidden: int = 256,
+        lstm_layers: int = 1,
+        slice_chunk: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_norm(norm)
+        if slice_chunk is not None and slice_chunk < 1:
+            raise ConfigError(f"slice_chunk must be a positive number of slices or None, got {slice_chunk}")
+        self.backbone = timm.create_model(
+            backbone,
+            pretrained=False,  # weights only ever come from a local file via create_encoder(weights=...)
+            in_chans=in_channels,
+            num_classes=0,
+            global_pool="avg",
+            norm_layer=_timm_norm_layer(norm),
+        )
+        self.slice_chunk = slice_chunk
+        self.lstm = nn.LSTM(
+            self.backbone.num_features, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True
+        )
+        self.num_features: int = 2 * lstm_hidden
+
+    def forward_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, S) -> (B, S, F)``: the shared 2D ResNet applied to each slice."""
+        b, c, h, w, s = x.shape
+        slices = x.permute(0, 4, 1, 2, 3).reshape(b * s, c, h, w)  # subject-major: row i*S + j
+        chunk = self.slice_chunk or b * s
+        feats = torch.cat([self.backbone(part) for part in slices.split(chunk)])  # (B*S, F)
+        return feats.view(b, s, -1)
+
+    def forward_features(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``(B, C, H, W, S)`` -> ``embedding (B, 2h)``, ``tokens (B, S, 2h)``, ``slice_features (B, S, F)``.
+
+        ``slice_mask`` ``(B, S)`` bool, True for real slices, restricts the mean to them (the LSTM
+        still reads every slice).
+        """
+        slice_features = self.forward_slices(x)
+        tokens, _ = self.lstm(slice_features)  # (B, S, 2h)
+        if slice_mask is None:
+            embedding = tokens.mean(dim=1)
+        else:
+            weights = slice_mask.to(tokens.dtype).unsqueeze(-1)  # (B, S, 1)
+            embedding = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return {"embedding": embedding, "tokens": tokens, "slice_features": slice_features}
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, S) -> (B, S, 2h)``, one LSTM output per slice."""
+        return self.forward_features(x)["tokens"]
+
+    def forward(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, H, W, S) -> (B, 2h)``."""
+        return self.forward_features(x, slice_mask)["embedding"]
+
+
+# --------------------------------------------------------------------------- tabular
+
+
+def _tabular_inputs(batch: dict[str, torch.Tensor], n_cont: int, n_cat: int) -> tuple[torch.Tensor, ...]:
+    """Check the preprocessor's dict against the encoder's feature counts; return (cont, cat, missing)."""
+    missing = batch["missing"]
+    b = missing.shape[0]
+    cont = batch.get("continuous", missing.new_zeros((b, 0), dtype=torch.float32))
+    cat = batch.get("categorical", missing.new_zeros((b, 0), dtype=torch.long))
+    if cont.shape[1] != n_cont or cat.shape[1] != n_cat or missing.shape[1] != n_cont + n_cat:
+        raise ConfigError(
+            f"tabular encoder built for {n_cont} continuous + {n_cat} categorical features got "
+            f"continuous {tuple(cont.shape)}, categorical {tuple(cat.shape)}, missing {tuple(missing.shape)}; "
+            "build it from the same preprocessor that produced the tensors"
+        )
+    return cont, cat, missing.bool()
+
+
+class _CategoricalEmbedding(nn.Module):
+    """One embedding table for all categorical features; feature j owns rows offsets[j]..+size_j."""
+
+    def __init__(self, category_sizes: list[int], dim: int) -> None:
+        super().__init__()
+        if any(size < 1 for size in category_sizes):
+            raise ConfigError(f"category_sizes must count the index-0 missing bucket (>= 1 each), got {category_sizes}")
+        offsets = torch.tensor([0, *category_sizes[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets[: len(category_sizes)], persistent=False)
+        self.table = nn.Embedding(max(sum(category_sizes), 1), dim)
+
+    def forward(self, cat: torch.Tensor) -> torch.Tensor:
+        """``(B, n_cat) int64 -> (B, n_cat, dim)``."""
+        return self.table(cat + self.offsets)
+
+
+class TabularEncoder(nn.Module):
+    """FT-Transformer (Gorishniy et al. 2021, "Revisiting Deep Learning Models for Tabular Data").
+
+    Hand-written: none of our libraries (timm, MONAI, lightly) ships a tabular transformer.
+    Input: the preprocessor's dict ``continuous (B, n_cont)``, ``categorical (B, n_cat)``,
+    ``missing (B, n_cont + n_cat)`` (continuous first). Each feature becomes one token
+    (continuous ``x_j * W_j + b_j``, categorical an embedding row); where ``missing`` is True the
+    token is a learned per-feature MISSING token, so a missing value is never read as 0.
+    ``forward_tokens -> (B, n_cont + n_cat, dim)``; ``forward -> (B, dim)``, the [CLS] output.
+    """
+
+    def __init__(
+        self,
+        num_continuous: int,
+        category_sizes: list[int],
+        dim: int = 64,
+        depth: int = 3,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.num_continuous = num_continuous
+        self.num_categorical = len(category_sizes)
+        n_features = num_continuous + self.num_categorical
+        if n_features == 0:
+            raise ConfigError("the tabular encoder needs at least one continuous or categorical feature")
+        if dim % heads:
+            raise ConfigError(f"tabular dim ({dim}) must be divisible by heads ({heads})")
+        self.cont_weight = nn.Parameter(torch.empty(num_continuous, dim))
+        self.cont_bias = nn.Parameter(torch.zeros(num_continuous, dim))
+        self.cat_embed = _CategoricalEmbedding(list(category_sizes), dim)
+        self.missing_token = nn.Parameter(torch.empty(n_features, dim))
+        self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
+        for param in (self.cont_weight, self.missing_token, self.cls_token):
+            nn.init.trunc_normal_(param, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        # Nested tensors are a no-op with norm_first and only trigger a warning.
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.num_features: int = dim
+
+    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Returns ``(B, 1 + n_features, dim)``: [CLS] then the feature tokens, transformed and normed."""
+        cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
+        cont_tokens = cont.unsqueeze(-1) * self.cont_weight + self.cont_bias  # (B, n_cont, dim)
+        tokens = torch.cat([cont_tokens, self.cat_embed(cat)], dim=1)  # (B, n_features, dim)
+        tokens = torch.where(missing.unsqueeze(-1), self.missing_token.to(tokens.dtype), tokens)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return self.norm(self.transformer(torch.cat([cls, tokens], dim=1)))
+
+    def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-> (B, n_cont + n_cat, dim)``, one token per feature (no [CLS])."""
+        return self._encode(batch)[:, 1:]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-> (B, dim)``, the [CLS] token."""
+        return self._encode(batch)[:, 0]
+
+
+class TabularMLP(nn.Module):
+    """MLP baseline: ``concat(continuous, missing mask, categorical embeddings) -> depth x
+    (Linear, LayerNorm, GELU, Dropout) -> (B, dim)``. No per-feature tokens."""
+
+    def __init__(
+        self,
+        num_continuous: int,
+        category_sizes: list[int],
+        dim: int = 64,
+        depth: int = 3,
+        dropout: float = 0.1,
+        category_dim: int = 8,
+    ) -> None:
+        super().__init__()
+        self.num_continuous = num_continuous
+        self.num_categorical = len(category_sizes)
+        n_features = num_continuous + self.num_categorical
+        if n_features == 0:
+            raise ConfigError("the tabular encoder needs at least one continuous or categorical feature")
+        self.cat_embed = _CategoricalEmbedding(list(category_sizes), category_dim)
+        layers: list[nn.Module] = []
+        width = num_continuous + n_features + self.num_categorical * category_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, dim), nn.LayerNorm(dim), nn.GELU(), nn.Dropout(dropout)]
+            width = dim
+        self.mlp = nn.Sequential(*layers)
+        self.num_features: int = dim
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-> (B, dim)``."""
+        cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
+        cat_flat = self.cat_embed(cat).flatten(1)  # (B, n_cat * category_dim)
+        return self.mlp(torch.cat([cont, missing.to(cont.dtype), cat_flat], dim=1))
+
+    def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise ConfigError(
+            "the MLP tabular encoder ('tabular_mlp') has no per-feature tokens; "
+            "matching fusion needs tabular encoder 'ft_transformer'"
+        )
+
+
+# --------------------------------------------------------------------------- registered names
+
+
+@register_encoder("resnet3d_10")
+def resnet3d_10(**kwargs: Any) -> ImageEncoder3D:
+    return ImageEncoder3D(depth=10, **kwargs)
+
+
+@register_encoder("resnet3d_18")
+def resnet3d_18(**kwargs: Any) -> ImageEncoder3D:
+    return ImageEncoder3D(depth=18, **kwargs)
+
+
+@register_encoder("resnet3d_34")
+def resnet3d_34(**kwargs: Any) -> ImageEncoder3D:
+    return ImageEncoder3D(depth=34, **kwargs)
+
+
+@register_encoder("resnet3d_50")
+def resnet3d_50(**kwargs: Any) -> ImageEncoder3D:
+    return ImageEncoder3D(depth=50, **kwargs)
+
+
+@register_encoder("slice_lstm_resnet18")
+def slice_lstm_resnet18(**kwargs: Any) -> SliceSequenceEncoder:
+    return SliceSequenceEncoder(backbone="resnet18", **kwargs)
+
+
+@register_encoder("slice_lstm_resnet34")
+def slice_lstm_resnet34(**kwargs: Any) -> SliceSequenceEncoder:
+    return SliceSequenceEncoder(backbone="resnet34", **kwargs)
+
+
+@register_encoder("slice_lstm_resnet10t")
+def slice_lstm_resnet10t(**kwargs: Any) -> SliceSequenceEncoder:
+    return SliceSequenceEncoder(backbone="resnet10t", **kwargs)
+
+
+@register_encoder("ft_transformer", kind="tabular")
+def ft_transformer(**kwargs: Any) -> TabularEncoder:
+    return TabularEncoder(**kwargs)
+
+
+@register_encoder("tabular_mlp", kind="tabular")
+def tabular_mlp(**kwargs: Any) -> TabularMLP:
+    return TabularMLP(**kwargs)

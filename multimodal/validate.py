@@ -1,0 +1,260 @@
+"""``strokessl validate``: check a cohort up front and report *all* problems at once.
+
+Errors make the cohort unusable until fixed (missing or unreadable files, duplicate ids,
+unmappable labels, 4D or non-3D images, a missing sequence under ``missing_images: error``,
+all-empty columns). Warnings are likely mistakes a person should look at (text-like,
+id-like or date-like columns used as features, small-integer columns read as continuous,
+a column that alone predicts the label almost perfectly).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from multimodal.cohort import Cohort, Problem, read_cohort
+from multimodal.config import CohortConfig
+
+logger = logging.getLogger(__name__)
+
+LEAKAGE_AUROC = 0.9
+SMALL_INTEGER_LEVELS = 10
+_DATE_PATTERN = re.compile(r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}.*)?$")
+
+
+@dataclass
+class ValidationReport:
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: list[str] | None = None) -> ValidationReport:
+    """Check the table and every image file; ``read_images=False`` reads headers only."""
+    report = ValidationReport()
+    cohort, problems = read_cohort(config)
+    report.errors += problems
+    if not cohort.ids:
+        return report
+    sequences = sequences or list(config.images)
+    unknown = [s for s in sequences if s not in config.images]
+    if unknown:
+        report.errors.append(Problem(f"imaging.sequences names {unknown}, not in the cohort's images {list(config.images)}"))
+        sequences = [s for s in sequences if s in config.images]
+    _check_columns_content(cohort, report)
+    image_summary = _check_images(cohort, sequences, read_images, report)
+    report.summary = _summarise(cohort, image_summary)
+    return report
+
+
+# --------------------------------------------------------------------------- table checks
+def _check_columns_content(cohort: Cohort, report: ValidationReport) -> None:
+    config = cohort.config
+    frame = cohort.features
+    labeled = cohort.labeled
+    for column in frame.columns:
+        values = frame[column]
+        present = values.dropna()
+        if present.empty:
+            report.errors.append(Problem(
+                "column is empty for every subject; add it to ignore in the cohort config", column=column,
+            ))
+            continue
+        kind = cohort.feature_types[column]
+        as_text = present.astype(str)
+        if kind == "categorical":
+            unique = as_text.nunique()
+            if unique > 20 and unique > 0.5 * len(present) and as_text.str.len().mean() > 20:
+                report.warnings.append(Problem(
+                    f"looks like free text ({unique} distinct values); declare it under text: in the cohort config",
+                    column=column,
+                ))
+            elif unique == len(present) and len(present) > 10:
+                report.warnings.append(Problem(
+                    "every value is distinct, like an id; add it to ignore unless it is a real feature", column=column,
+                ))
+            if as_text.map(lambda v: bool(_DATE_PATTERN.match(v))).mean() > 0.9:
+                report.warnings.append(Problem(
+                    "looks like dates; derive a numeric feature (e.g. days since onset) or add it to ignore",
+                    column=column,
+                ))
+        else:
+            integers = np.all(np.mod(present.to_numpy(dtype=float), 1) == 0)
+            if integers and present.nunique() <= SMALL_INTEGER_LEVELS and column not in config.types:
+                report.warnings.append(Problem(
+                    f"integer column with {present.nunique()} distinct values read as continuous; "
+                    f"if it is a code, set types: {{{column}: categorical}}",
+                    column=column,
+                ))
+            steps = np.diff(np.sort(present.to_numpy(dtype=float)))
+            if integers and present.nunique() == len(present) > 10 and np.all(steps == 1):
+                report.warnings.append(Problem(
+                    "consecutive unique integers, like a row number or id; add it to ignore", column=column,
+                ))
+        auroc = _univariate_auroc(values, cohort.labels, labeled, kind)
+        if auroc is not None and auroc > LEAKAGE_AUROC:
+            report.warnings.append(Problem(
+                f"alone predicts the label with AUROC {auroc:.2f} (> {LEAKAGE_AUROC}): likely leakage "
+                "(recorded after the outcome?); add it to ignore unless you are sure",
+                column=column,
+            ))
+    labels = cohort.labels[labeled]
+    if labeled.sum() == 0 and config.label is not None:
+        report.warnings.append(Problem("no subject has a label: usable for pretraining only", column=config.label))
+    elif len(set(labels.tolist())) == 1:
+        report.warnings.append(Problem(f"every labeled subject has label {labels[0]:.0f}", column=config.label))
+
+
+def _univariate_auroc(values: pd.Series, labels: np.ndarray, labeled: np.ndarray, kind: str) -> float | None:
+    """max(AUROC, 1 - AUROC) of one column against the label on labeled rows, or None."""
+    y = labels[labeled]
+    if (y == 1).sum() < 5 or (y == 0).sum() < 5:
+        return None
+    column = values[labeled]
+    if kind == "continuous":
+        x = column.to_numpy(dtype=float)
+        present = np.isfinite(x)
+        if present.sum() < 10 or len(np.unique(y[present])) < 2:
+            return None
+        score = x[present]
+        y = y[present]
+    else:
+        # In-sample event rate per category: a category seen once scores its own label, so
+        # only categories seen at least 5 times count (rarer ones share the overall rate).
+        text = column.astype(str).where(column.notna(), "<missing>")
+        counts = text.map(text.value_counts())
+        rate = pd.Series(y, index=text.index).groupby(text).transform("mean")
+        score = np.where(counts >= 5, rate, y.mean())
+    auroc = float(roc_auc_score(y, score))
+    return max(auroc, 1.0 - auroc)
+
+
+# --------------------------------------------------------------------------- image checks
+def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, report: ValidationReport) -> dict[str, Any]:
+    config = cohort.config
+    shapes: dict[str, Counter] = {s: Counter() for s in sequences}
+    spacings: dict[str, Counter] = {s: Counter() for s in sequences}
+    orientations: dict[str, Counter] = {s: Counter() for s in sequences}
+    dtypes: dict[str, Counter] = {s: Counter() for s in sequences}
+    missing_sequence: Counter = Counter()
+    items = [(s, q) for s in cohort.ids for q in sequences]
+    for subject, sequence in tqdm(items, desc="checking images", unit="file", leave=False, disable=len(items) < 50):
+        column = config.images[sequence]
+        path = cohort.image_paths[subject][sequence]
+        if path is None:
+            missing_sequence[sequence] += 1
+            problem = Problem(f"no {sequence} image (empty cell)", subject=subject, column=column)
+            if config.missing_images == "error":
+                problem.message += "; fill it in, or set missing_images: drop | zero in the cohort config"
+                report.errors.append(problem)
+            continue
+        if not path.is_file():
+            report.errors.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
+            continue
+        try:
+            image = nib.load(str(path))
+            shape = tuple(int(n) for n in image.shape)
+            if read_images:
+                data = np.asanyarray(image.dataobj)
+                if not np.isfinite(data).all():
+                    report.warnings.append(Problem(f"{path.name} holds NaN or infinite voxels", subject=subject, column=column))
+        except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error)
+            report.errors.append(Problem(
+                f"image file {path} is unreadable ({type(err).__name__}: {err}); re-export it as NIfTI",
+                subject=subject, column=column,
+            ))
+            continue
+        spatial = shape[:3]
+        if len(shape) < 3:
+            report.errors.append(Problem(f"{path.name} is {len(shape)}D ({shape}); a 3D volume is needed", subject=subject, column=column))
+            continue
+        if len(shape) == 4 and shape[3] > 1 and sequence not in config.volume_index:
+            report.errors.append(Problem(
+                f"{path.name} is 4D {shape}; set volume_index: {{{sequence}: N}} in the cohort config to pick a volume",
+                subject=subject, column=column,
+            ))
+            continue
+        if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
+            report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
+            continue
+        zooms = tuple(round(float(z), 2) for z in image.header.get_zooms()[:3])
+        shapes[sequence][spatial] += 1
+        spacings[sequence][zooms] += 1
+        orientations[sequence]["".join(nib.aff2axcodes(image.affine))] += 1
+        dtypes[sequence][str(image.get_data_dtype())] += 1
+    return {"shapes": shapes, "spacings": spacings, "orientations": orientations, "dtypes": dtypes,
+            "missing": missing_sequence}
+
+
+# --------------------------------------------------------------------------- summary
+def _summarise(cohort: Cohort, images: dict[str, Any]) -> dict[str, Any]:
+    labeled = cohort.labeled
+    columns = {}
+    for column in cohort.features.columns:
+        values = cohort.features[column]
+        entry: dict[str, Any] = {"type": cohort.feature_types[column], "missing": float(values.isna().mean())}
+        if cohort.feature_types[column] == "continuous" and values.notna().any():
+            entry["range"] = (float(values.min()), float(values.max()))
+        else:
+            entry["levels"] = int(values.nunique())
+        columns[column] = entry
+    return {
+        "subjects": len(cohort.ids),
+        "labeled": int(labeled.sum()),
+        "positives": int((cohort.labels == 1).sum()),
+        "columns": columns,
+        **images,
+    }
+
+
+def _top(counter: Counter, k: int = 3) -> str:
+    if not counter:
+        return "-"
+    shown = ", ".join(f"{'x'.join(str(v) for v in key) if isinstance(key, tuple) else key} ({n})" for key, n in counter.most_common(k))
+    return shown + (f", +{len(counter) - k} more" if len(counter) > k else "")
+
+
+def format_report(report: ValidationReport, config: CohortConfig) -> str:
+    """Human-readable report: problems first, then the summary tables."""
+    lines = [f"Cohort {config.source or config.csv}"]
+    summary = report.summary
+    if summary:
+        labeled, positives = summary["labeled"], summary["positives"]
+        prevalence = f" ({100 * positives / labeled:.1f} %)" if labeled else ""
+        lines += [
+            f"  subjects: {summary['subjects']}   labeled: {labeled}   positives: {positives}{prevalence}"
+            f"   unlabeled: {summary['subjects'] - labeled}",
+            "",
+            f"  {'column':<24} {'type':<12} {'missing':>8}  values",
+        ]
+        for column, entry in summary["columns"].items():
+            values = (f"{entry['range'][0]:.4g} .. {entry['range'][1]:.4g}" if "range" in entry
+                      else f"{entry.get('levels', 0)} levels")
+            lines.append(f"  {column:<24} {entry['type']:<12} {100 * entry['missing']:>7.1f}%  {values}")
+        lines += ["", f"  {'sequence':<10} {'shapes (count)':<40} {'spacings mm':<34} orientations / dtypes"]
+        for sequence in summary["shapes"]:
+            missing = summary["missing"].get(sequence, 0)
+            lines.append(
+                f"  {sequence:<10} {_top(summary['shapes'][sequence]):<40} {_top(summary['spacings'][sequence]):<34} "
+                f"{_top(summary['orientations'][sequence])} / {_top(summary['dtypes'][sequence], 2)}"
+                + (f"   missing: {missing}" if missing else "")
+            )
+    if report.warnings:
+        lines += ["", f"{len(report.warnings)} warning(s):"] + [f"  - {w}" for w in report.warnings]
+    if report.errors:
+        lines += ["", f"{len(report.errors)} error(s):"] + [f"  - {e}" for e in report.errors]
+    lines += ["", "OK: the cohort is usable." if report.ok else "FAILED: fix the errors above and run validate again."]
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+import sys
+
+from strokessl.cli import main
+
+sys.exit(main())
