@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny NIfTI files and cohort tables written into ``tmp_path``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def write_cohort(folder: Path, rows: list[dict], config: dict | None = None) -> Path:
+    """Write ``cohort.csv`` (from row dicts, empty string = empty cell) and ``cohort.yaml``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
+    (folder / "cohort.csv").write_text("\n".join(lines) + "\n")
+    data = {"csv": "cohort.csv", "id": "subject_id", "images": {"flair": "flair"}, "label": "recurrence_12m"}
+    data.update(config or {})
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(data))
+    return folder / "cohort.yaml"
+
+
+@pytest.fixture
+def small_cohort(tmp_path: Path) -> Path:
+    """24 subjects, one 8x10x6 FLAIR each, labels 1/0 alternating in blocks, 4 unlabeled."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        write_nifti(tmp_path / "img" / f"s{i:02d}.nii.gz", rng.normal(size=(8, 10, 6)).astype(np.float32),
+                    np.diag([2.0, 2.0, 3.0, 1.0]))
+        label = "" if i >= 20 else ("yes" if i % 4 == 0 else "no")
+        rows.append({
+            "subject_id": f"s{i:02d}", "flair": f"img/s{i:02d}.nii.gz", "recurrence_12m": label,
+            "age": round(float(rng.normal(70, 10)), 1), "sex": "MF"[i % 2], "glucose": "" if i % 5 == 0 else round(float(rng.normal(6, 1)), 2),
+        })
+    return write_cohort(tmp_path, rows)
