@@ -1,0 +1,48 @@
+import os
+
+import pytest
+import torch
+
+from multimodal.checkpoint import atomic_path, atomic_write_text, load_weights, save_weights
+from multimodal.errors import StrokeSSLError
+
+
+def test_atomic_write_leaves_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "state.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["state.txt"]
+
+
+def test_safetensors_round_trip_and_prefix_stripping(tmp_path):
+    state = {"module.layer.weight": torch.randn(3, 2), "_orig_mod.bias": torch.arange(4)}
+    save_weights(state, tmp_path / "w.safetensors")
+    loaded = load_weights(tmp_path / "w.safetensors")
+    assert set(loaded) == {"layer.weight", "bias"}
+    assert torch.equal(loaded["layer.weight"], state["module.layer.weight"])
+
+
+def test_pt_file_with_state_dict_wrapper_loads(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "w.pt")
+    assert torch.equal(load_weights(tmp_path / "w.pt")["w"], torch.ones(2))
+
+
+class NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"w": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(StrokeSSLError, match="weights_only=True"):
+        load_weights(tmp_path / "evil.pt")
+
+
+def test_missing_and_corrupt_files_are_user_errors(tmp_path):
+    with pytest.raises(StrokeSSLError, match="does not exist"):
+        load_weights(tmp_path / "absent.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(StrokeSSLError, match="not a readable safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
