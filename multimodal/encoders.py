@@ -24,7 +24,8 @@ from torch import nn
 from multimodal.checkpoint import load_into
 from multimodal.errors import ConfigError, StrokeSSLError
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+EntryFn = Callable[..., nn.Module]
+ENCODERS: dict[str, EntryFn] = {}
 _KINDS: dict[str, str] = {}  # encoder name -> "image" | "tabular"
 ENCODER_KINDS = ("image", "tabular")
 NORMS = ("group", "batch", "instance")
@@ -34,14 +35,14 @@ _MAX_GROUPS = 16  # GroupNorm groups: the largest divisor of the channel count u
 # --------------------------------------------------------------------------- registry
 
 
-def register_encoder(name: str, kind: str = "image") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_encoder(name: str, kind: str = "image") -> Callable[[EntryFn], EntryFn]:
     """Decorator storing an entry function under ``name``; a duplicate name is a ``ValueError``."""
     if kind not in ENCODER_KINDS:
         raise ValueError(f"encoder kind {kind!r} is not one of {ENCODER_KINDS}")
 
-    def decorate(entry: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorate(entry: EntryFn) -> EntryFn:
         if name in ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered; registered: {sorted(ENCODERS)}")
+            raise ValueError(f"encoder {name!r} is already registered; taken: {sorted(ENCODERS)}")
         ENCODERS[name] = entry
         _KINDS[name] = kind
         return entry
@@ -71,13 +72,16 @@ def create_encoder(name: str, weights: str | Path | None = None, **kwargs: Any) 
     try:
         model = ENCODERS[name](**kwargs)
     except TypeError as err:
-        if "argument" not in str(err):  # a TypeError from inside the model is a bug, not a config error
+        # Only a bad or missing keyword is the user's; another TypeError inside a model is a bug.
+        if "argument" not in str(err):
             raise
-        raise ConfigError(f"encoder {name!r} does not accept these arguments ({err}); given {sorted(kwargs)}") from err
+        raise ConfigError(
+            f"encoder {name!r} does not accept these arguments ({err}); given {sorted(kwargs)}"
+        ) from err
     if weights is not None:
         try:
             load_into(model, weights)
-        except RuntimeError as err:  # load_state_dict raises RuntimeError on a tensor shape mismatch
+        except RuntimeError as err:  # load_state_dict's answer to a tensor shape mismatch
             raise StrokeSSLError(
                 f"weights file {weights} does not fit encoder {name!r} with {kwargs}: {err}; "
                 "use the name and arguments the weights were trained with"
@@ -116,8 +120,10 @@ def _replace_batchnorm3d(module: nn.Module, norm: str) -> None:
     for child_name, child in module.named_children():
         if isinstance(child, nn.BatchNorm3d):
             channels = child.num_features
-            spec = ("group", {"num_groups": _num_groups(channels)}) if norm == "group" else ("instance", {"affine": True})
-            setattr(module, child_name, get_norm_layer(name=spec, spatial_dims=3, channels=channels))
+            spec = ("group", {"num_groups": _num_groups(channels)})
+            if norm == "instance":
+                spec = ("instance", {"affine": True})
+            setattr(module, child_name, get_norm_layer(spec, spatial_dims=3, channels=channels))
         else:
             _replace_batchnorm3d(child, norm)
 
@@ -144,18 +150,24 @@ class ImageEncoder3D(nn.Module):
             raise ConfigError(f"3D ResNet depth {depth} is not one of {sorted(_MONAI_RESNETS)}")
         _check_norm(norm)
         if token_grid < 1 or stem_stride < 1:
-            raise ConfigError(f"token_grid ({token_grid}) and stem_stride ({stem_stride}) must be >= 1")
+            raise ConfigError(
+                f"token_grid ({token_grid}), stem_stride ({stem_stride}) must be >= 1"
+            )
         # MONAI's default stem stride is 1; stride 2 (the usual ResNet stem) measured ~13x faster.
         self.backbone = _MONAI_RESNETS[depth](
-            spatial_dims=3, n_input_channels=in_channels, feed_forward=False, conv1_t_stride=stem_stride, norm="batch"
-        )
+            spatial_dims=3,
+            n_input_channels=in_channels,
+            feed_forward=False,
+            conv1_t_stride=stem_stride,
+        )  # built with MONAI's BatchNorm, swapped below (see _replace_batchnorm3d)
         if norm != "batch":
             _replace_batchnorm3d(self.backbone, norm)
         self.num_features: int = self.backbone.in_planes  # MONAI leaves the last layer's width here
         self.token_grid = token_grid
         self.token_pool = nn.AdaptiveAvgPool3d(token_grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, token_grid**3, self.num_features))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)  # small, so positions do not swamp features at init
+        # Small, so positions do not swamp the image features at init.
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, F, h, w, d)``, the last ResNet stage (for attribution)."""
@@ -211,19 +223,20 @@ class SliceSequenceEncoder(nn.Module):
         super().__init__()
         _check_norm(norm)
         if slice_chunk is not None and slice_chunk < 1:
-            raise ConfigError(f"slice_chunk must be a positive number of slices or None, got {slice_chunk}")
+            raise ConfigError(
+                f"slice_chunk must be a positive slice count or None, got {slice_chunk}"
+            )
         self.backbone = timm.create_model(
             backbone,
-            pretrained=False,  # weights only ever come from a local file via create_encoder(weights=...)
+            pretrained=False,  # never download; create_encoder(weights=...) loads local files
             in_chans=in_channels,
             num_classes=0,
             global_pool="avg",
             norm_layer=_timm_norm_layer(norm),
         )
         self.slice_chunk = slice_chunk
-        self.lstm = nn.LSTM(
-            self.backbone.num_features, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True
-        )
+        feats = self.backbone.num_features
+        self.lstm = nn.LSTM(feats, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True)
         self.num_features: int = 2 * lstm_hidden
 
     def forward_slices(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,12 +247,12 @@ class SliceSequenceEncoder(nn.Module):
         feats = torch.cat([self.backbone(part) for part in slices.split(chunk)])  # (B*S, F)
         return feats.view(b, s, -1)
 
-    def forward_features(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``(B, C, H, W, S)`` -> ``embedding (B, 2h)``, ``tokens (B, S, 2h)``, ``slice_features (B, S, F)``.
-
-        ``slice_mask`` ``(B, S)`` bool, True for real slices, restricts the mean to them (the LSTM
-        still reads every slice).
-        """
+    def forward_features(
+        self, x: torch.Tensor, slice_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``(B, C, H, W, S)`` -> dict ``embedding (B, 2h)``, ``tokens (B, S, 2h)``,
+        ``slice_features (B, S, F)``. ``slice_mask`` ``(B, S)`` bool, True for real slices,
+        restricts the mean to them (the LSTM still reads every slice)."""
         slice_features = self.forward_slices(x)
         tokens, _ = self.lstm(slice_features)  # (B, S, 2h)
         if slice_mask is None:
@@ -261,8 +274,20 @@ class SliceSequenceEncoder(nn.Module):
 # --------------------------------------------------------------------------- tabular
 
 
-def _tabular_inputs(batch: dict[str, torch.Tensor], n_cont: int, n_cat: int) -> tuple[torch.Tensor, ...]:
-    """Check the preprocessor's dict against the encoder's feature counts; return (cont, cat, missing)."""
+def _check_features(num_continuous: int, category_sizes: list[int]) -> None:
+    if num_continuous + len(category_sizes) == 0:
+        raise ConfigError("a tabular encoder needs at least one continuous or categorical feature")
+    if num_continuous < 0 or any(size < 1 for size in category_sizes):
+        raise ConfigError(
+            f"num_continuous must be >= 0 ({num_continuous}) and each category size must count "
+            f"the index-0 missing bucket, so >= 1 ({category_sizes})"
+        )
+
+
+def _tabular_inputs(
+    batch: dict[str, torch.Tensor], n_cont: int, n_cat: int
+) -> tuple[torch.Tensor, ...]:
+    """Check the preprocessor's dict against the feature counts -> (cont, cat, missing)."""
     missing = batch["missing"]
     b = missing.shape[0]
     cont = batch.get("continuous", missing.new_zeros((b, 0), dtype=torch.float32))
@@ -270,8 +295,8 @@ def _tabular_inputs(batch: dict[str, torch.Tensor], n_cont: int, n_cat: int) -> 
     if cont.shape[1] != n_cont or cat.shape[1] != n_cat or missing.shape[1] != n_cont + n_cat:
         raise ConfigError(
             f"tabular encoder built for {n_cont} continuous + {n_cat} categorical features got "
-            f"continuous {tuple(cont.shape)}, categorical {tuple(cat.shape)}, missing {tuple(missing.shape)}; "
-            "build it from the same preprocessor that produced the tensors"
+            f"continuous {tuple(cont.shape)}, categorical {tuple(cat.shape)}, "
+            f"missing {tuple(missing.shape)}; build the encoder from the preprocessor that made them"
         )
     return cont, cat, missing.bool()
 
@@ -281,8 +306,6 @@ class _CategoricalEmbedding(nn.Module):
 
     def __init__(self, category_sizes: list[int], dim: int) -> None:
         super().__init__()
-        if any(size < 1 for size in category_sizes):
-            raise ConfigError(f"category_sizes must count the index-0 missing bucket (>= 1 each), got {category_sizes}")
         offsets = torch.tensor([0, *category_sizes[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets[: len(category_sizes)], persistent=False)
         self.table = nn.Embedding(max(sum(category_sizes), 1), dim)
@@ -316,8 +339,7 @@ class TabularEncoder(nn.Module):
         self.num_continuous = num_continuous
         self.num_categorical = len(category_sizes)
         n_features = num_continuous + self.num_categorical
-        if n_features == 0:
-            raise ConfigError("the tabular encoder needs at least one continuous or categorical feature")
+        _check_features(num_continuous, category_sizes)
         if dim % heads:
             raise ConfigError(f"tabular dim ({dim}) must be divisible by heads ({heads})")
         self.cont_weight = nn.Parameter(torch.empty(num_continuous, dim))
@@ -328,7 +350,7 @@ class TabularEncoder(nn.Module):
         for param in (self.cont_weight, self.missing_token, self.cls_token):
             nn.init.trunc_normal_(param, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+            dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
         )
         # Nested tensors are a no-op with norm_first and only trigger a warning.
         self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
@@ -336,7 +358,7 @@ class TabularEncoder(nn.Module):
         self.num_features: int = dim
 
     def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Returns ``(B, 1 + n_features, dim)``: [CLS] then the feature tokens, transformed and normed."""
+        """``-> (B, 1 + n_features, dim)``: [CLS] then the feature tokens, after the final norm."""
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
         cont_tokens = cont.unsqueeze(-1) * self.cont_weight + self.cont_bias  # (B, n_cont, dim)
         tokens = torch.cat([cont_tokens, self.cat_embed(cat)], dim=1)  # (B, n_features, dim)
@@ -370,8 +392,7 @@ class TabularMLP(nn.Module):
         self.num_continuous = num_continuous
         self.num_categorical = len(category_sizes)
         n_features = num_continuous + self.num_categorical
-        if n_features == 0:
-            raise ConfigError("the tabular encoder needs at least one continuous or categorical feature")
+        _check_features(num_continuous, category_sizes)
         self.cat_embed = _CategoricalEmbedding(list(category_sizes), category_dim)
         layers: list[nn.Module] = []
         width = num_continuous + n_features + self.num_categorical * category_dim

@@ -1,0 +1,266 @@
+"""Encoders: registry, shapes, gradients, slice locality, missing tokens, weight round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from multimodal.checkpoint import save_weights
+from multimodal.encoders import (
+    ENCODERS,
+    create_encoder,
+    list_encoders,
+    register_encoder,
+)
+from multimodal.errors import ConfigError, StrokeSSLError
+
+IMAGE_SHAPE = (2, 2, 16, 16, 8)  # (B, C, H, W, S): two sequences, 8 axial slices
+TAB_KWARGS = {"num_continuous": 3, "category_sizes": [3, 4], "dim": 32, "depth": 2, "heads": 4}
+
+
+def _kwargs(name: str) -> dict:
+    if name.startswith("slice_lstm"):
+        return {"in_channels": 2, "lstm_hidden": 16}
+    if name.startswith("resnet3d"):
+        return {"in_channels": 2}
+    if name == "tabular_mlp":  # an MLP has no attention heads
+        return {k: v for k, v in TAB_KWARGS.items() if k != "heads"}
+    return dict(TAB_KWARGS)
+
+
+def _table(batch: int = 4, n_cont: int = 3, sizes: tuple[int, ...] = (3, 4), seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    cont = torch.randn(batch, n_cont, generator=g)
+    cat = torch.zeros(batch, 0, dtype=torch.long)
+    if sizes:
+        cat = torch.stack([torch.randint(0, s, (batch,), generator=g) for s in sizes], dim=1)
+    missing = torch.rand(batch, n_cont + len(sizes), generator=g) < 0.4
+    missing[0] = True  # every missing token and every value path is used at least once
+    missing[1] = False
+    cont = cont.masked_fill(missing[:, :n_cont], 0.0)
+    return {"continuous": cont, "categorical": cat, "missing": missing}
+
+
+def _input(name: str) -> torch.Tensor | dict:
+    if name in list_encoders("tabular"):
+        return _table()
+    return torch.randn(IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
+
+
+def _expected_tokens(name: str) -> int:
+    if name.startswith("resnet3d"):
+        return 2**3  # token_grid = 2
+    if name.startswith("slice_lstm"):
+        return IMAGE_SHAPE[-1]
+    return TAB_KWARGS["num_continuous"] + len(TAB_KWARGS["category_sizes"])
+
+
+# --------------------------------------------------------------------------- every registered encoder
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_encoder(name, **_kwargs(name))
+    x = _input(name)
+    pooled = model(x)
+    assert pooled.shape == (2 if isinstance(x, torch.Tensor) else 4, model.num_features)
+    assert torch.isfinite(pooled).all()
+    loss = pooled.square().mean()
+    if name != "tabular_mlp":
+        tokens = model.forward_tokens(x)
+        assert tokens.shape == (pooled.shape[0], _expected_tokens(name), model.num_features)
+        assert torch.isfinite(tokens).all()
+        loss = loss + tokens.square().mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", list_encoders("image"))
+def test_group_norm_by_default_batch_norm_only_when_asked(name: str) -> None:
+    def count_bn(model: nn.Module) -> int:
+        return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    assert count_bn(create_encoder(name, **_kwargs(name))) == 0
+    assert (
+        sum(isinstance(m, nn.GroupNorm) for m in create_encoder(name, **_kwargs(name)).modules())
+        > 0
+    )
+    assert count_bn(create_encoder(name, norm="batch", **_kwargs(name))) > 0
+
+
+def test_instance_norm_builds_for_3d_resnet() -> None:
+    # MONAI's own ResNet cannot build with norm="instance" (non-affine init crash); ours swaps it in.
+    model = create_encoder("resnet3d_10", norm="instance")
+    assert sum(isinstance(m, nn.InstanceNorm3d) for m in model.modules()) > 0
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
+
+
+# --------------------------------------------------------------------------- 3D ResNet
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3])
+def test_resnet3d_token_count_is_grid_cubed(grid: int) -> None:
+    model = create_encoder("resnet3d_10", token_grid=grid).eval()
+    x = torch.randn(1, 1, 24, 24, 24)
+    assert model.forward_tokens(x).shape == (1, grid**3, 512)
+    assert model.forward_feature_map(x).shape == (1, 512, 1, 1, 1)  # stride-2 stem: 24 / 32 -> 1
+
+
+def test_resnet3d_pooled_equals_mean_of_feature_map() -> None:
+    model = create_encoder("resnet3d_10").eval()
+    x = torch.randn(2, 1, 24, 24, 24)
+    torch.testing.assert_close(model(x), model.forward_feature_map(x).mean(dim=(2, 3, 4)))
+
+
+# --------------------------------------------------------------------------- slice encoder
+
+
+def test_slice_features_change_only_in_the_edited_slice() -> None:
+    model = create_encoder("slice_lstm_resnet10t", in_channels=2, lstm_hidden=16).eval()
+    x = torch.randn(IMAGE_SHAPE)
+    edited = x.clone()
+    edited[1, :, :, :, 5] += 1.0  # subject 1, slice 5
+    with torch.no_grad():
+        before, after = model.forward_features(x), model.forward_features(edited)
+    changed = (before["slice_features"] - after["slice_features"]).abs().amax(
+        dim=-1
+    ) > 1e-6  # (B, S)
+    expected = torch.zeros_like(changed)
+    expected[1, 5] = True
+    assert torch.equal(changed, expected)
+    assert before["slice_features"].shape == (2, 8, 512)
+    # The bidirectional LSTM spreads the edit to every token of subject 1, none of subject 0.
+    token_changed = (before["tokens"] - after["tokens"]).abs().amax(dim=-1) > 1e-6
+    assert token_changed[1].all() and not token_changed[0].any()
+
+
+def test_slice_chunk_and_masked_mean() -> None:
+    torch.manual_seed(0)
+    full = create_encoder("slice_lstm_resnet10t", in_channels=2, lstm_hidden=16).eval()
+    chunked = create_encoder(
+        "slice_lstm_resnet10t", in_channels=2, lstm_hidden=16, slice_chunk=3
+    ).eval()
+    chunked.load_state_dict(full.state_dict())
+    x = torch.randn(IMAGE_SHAPE)
+    with torch.no_grad():
+        out = full.forward_features(x)
+        torch.testing.assert_close(chunked.forward_features(x)["tokens"], out["tokens"])
+        mask = torch.zeros(2, 8, dtype=torch.bool)
+        mask[:, :3] = True
+        torch.testing.assert_close(full(x, slice_mask=mask), out["tokens"][:, :3].mean(dim=1))
+        torch.testing.assert_close(full(x), out["embedding"])
+
+
+# --------------------------------------------------------------------------- tabular
+
+
+def test_missing_flag_changes_output_and_hides_the_value() -> None:
+    torch.manual_seed(0)
+    model = create_encoder("ft_transformer", **TAB_KWARGS).eval()
+    table = _table()
+    table["missing"][:] = False
+    flagged = {k: v.clone() for k, v in table.items()}
+    flagged["missing"][:, 1] = True  # same value, now flagged missing
+    with torch.no_grad():
+        assert not torch.allclose(model(table), model(flagged))
+        other_value = {k: v.clone() for k, v in flagged.items()}
+        other_value["continuous"][:, 1] = 123.0
+        torch.testing.assert_close(model(other_value), model(flagged), rtol=0, atol=0)
+        torch.testing.assert_close(
+            model.forward_tokens(other_value), model.forward_tokens(flagged), rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("name", list_encoders("tabular"))
+@pytest.mark.parametrize(("n_cont", "sizes"), [(0, (3, 4)), (3, ())])
+def test_tabular_without_continuous_or_categorical(
+    name: str, n_cont: int, sizes: tuple[int, ...]
+) -> None:
+    heads = 2 if name == "ft_transformer" else None  # None is dropped by create_encoder
+    model = create_encoder(
+        name, num_continuous=n_cont, category_sizes=list(sizes), dim=16, depth=1, heads=heads
+    )
+    table = _table(n_cont=n_cont, sizes=sizes)
+    out = model(table)
+    assert out.shape == (4, 16) and torch.isfinite(out).all()
+    if name == "ft_transformer":
+        assert model.forward_tokens(table).shape == (4, n_cont + len(sizes), 16)
+
+
+def test_tabular_mlp_has_no_tokens() -> None:
+    model = create_encoder("tabular_mlp", num_continuous=3, category_sizes=[3, 4])
+    with pytest.raises(ConfigError, match="ft_transformer"):
+        model.forward_tokens(_table())
+
+
+def test_tabular_shape_mismatch_is_a_clear_error() -> None:
+    model = create_encoder("ft_transformer", **TAB_KWARGS)
+    with pytest.raises(ConfigError, match="preprocessor that made them"):
+        model(_table(n_cont=2))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_by_kind() -> None:
+    images = {"resnet3d_10", "resnet3d_50", "slice_lstm_resnet18", "slice_lstm_resnet10t"}
+    assert set(list_encoders("image")) >= images
+    assert list_encoders("tabular") == ["ft_transformer", "tabular_mlp"]
+    assert list_encoders() == sorted(ENCODERS)
+    with pytest.raises(ConfigError):
+        list_encoders("text")
+
+
+def test_unknown_name_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'resnet3d_18'.*resnet3d_10"):
+        create_encoder("resnet3d18")
+
+
+def test_bad_argument_names_encoder_and_argument() -> None:
+    with pytest.raises(ConfigError, match=r"resnet3d_10.*lstm_hidden"):
+        create_encoder("resnet3d_10", lstm_hidden=8)
+    with pytest.raises(ConfigError, match=r"norm 'grup'.*'group'"):
+        create_encoder("slice_lstm_resnet18", norm="grup")
+
+
+def test_none_kwargs_are_dropped() -> None:
+    model = create_encoder("resnet3d_10", in_channels=None, token_grid=None)
+    assert model.backbone.conv1.in_channels == 1 and model.token_grid == 2
+
+
+def test_duplicate_registration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("resnet3d_10")(lambda: nn.Identity())
+    assert ENCODERS["resnet3d_10"].__name__ == "resnet3d_10"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet3d_10", "slice_lstm_resnet10t", "ft_transformer", "tabular_mlp"]
+)
+def test_weights_round_trip(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_encoder(name, **_kwargs(name)).eval()
+    path = tmp_path / "encoder.safetensors"
+    save_weights(model.state_dict(), path)
+    torch.manual_seed(1)  # a different random init, so equality comes from the file
+    loaded = create_encoder(name, weights=path, **_kwargs(name)).eval()
+    x = _input(name)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_mismatched_weights_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "r10.safetensors"
+    save_weights(create_encoder("resnet3d_10").state_dict(), path)
+    with pytest.raises(StrokeSSLError, match="missing"):  # different keys
+        create_encoder("resnet3d_18", weights=path)
+    with pytest.raises(StrokeSSLError, match="does not fit"):  # same keys, different shapes
+        create_encoder("resnet3d_10", weights=path, in_channels=2)
