@@ -4,7 +4,7 @@
 
 Epoch 1 starts from an empty cache folder (a temporary one, never the cohort's), so every
 subject is loaded from NIfTI and preprocessed; epoch 2 reads the cached volumes. Results go to
-``benchmarks/results/cache_speed.json`` and a Markdown table beside it.
+``benchmarks/results/<name>.json`` and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true", help="run the random augmentations too")
     parser.add_argument("--limit", type=int, default=None, help="use the first N subjects only")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--name", default="cache_speed", help="results file stem (default cache_speed)")
     args = parser.parse_args()
 
     run_config = load_run_config(args.config, args.overrides)
@@ -65,13 +66,13 @@ def main() -> None:
         "epochs": rows, "speedup": round(rows[1]["volumes_per_s"] / rows[0]["volumes_per_s"], 1),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cache_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = ["| epoch | volumes | seconds | volumes/s |", "| --- | --- | --- | --- |"]
     table += [f"| {r['epoch']} | {r['volumes']} | {r['seconds']} | {r['volumes_per_s']} |" for r in rows]
     table.append(f"\nspeed-up epoch 2 / epoch 1: {result['speedup']}x "
                  f"({len(sequences)} sequences -> {tuple(run_config.imaging.spatial_size)}, "
                  f"{args.workers} workers, augment={args.augment})")
-    (RESULTS / "cache_speed.md").write_text("\n".join(table) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))  # noqa: T201 - a benchmark script reports on stdout
 
 

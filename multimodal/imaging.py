@@ -409,9 +409,11 @@ class ImageDataset(Dataset):
     """Cached volumes of ``records``, randomly augmented when ``augment`` is enabled.
 
     Item: ``{"subject_id": str, "image": (C, H, W, D) float32, "modality_mask": (C,) float32,
-    "label": () float32 (nan = unlabeled)}``, plain tensors. The augmentation of item ``index``
-    is drawn from (seed, epoch, index), so it does not depend on the worker count; call
-    ``set_epoch`` before each epoch (with ``persistent_workers=False``, workers get the new epoch).
+    "label": () float32 (nan = unlabeled)}``, plain tensors. With ``views > 1`` (two augmented
+    views for SimCLR) ``image`` is ``(views, C, H, W, D)``, each view drawn independently. The
+    augmentation of item ``index`` is drawn from (seed, epoch, index, view), so it does not depend
+    on the worker count; call ``set_epoch`` before each epoch (with ``persistent_workers=False``,
+    workers get the new epoch).
     """
 
     def __init__(
@@ -420,7 +422,11 @@ class ImageDataset(Dataset):
         cache: VolumeCache,
         augment: AugmentConfig | None,
         seed: int = 0,
+        views: int = 1,
     ) -> None:
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.views = views
         self.records = list(records)
         self.cache = cache
         self.seed = seed
@@ -438,17 +444,23 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         tensors = self.cache.load(record)
-        image, modality_mask = tensors["image"], tensors["modality_mask"]
+        cached, modality_mask = tensors["image"], tensors["modality_mask"]
+        views = [self._augment(cached, modality_mask, index, view) for view in range(self.views)]
+        image = views[0] if self.views == 1 else torch.stack(views)
+        label = record.get("label")
+        return {
+            "subject_id": str(record["subject_id"]),
+            "image": image,
+            "modality_mask": modality_mask,
+            "label": torch.tensor(float("nan") if label is None else float(label), dtype=torch.float32),
+        }
+
+    def _augment(self, image: torch.Tensor, modality_mask: torch.Tensor, index: int, view: int) -> torch.Tensor:
+        """One random draw for (seed, epoch, index, view); the cached volume when not augmenting."""
         if self.transform is not None:
-            seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+            seed = np.random.SeedSequence([self.seed, self.epoch, index, view]).generate_state(1)[0]
             self.transform.set_random_state(seed=int(seed))
             image = torch.as_tensor(self.transform({"image": image})["image"]).float()
             # Noise and bias must not make a missing sequence's channel look present.
             image = image * modality_mask[:, None, None, None]
-        label = record.get("label")
-        return {
-            "subject_id": str(record["subject_id"]),
-            "image": image.as_subclass(torch.Tensor).contiguous(),
-            "modality_mask": modality_mask,
-            "label": torch.tensor(float("nan") if label is None else float(label), dtype=torch.float32),
-        }
+        return image.as_subclass(torch.Tensor).contiguous()

@@ -285,6 +285,14 @@ def test_augmentation_is_random_per_call_but_reproducible(dataset_records):
     assert not torch.equal(first["image"], cache.load(records[0])["image"])
 
 
+def test_two_views_are_independent_draws(dataset_records):
+    records, cache = dataset_records
+    item = ImageDataset(records, cache, AUGMENT, seed=7, views=2)[0]
+    assert item["image"].shape == (2, 2, 24, 24, 24)
+    assert not torch.equal(item["image"][0], item["image"][1])
+    assert torch.equal(item["image"][0], ImageDataset(records, cache, AUGMENT, seed=7)[0]["image"])
+
+
 def test_augmentation_does_not_depend_on_worker_count(dataset_records):
     records, cache = dataset_records
     batches = []
