@@ -9,6 +9,7 @@ local weights (timm ``register_model`` / ``create_model`` style). Nothing is eve
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,10 @@ from monai.networks.layers.utils import get_norm_layer
 from timm.layers import GroupNorm
 from torch import nn
 
-from multimodal.checkpoint import load_into
+from multimodal.checkpoint import load_into, load_weights
 from multimodal.errors import ConfigError, StrokeSSLError
+
+logger = logging.getLogger(__name__)
 
 EntryFn = Callable[..., nn.Module]
 ENCODERS: dict[str, EntryFn] = {}
@@ -100,6 +103,46 @@ def _num_groups(channels: int) -> int:
     return math.gcd(channels, _MAX_GROUPS)
 
 
+# --------------------------------------------------------------------------- backbone weights
+
+
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """First-conv weight ``(O, I, *k)`` for ``channels`` inputs: the sum over the I input
+    channels shared equally, so a uniform image gives the same response. MRI sequences have
+    nothing to do with RGB channels, so no colour-specific filter is worth keeping."""
+    shared = weight.sum(dim=1, keepdim=True) / channels
+    return shared.repeat(1, channels, *([1] * (weight.dim() - 2)))
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a local ImageNet (timm) or MedicalNet (MONAI) checkpoint into ``backbone``.
+
+    Classifier and BatchNorm running-statistics keys the backbone lacks are skipped, and the
+    first convolution is adapted to the backbone's input channels (one per MRI sequence).
+    A file that matches no tensor is a ``StrokeSSLError``.
+    """
+    own = backbone.state_dict()
+    # The input convolution is the first conv kernel (timm's deep stems name it conv1.0).
+    input_conv = next(k for k, v in own.items() if k.endswith("weight") and v.dim() >= 4)
+    usable = {}
+    for key, value in load_weights(path).items():
+        if key not in own:
+            continue
+        target = own[key]
+        if key == input_conv and value.dim() == target.dim() and value.shape[1] != target.shape[1]:
+            value = adapt_input_channels(value, target.shape[1])
+        if value.shape == target.shape:
+            usable[key] = value
+    if not usable:
+        raise StrokeSSLError(
+            f"backbone weights {path} match none of {type(backbone).__name__}'s tensors; "
+            "check they are for this architecture (e.g. timm resnet18 for slice_lstm_resnet18, "
+            "MedicalNet ResNet-10 for resnet3d_10)"
+        )
+    backbone.load_state_dict(usable, strict=False)
+    logger.info("loaded %d of %d backbone tensors from %s", len(usable), len(own), path)
+
+
 # --------------------------------------------------------------------------- 3D ResNet
 
 
@@ -144,6 +187,7 @@ class ImageEncoder3D(nn.Module):
         norm: str = "group",
         stem_stride: int = 2,
         token_grid: int = 2,
+        backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if depth not in _MONAI_RESNETS:
@@ -162,6 +206,8 @@ class ImageEncoder3D(nn.Module):
         )  # built with MONAI's BatchNorm, swapped below (see _replace_batchnorm3d)
         if norm != "batch":
             _replace_batchnorm3d(self.backbone, norm)
+        if backbone_weights is not None:  # e.g. MedicalNet weights from a local file
+            load_backbone_weights(self.backbone, backbone_weights)
         self.num_features: int = self.backbone.in_planes  # MONAI leaves the last layer's width here
         self.token_grid = token_grid
         self.token_pool = nn.AdaptiveAvgPool3d(token_grid)
@@ -219,6 +265,7 @@ class SliceSequenceEncoder(nn.Module):
         lstm_hidden: int = 256,
         lstm_layers: int = 1,
         slice_chunk: int | None = None,
+        backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         _check_norm(norm)
@@ -234,6 +281,8 @@ class SliceSequenceEncoder(nn.Module):
             global_pool="avg",
             norm_layer=_timm_norm_layer(norm),
         )
+        if backbone_weights is not None:  # e.g. ImageNet weights of the timm ResNet, local file
+            load_backbone_weights(self.backbone, backbone_weights)
         self.slice_chunk = slice_chunk
         feats = self.backbone.num_features
         self.lstm = nn.LSTM(feats, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True)

@@ -264,3 +264,36 @@ def test_mismatched_weights_are_rejected(tmp_path: Path) -> None:
         create_encoder("resnet3d_18", weights=path)
     with pytest.raises(StrokeSSLError, match="does not fit"):  # same keys, different shapes
         create_encoder("resnet3d_10", weights=path, in_channels=2)
+
+
+# --------------------------------------------------------------------------- backbone weights
+def test_backbone_weights_from_an_rgb_timm_checkpoint(tmp_path):
+    import timm
+
+    from multimodal.encoders import adapt_input_channels
+
+    rgb = timm.create_model("resnet10t", pretrained=False, num_classes=7)  # classifier + BatchNorm stats
+    save_weights(rgb.state_dict(), tmp_path / "imagenet.safetensors")
+    encoder = create_encoder("slice_lstm_resnet10t", in_channels=2, lstm_hidden=8,
+                             backbone_weights=tmp_path / "imagenet.safetensors")
+    stem = next(k for k in rgb.state_dict() if k.endswith(".weight") and rgb.state_dict()[k].dim() == 4)
+    expected = adapt_input_channels(rgb.state_dict()[stem], 2)
+    assert torch.allclose(encoder.backbone.state_dict()[stem], expected)
+    deep = "layer4.0.conv2.weight"
+    assert torch.equal(encoder.backbone.state_dict()[deep], rgb.state_dict()[deep])
+
+
+def test_adapt_input_channels_keeps_the_response_to_a_constant_image():
+    from multimodal.encoders import adapt_input_channels
+
+    weight = torch.randn(4, 3, 3, 3)
+    for channels in (1, 2, 5):
+        adapted = adapt_input_channels(weight, channels)
+        assert adapted.shape == (4, channels, 3, 3)
+        assert torch.allclose(adapted.sum(dim=(1, 2, 3)), weight.sum(dim=(1, 2, 3)), atol=1e-5)
+
+
+def test_unrelated_backbone_weights_are_an_error(tmp_path):
+    save_weights({"foo.bar": torch.zeros(3)}, tmp_path / "other.safetensors")
+    with pytest.raises(StrokeSSLError, match="match none"):
+        create_encoder("resnet3d_10", backbone_weights=tmp_path / "other.safetensors")
