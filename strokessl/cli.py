@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,12 +48,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="override a run-config key (repeatable)")
     validate.add_argument("--headers-only", action="store_true",
                           help="read NIfTI headers only (fast; misses truncated image data)")
+
+    pretrain = commands.add_parser(
+        "pretrain", help="contrastive image-tabular pretraining (CLIP + matching, or simclr / scarf)",
+        description="Pretrain the MRI and clinical-record encoders as the run config says and write "
+        "the run folder (run.dir). Under `torchrun --nproc_per_node N` it runs distributed.",
+    )
+    pretrain.add_argument("config", type=Path, help="run config (e.g. configs/demo.yaml)")
+    pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. --set pretrain.epochs=5 (repeatable)")
+    pretrain.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                          help="continue a stopped run (its folder, default run.dir); the config must match "
+                          "except pretrain.epochs")
     return parser.parse_args(argv)
 
 
 def setup_logging(verbose: bool) -> None:
+    # Under torchrun only rank 0 reports progress; other ranks still say what went wrong.
+    quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -91,7 +106,15 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": run_synth, "validate": run_validate}
+def run_pretrain(args: argparse.Namespace) -> int:
+    from pretrain.run import run_pretrain as pretrain
+
+    run_dir = pretrain(args.config, args.overrides, resume=args.resume)
+    logger.info("run folder: %s", run_dir)
+    return 0
+
+
+COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain}
 
 
 def main(argv: list[str] | None = None) -> int:

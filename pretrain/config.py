@@ -1,0 +1,92 @@
+"""The ``pretrain:`` section of a run config, as a typed dataclass.
+
+``multimodal.config.RunConfig`` keeps each stage's section as a plain mapping (the shared core
+cannot import the stages); this module types and checks it, so an unknown key under
+``pretrain:`` is an error naming the nearest valid key, as everywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from multimodal.config import RunConfig, check_choice, from_dict
+from multimodal.errors import ConfigError
+
+OBJECTIVES = ("clip", "itm", "masked_tabular", "simclr", "scarf")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ROWS = ("unlabeled", "all")
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 100
+    batch_size: int = 16  # per process; negatives span the global batch (and the queue)
+    lr: float = 3e-4  # AdamW peak learning rate
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    precision: str = "auto"  # auto = bf16 on CUDA with bf16, fp16 + GradScaler on other CUDA, fp32 on CPU
+    # objective name -> weight in the total loss; clip + itm is the multimodal default
+    objectives: dict[str, float] = field(default_factory=lambda: {"clip": 1.0, "itm": 1.0})
+    clip_image_weight: float = 0.5  # λ: weight of image→table vs (1 − λ) table→image
+    temperature_init: float = 0.07  # logit scale starts at 1 / temperature, clamped to [1, 100]
+    projection_dim: int = 128
+    projection_hidden: int = 512
+    fusion_dim: int = 128  # width of the matching cross-attention transformer
+    fusion_depth: int = 2
+    fusion_heads: int = 4
+    itm_duplicate_threshold: float = 0.98  # cosine of clinical rows above which a negative is refused
+    queue_size: int = 0  # extra CLIP negatives from earlier batches; 0 = off
+    simclr_temperature: float = 0.1
+    scarf_corruption: float = 0.3  # share of features replaced from the empirical marginals
+    mask_rate: float = 0.15  # masked_tabular: share of present features hidden and reconstructed
+    rows: str = "unlabeled"  # unlabeled | all: which cohort rows pretraining reads
+    val_fraction: float = 0.2  # held-out subjects for retrieval / alignment metrics
+    log_every: int = 10  # steps between TensorBoard scalar writes
+
+    def __post_init__(self) -> None:
+        check_choice("pretrain.precision", self.precision, PRECISIONS)
+        check_choice("pretrain.rows", self.rows, ROWS)
+        if not self.objectives:
+            raise ConfigError("pretrain.objectives is empty; use e.g. {clip: 1.0, itm: 1.0}")
+        for name, weight in self.objectives.items():
+            check_choice("pretrain.objectives", name, OBJECTIVES)
+            if weight < 0:
+                raise ConfigError(f"pretrain.objectives.{name} weight must be >= 0, got {weight}")
+        multimodal = {"clip", "itm", "masked_tabular"} & set(self.objectives)
+        unimodal = {"simclr", "scarf"} & set(self.objectives)
+        if unimodal and (multimodal or len(unimodal) > 1):
+            raise ConfigError(
+                f"pretrain.objectives {sorted(self.objectives)}: simclr and scarf are single-modality "
+                "baselines; run each alone (e.g. {simclr: 1.0}) or use clip / itm / masked_tabular"
+            )
+        if "itm" in self.objectives and "clip" not in self.objectives:
+            raise ConfigError("pretrain.objectives: itm mines its negatives from the clip similarities; add clip")
+        if not 0.0 <= self.clip_image_weight <= 1.0:
+            raise ConfigError(f"pretrain.clip_image_weight must be in [0, 1], got {self.clip_image_weight}")
+        if not 0.0 < self.temperature_init <= 1.0:
+            raise ConfigError(f"pretrain.temperature_init must be in (0, 1], got {self.temperature_init}")
+        for key in ("scarf_corruption", "mask_rate"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ConfigError(f"pretrain.{key} must be between 0 and 1, got {getattr(self, key)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"pretrain.val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("pretrain.epochs must be >= 1 and pretrain.batch_size >= 2 (contrastive pairs)")
+        if self.queue_size < 0:
+            raise ConfigError(f"pretrain.queue_size must be >= 0, got {self.queue_size}")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The branches the objectives train: ("image", "table"), ("image",) or ("table",)."""
+        if "simclr" in self.objectives:
+            return ("image",)
+        if "scarf" in self.objectives:
+            return ("table",)
+        return ("image", "table")
+
+
+def pretrain_config(run_config: RunConfig) -> PretrainConfig:
+    """The typed ``pretrain:`` section of ``run_config``."""
+    return from_dict(PretrainConfig, run_config.pretrain, where="pretrain.")

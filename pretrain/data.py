@@ -1,0 +1,171 @@
+"""Pretraining data: cohort rows → (cached MRI volume, preprocessed clinical row) pairs.
+
+The tabular preprocessor is fitted on the training split only and saved in the run folder;
+MRI volumes come from the disk cache (built once, on the main process) and are augmented in the
+DataLoader workers. The sampler is a ``DistributedSampler`` in every case (one replica when not
+distributed), so the data order is a function of (seed, epoch) alone and a resumed run sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from multimodal.cohort import Cohort, load_cohort, stratified_split
+from multimodal.config import CohortConfig, RunConfig
+from multimodal.errors import ConfigError, StrokeSSLError
+from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.tabular import TabularPreprocessor
+from pretrain import distributed
+from pretrain.config import PretrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class MultimodalDataset(Dataset):
+    """Item ``i``: ``{"index": int (cohort position, the subject's id for the queue), "subject_id",
+    "image": (C, H, W, D) or (views, C, H, W, D), "table": {continuous (n_cont,), categorical
+    (n_cat,), missing (n_cont + n_cat,)}}``; a modality the objectives don't need is left out."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        positions: list[int],
+        images: ImageDataset | None,
+        table: dict[str, torch.Tensor] | None,
+    ) -> None:
+        self.ids = ids
+        self.positions = positions
+        self.images = images
+        self.table = table
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.images is not None:
+            self.images.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": self.positions[i], "subject_id": self.ids[i]}
+        if self.images is not None:
+            item["image"] = self.images[i]["image"]
+        if self.table is not None:
+            item["table"] = {key: value[i] for key, value in self.table.items()}
+        return item
+
+
+@dataclass
+class PretrainData:
+    cohort: Cohort
+    sequences: list[str]
+    preprocessor: TabularPreprocessor
+    train: MultimodalDataset
+    val: MultimodalDataset
+    table_pool: dict[str, torch.Tensor]  # training rows' tensors: SCARF's empirical marginals
+
+
+def pretraining_subjects(cohort: Cohort, rows: str) -> list[str]:
+    """The subjects pretraining reads: unlabeled ones (default) or all."""
+    if rows == "all":
+        return list(cohort.ids)
+    chosen = [s for s, labeled in zip(cohort.ids, cohort.labeled, strict=True) if not labeled]
+    if not chosen:
+        raise StrokeSSLError(
+            f"cohort {cohort.config.source} has no unlabeled subjects to pretrain on; "
+            "set pretrain.rows: all to pretrain on every subject (labels are never read)"
+        )
+    return chosen
+
+
+def resolve_sequences(run_config: RunConfig, cohort: Cohort) -> list[str]:
+    """Channels in order: ``imaging.sequences`` or every cohort sequence; unknown names are an error."""
+    sequences = list(run_config.imaging.sequences or cohort.sequences)
+    unknown = [s for s in sequences if s not in cohort.sequences]
+    if unknown:
+        raise ConfigError(
+            f"imaging.sequences names {unknown}, but cohort {cohort.config.source} has {cohort.sequences}"
+        )
+    return sequences
+
+
+def build_pretrain_data(
+    run_config: RunConfig, cohort_config: CohortConfig, pretrain: PretrainConfig, run_dir: Path
+) -> PretrainData:
+    """Split, fit (or reload) the preprocessor, warm the MRI cache and build both datasets."""
+    cohort = load_cohort(cohort_config)
+    subjects = pretraining_subjects(cohort, pretrain.rows)
+    position = {s: i for i, s in enumerate(cohort.ids)}
+    labels = cohort.labels[[position[s] for s in subjects]]
+    train_ids, val_ids = stratified_split(subjects, labels, pretrain.val_fraction, run_config.seed)
+    if len(train_ids) < pretrain.batch_size * distributed.world_size():
+        raise StrokeSSLError(
+            f"{len(train_ids)} training subjects cannot fill one global batch of "
+            f"{pretrain.batch_size} x {distributed.world_size()} process(es); lower pretrain.batch_size "
+            "or pretrain.val_fraction, or use pretrain.rows: all"
+        )
+    logger.info("pretraining on %d subjects, %d held out for validation", len(train_ids), len(val_ids))
+
+    preprocessor_path = run_dir / "preprocessor.json"
+    if preprocessor_path.is_file():  # resume: the state the run started with
+        preprocessor = TabularPreprocessor.load(preprocessor_path)
+    else:
+        preprocessor = TabularPreprocessor(cohort.continuous, cohort.categorical).fit(cohort.features.loc[train_ids])
+        if distributed.is_main():
+            preprocessor.save(preprocessor_path)
+
+    sequences = resolve_sequences(run_config, cohort)
+    use_images = "image" in pretrain.modalities
+    use_table = "table" in pretrain.modalities
+    cache = VolumeCache(
+        run_config.data.cache_dir, run_config.imaging, sequences, cohort_config.missing_images,
+        cohort_config.volume_index, run_config.data.cache_dtype,
+    )
+    if use_images:
+        if distributed.is_main():
+            cache.warm(cohort.records(train_ids + val_ids), workers=run_config.data.workers)
+        distributed.barrier()
+
+    def dataset(ids: list[str], train: bool) -> MultimodalDataset:
+        images = None
+        if use_images:
+            augment = run_config.imaging.augment if train else None
+            views = 2 if train and "simclr" in pretrain.objectives else 1
+            images = ImageDataset(cohort.records(ids), cache, augment, seed=run_config.seed, views=views)
+        table = preprocessor.transform_tensors(cohort.features.loc[ids]) if use_table else None
+        return MultimodalDataset(ids, [position[s] for s in ids], images, table)
+
+    pool = preprocessor.transform_tensors(cohort.features.loc[train_ids])
+    return PretrainData(cohort, sequences, preprocessor, dataset(train_ids, True), dataset(val_ids, False), pool)
+
+
+def make_loader(
+    dataset: MultimodalDataset, batch_size: int, workers: int, seed: int, train: bool
+) -> DataLoader:
+    """Training: a ``DistributedSampler`` (one replica when not distributed) whose order depends
+    on (seed, epoch) only — call ``loader.sampler.set_epoch`` — dropping the last incomplete batch,
+    since gathered contrastive batches must have the same size on every rank. Evaluation: every
+    subject in order (evaluation runs on the main process).
+    """
+    sampler = None
+    if train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
+            shuffle=True, seed=seed, drop_last=True,
+        )
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+        drop_last=train, pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Augmentations are seeded per item; this only pins NumPy for anything else a worker draws.
+    np.random.seed(torch.initial_seed() % 2**32)

@@ -1,0 +1,189 @@
+"""One training step, one epoch, one evaluation — read top to bottom, no callback framework.
+
+``PretrainStep`` computes every configured objective inside ``forward`` so that
+DistributedDataParallel sees a single forward per step (the matching head and reconstruction
+head are then ordinary parts of the graph it synchronises).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from multimodal.errors import StrokeSSLError
+from pretrain import distributed
+from pretrain.config import PretrainConfig
+from pretrain.metrics import embedding_metrics
+from pretrain.objectives import (
+    EmbeddingQueue,
+    clip_loss,
+    gumbel_noise,
+    itm_loss,
+    mask_features,
+    masked_tabular_loss,
+    scarf_corrupt,
+    scarf_loss,
+    simclr_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def step_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers (seed, step, ...): the same on every rank when the
+    parts are, so shared draws (ITM noise) agree across processes and resume replays them."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class PretrainStep(nn.Module):
+    """``forward(batch, step) -> {"loss": total, "<objective>_loss": ..., metrics...}``.
+
+    ``batch``: ``image`` (B, C, H, W, D) (or (B, 2, C, H, W, D) for simclr), ``table`` dict of
+    (B, ...) tensors, ``index`` (B,) cohort positions (subject ids for the queue).
+    """
+
+    def __init__(self, model: nn.Module, pretrain: PretrainConfig, category_sizes: list[int],
+                 table_pool: dict[str, torch.Tensor], seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self.pretrain = pretrain
+        self.weights = dict(pretrain.objectives)
+        self.category_sizes = list(category_sizes)
+        self.seed = seed
+        self.queue = EmbeddingQueue(pretrain.queue_size, pretrain.projection_dim) if pretrain.queue_size else None
+        for key, value in table_pool.items():  # SCARF's empirical marginals, moved with the module
+            self.register_buffer(f"pool_{key}", value, persistent=False)
+
+    def forward(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        if "simclr" in self.weights:
+            views = batch["image"]  # (B, 2, C, H, W, D)
+            terms.update(simclr_loss(self.model.encode_image(views[:, 0]), self.model.encode_image(views[:, 1]),
+                                     self.pretrain.simclr_temperature))
+        elif "scarf" in self.weights:
+            pool = {k: getattr(self, f"pool_{k}") for k in ("continuous", "categorical", "missing")}
+            corrupted = scarf_corrupt(batch["table"], pool, self.pretrain.scarf_corruption,
+                                      step_generator(self.seed, step, distributed.rank(), 1))
+            terms.update(scarf_loss(self.model.encode_table(batch["table"]), self.model.encode_table(corrupted),
+                                    self.pretrain.simclr_temperature))
+        else:
+            terms.update(self._multimodal(batch, step))
+        total = sum(self.weights[name] * terms[f"{name}_loss"] for name in self.weights)
+        return {"loss": total, **terms}
+
+    def _multimodal(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        out = self.model(image=batch["image"], table=batch["table"])
+        terms: dict[str, torch.Tensor] = {"temperature": 1.0 / out["logit_scale"].detach()}
+        queue = self.queue.get() if self.queue is not None else None
+        clip = clip_loss(out["image_features"], out["table_features"], out["logit_scale"],
+                         image_weight=self.pretrain.clip_image_weight, gather=True, queue=queue,
+                         row_ids=batch["index"])
+        terms["clip_loss"] = clip["clip_loss"]
+        if "itm" in self.weights:
+            n_global = clip["similarity"].shape[1]
+            noise = gumbel_noise(2, n_global, step_generator(self.seed, step, 0))  # same on every rank
+            rows = slice(distributed.rank() * len(batch["index"]), (distributed.rank() + 1) * len(batch["index"]))
+            terms.update(itm_loss(
+                out["image_tokens"], out["table_tokens"], self.model.match_logits,
+                clip["similarity"], clip["similarity_t2i"], batch["table"], self.category_sizes,
+                self.pretrain.itm_duplicate_threshold, noise[0][rows], noise[1][rows],
+            ))
+        if "masked_tabular" in self.weights:
+            table = batch["table"]
+            mask = mask_features(table["missing"], self.pretrain.mask_rate,
+                                 step_generator(self.seed, step, distributed.rank(), 2))
+            masked = dict(table, missing=table["missing"] | mask)
+            tokens = self.model.table_tokens(masked)
+            continuous, logits = self.model.reconstruct(tokens, out["image_tokens"])
+            terms.update(masked_tabular_loss(continuous, logits, table, mask))
+        if self.queue is not None:
+            with torch.no_grad():
+                self.queue.push(distributed.all_gather_no_grad(out["image_features"].detach()),
+                                distributed.all_gather_no_grad(out["table_features"].detach()),
+                                distributed.all_gather_no_grad(batch["index"]))
+        return terms
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def train_one_epoch(
+    trained: nn.Module, step_module: PretrainStep, loader: Any, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
+    pretrain: PretrainConfig, epoch: int, step: int, writer: Any, device: torch.device,
+) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns the new global step and the epoch means of every term."""
+    trained.train()
+    sums: dict[str, float] = defaultdict(float)
+    batches = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{pretrain.epochs}", unit="batch", leave=False,
+               disable=not distributed.is_main())
+    for batch in bar:
+        batch = to_device(batch, device)
+        with autocast():
+            terms = trained(batch, step)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise StrokeSSLError(
+                f"pretraining loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                "lower pretrain.lr, raise pretrain.temperature_init or check the inputs for NaN"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if pretrain.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(step_module.parameters(), pretrain.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        # Mean over ranks before logging, so rank 0 reports the global batch.
+        values = {k: float(distributed.all_reduce_mean(v.detach().float())) for k, v in terms.items()}
+        for key, value in values.items():
+            sums[key] += value
+        batches += 1
+        bar.set_postfix(loss=f"{values['loss']:.3f}")
+        if writer is not None and (step % pretrain.log_every == 0 or step == 1):
+            for key, value in values.items():
+                writer.add_scalar(f"train/{key}", value, step)
+            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    return step, {k: v / max(batches, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Embed every validation subject (no augmentation) and measure retrieval, alignment, uniformity.
+
+    Returns the metrics and ``{"image": (N, P) | None, "table": (N, P) | None, "subject_id": [...]}``.
+    """
+    was_training = model.training
+    model.eval()
+    images, tables, ids = [], [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast():
+            if "image" in batch:
+                images.append(model.encode_image(batch["image"]).float().cpu())
+            if "table" in batch:
+                tables.append(model.encode_table(batch["table"]).float().cpu())
+        ids += list(batch["subject_id"])
+    model.train(was_training)
+    image = torch.cat(images) if images else None
+    table = torch.cat(tables) if tables else None
+    return embedding_metrics(image, table), {"image": image, "table": table, "subject_id": ids}

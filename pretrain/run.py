@@ -1,0 +1,325 @@
+"""``strokessl pretrain``: a run config → a finished run folder (DESIGN.md §4).
+
+Set-up (distributed, seeds, run folder, data, model, optimiser), resume, the epoch loop, atomic
+checkpoints and the final artefacts. The per-step work lives in ``pretrain.loop``.
+
+Run folder::
+
+    config.yaml                  resolved config, exactly as run
+    run_info.json                versions, git commit, world size
+    preprocessor.json            tabular state fitted on the training split
+    checkpoints/state.pt         everything needed to resume (tensors and plain types only)
+    checkpoints/model.safetensors, image_encoder.safetensors, table_encoder.safetensors  (at the end)
+    tb/                          TensorBoard scalars and embeddings
+    metrics.json                 final validation metrics + per-epoch history (written last)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import strokessl
+from multimodal.checkpoint import atomic_path, atomic_write_text, save_weights
+from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config, to_dict
+from multimodal.errors import ConfigError, StrokeSSLError
+from pretrain import distributed
+from pretrain.config import PretrainConfig, pretrain_config
+from pretrain.data import build_pretrain_data, make_loader
+from pretrain.loop import PretrainStep, evaluate, train_one_epoch
+from pretrain.model import build_pretrain_model, encoder_state_dicts
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+# --------------------------------------------------------------------------- set-up helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 on CUDA with bf16, fp16 on other CUDA, fp32 on CPU (bf16 measured slower there)."""
+    if precision != "auto":
+        if precision != "fp32" and device.type != "cuda":
+            logger.warning("precision %s requested on %s; mixed precision is rarely faster on CPU", precision, device)
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(model: torch.nn.Module, pretrain: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings of positions / tokens and the temperature."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or any(k in name for k in ("token", "pos_embed", "logit_scale")):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": pretrain.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=pretrain.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, pretrain: PretrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` at the last step."""
+    total = max(1, pretrain.epochs * steps_per_epoch)
+    warmup = min(int(pretrain.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return pretrain.min_lr_ratio + (1 - pretrain.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# --------------------------------------------------------------------------- run folder and resume
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    data = to_dict(config)
+    data.get("pretrain", {}).pop("epochs", None)  # a resumed run may be extended
+    data.pop("run", None)
+    return data
+
+
+def prepare_run_dir(run_config: RunConfig, resume: bool) -> Path:
+    """Create the run folder, or check it matches the config on ``--resume``."""
+    run_dir = Path(run_config.run.dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise StrokeSSLError(f"cannot resume: {run_dir} holds no config.yaml; start the run without --resume")
+        previous = load_run_config(saved)
+        previous.run.dir = run_config.run.dir
+        old, new = _comparable(previous), _comparable(run_config)
+        if old != new:
+            changed = sorted(_diff_keys(old, new))
+            raise ConfigError(
+                f"cannot resume {run_dir}: the config differs from the one it started with in {changed}; "
+                "only pretrain.epochs may change (start a new run with --set run.dir=...)"
+            )
+        return run_dir
+    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists():
+        raise StrokeSSLError(
+            f"run folder {run_dir} already holds a run; add --resume to continue it, "
+            "or choose another folder with --set run.dir=..."
+        )
+    return run_dir
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = []
+        for key in sorted(set(old) | set(new)):
+            keys += _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return keys
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """One atomic file holding weights, optimiser, scheduler, RNG and progress (tensors and plain types)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file raises many types
+        raise StrokeSSLError(f"cannot read training state {path} ({err}); remove it to restart the run") from err
+
+
+def rng_state() -> dict[str, Any]:
+    """Plain-typed RNG state for resume: Python and torch (CPU, CUDA). NumPy's global RNG is not
+    used in training (augmentations are seeded per item), and ``weights_only=True`` refuses
+    ``np.random.get_state()``'s arrays anyway."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --------------------------------------------------------------------------- the run
+def run_pretrain(config_path: str | Path, overrides: list[str] | None = None,
+                 resume: bool | str | Path = False) -> Path:
+    """Pretrain as the config says and return the run folder. ``resume`` may name the folder."""
+    run_config = load_run_config(config_path, overrides)
+    if isinstance(resume, (str, Path)) and not isinstance(resume, bool):
+        run_config.run.dir = Path(resume).resolve()
+        resume = True
+    pretrain = pretrain_config(run_config)
+    cohort_config = load_cohort_config(run_config.cohort)
+    device = distributed.setup_distributed()
+    try:
+        return _run(run_config, cohort_config, pretrain, bool(resume), device)
+    finally:
+        distributed.cleanup_distributed()
+
+
+def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, resume: bool,
+         device: torch.device) -> Path:
+    run_dir = prepare_run_dir(run_config, resume)
+    checkpoints = run_dir / "checkpoints"
+    main = distributed.is_main()
+    if main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(run_config, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "run_info.json", json.dumps({
+            "strokessl": strokessl.__version__, "torch": torch.__version__,
+            "git_commit": _git_commit(), "world_size": distributed.world_size(), "device": str(device),
+            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=2))
+    distributed.barrier()
+    seed_everything(run_config.seed + distributed.rank())
+
+    data = build_pretrain_data(run_config, cohort_config, pretrain, run_dir)
+    model = build_pretrain_model(
+        run_config.model, pretrain, in_channels=len(data.sequences),
+        num_continuous=len(data.preprocessor.continuous), category_sizes=data.preprocessor.category_sizes,
+    ).to(device)
+    step_module = PretrainStep(model, pretrain, data.preprocessor.category_sizes, data.table_pool,
+                               seed=run_config.seed).to(device)
+    trained = step_module
+    if distributed.world_size() > 1:
+        trained = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    train_loader = make_loader(data.train, pretrain.batch_size, run_config.data.workers, run_config.seed, train=True)
+    val_loader = make_loader(data.val, pretrain.batch_size, run_config.data.workers, run_config.seed, train=False)
+    steps_per_epoch = len(train_loader)
+    optimizer = build_optimizer(step_module, pretrain)
+    scheduler = build_scheduler(optimizer, pretrain, steps_per_epoch)
+    precision = resolve_precision(pretrain.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    start_epoch, step, history = 0, 0, []
+    state_path = checkpoints / STATE_FILE
+    if resume and state_path.is_file():
+        state = load_state(state_path)
+        step_module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        set_rng_state(state["rng"][distributed.rank()] if distributed.rank() < len(state["rng"]) else state["rng"][0])
+        logger.info("resuming %s at epoch %d (step %d)", run_dir, start_epoch, step)
+    elif resume:
+        logger.info("no training state in %s yet: starting from epoch 0", run_dir)
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+    logger.info("pretraining %s on %s (%s, %d process(es)), %d steps per epoch",
+                "+".join(pretrain.objectives), device, precision, distributed.world_size(), steps_per_epoch)
+
+    for epoch in range(start_epoch, pretrain.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        data.train.set_epoch(epoch)
+        step, train_metrics = train_one_epoch(
+            trained, step_module, train_loader, optimizer, scheduler, scaler,
+            lambda: autocast_context(precision, device), pretrain, epoch, step, writer, device,
+        )
+        entry = {"epoch": epoch + 1, "step": step, **{f"train/{k}": v for k, v in train_metrics.items()}}
+        if main:
+            val_metrics, _ = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+            entry.update({f"val/{k}": v for k, v in val_metrics.items()})
+            for key, value in val_metrics.items():
+                writer.add_scalar(f"val/{key}", value, step)
+            logger.info("epoch %d/%d: %s", epoch + 1, pretrain.epochs, _short(entry))
+        history.append(entry)
+        rng = _gather_rng()
+        if main:
+            save_state(state_path, {
+                "model": step_module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "step": step, "history": history, "rng": rng,
+                "config": to_dict(run_config),
+            })
+        distributed.barrier()
+
+    if main:
+        _finish(run_dir, model, val_loader, device, precision, history, writer, data)
+    distributed.barrier()
+    return run_dir
+
+
+def _gather_rng() -> list[dict[str, Any]]:
+    """Every rank's RNG state (rank order), so a resumed run continues each rank's stream."""
+    local = rng_state()
+    if distributed.world_size() == 1:
+        return [local]
+    states: list[Any] = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(states, local)
+    return states
+
+
+def _short(entry: dict[str, Any]) -> str:
+    keys = ("train/loss", "val/recall@1_image_to_table", "val/recall@5_image_to_table", "val/alignment")
+    return ", ".join(f"{k.split('/', 1)[1]}={entry[k]:.4g}" for k in keys if k in entry)
+
+
+def _finish(run_dir: Path, model: torch.nn.Module, val_loader: Any, device: torch.device, precision: str,
+            history: list[dict[str, Any]], writer: Any, data: Any) -> None:
+    """Publish weights, embeddings and metrics.json (last: its presence marks a finished run)."""
+    checkpoints = run_dir / "checkpoints"
+    save_weights(model.state_dict(), checkpoints / "model.safetensors")
+    for name, state in encoder_state_dicts(model).items():
+        save_weights(state, checkpoints / f"{name}.safetensors")
+    val_metrics, embeddings = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+    for name, features in embeddings.items():
+        if name != "subject_id" and features is not None:
+            writer.add_embedding(features, metadata=embeddings["subject_id"], tag=f"val_{name}",
+                                 global_step=history[-1]["step"] if history else 0)
+    writer.close()
+    atomic_write_text(run_dir / "metrics.json", json.dumps(
+        {"final": val_metrics, "history": history, "val_subjects": len(data.val), "train_subjects": len(data.train)},
+        indent=2))
+    logger.info("finished: %s", _short({f"val/{k}": v for k, v in val_metrics.items()}))
