@@ -1,7 +1,11 @@
 """Encoders by name: 3D ResNet, 2D ResNet per slice + LSTM, FT-Transformer / MLP for tables.
 
 Every encoder exposes ``num_features`` (D), ``forward_tokens(x) -> (B, T, D)`` and
-``forward(x) -> (B, D)`` (DESIGN.md §6), so pretraining and fusion treat them alike. A config
+``forward(x) -> (B, D)`` (DESIGN.md §6), so pretraining and fusion treat them alike.
+``forward_features(x) -> {"embedding": (B, D), "tokens": (B, T, D), ...}`` gives both from one
+backbone pass (contrastive + matching training needs both; two passes of a 3D ResNet would double
+the cost); ``forward`` and ``forward_tokens`` are views of it. The MLP tabular encoder has no
+tokens, so its dict holds ``embedding`` only. A config
 names one (``image_encoder: resnet3d_10``); ``create_encoder`` builds it, optionally loading
 local weights (timm ``register_model`` / ``create_model`` style). Nothing is ever downloaded.
 """
@@ -223,14 +227,21 @@ class ImageEncoder3D(nn.Module):
             x = net.maxpool(x)
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, C, H, W, D)`` -> dict ``embedding (B, F)`` (global average of the last feature
+        map), ``tokens (B, token_grid**3, F)`` (its ``token_grid``³ average pool + positions)."""
+        fmap = self.forward_feature_map(x)  # (B, F, h, w, d), the one backbone pass
+        pooled = self.token_pool(fmap)  # (B, F, g, g, g)
+        tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
+        return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
+
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, token_grid**3, F)``."""
-        fmap = self.token_pool(self.forward_feature_map(x))  # (B, F, g, g, g)
-        return fmap.flatten(2).transpose(1, 2) + self.pos_embed
+        return self.forward_features(x)["tokens"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, F)``."""
-        return self.forward_feature_map(x).mean(dim=(2, 3, 4))
+        return self.forward_features(x)["embedding"]
 
 
 # --------------------------------------------------------------------------- slices + LSTM
@@ -415,13 +426,19 @@ class TabularEncoder(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return self.norm(self.transformer(torch.cat([cls, tokens], dim=1)))
 
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """-> dict ``embedding (B, dim)`` (the [CLS] output), ``tokens (B, n_cont + n_cat, dim)``
+        (one per feature, continuous first, no [CLS]), from one transformer pass."""
+        encoded = self._encode(batch)
+        return {"embedding": encoded[:, 0], "tokens": encoded[:, 1:]}
+
     def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, n_cont + n_cat, dim)``, one token per feature (no [CLS])."""
-        return self._encode(batch)[:, 1:]
+        return self.forward_features(batch)["tokens"]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, dim)``, the [CLS] token."""
-        return self._encode(batch)[:, 0]
+        return self.forward_features(batch)["embedding"]
 
 
 class TabularMLP(nn.Module):
@@ -451,13 +468,19 @@ class TabularMLP(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.num_features: int = dim
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``-> (B, dim)``."""
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """-> dict ``embedding (B, dim)`` only: an MLP has no per-feature tokens, so there is no
+        ``tokens`` key (callers that need tokens, like matching fusion, need ``ft_transformer``)."""
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
         cat_flat = self.cat_embed(cat).flatten(1)  # (B, n_cat * category_dim)
-        return self.mlp(torch.cat([cont, missing.to(cont.dtype), cat_flat], dim=1))
+        return {"embedding": self.mlp(torch.cat([cont, missing.to(cont.dtype), cat_flat], dim=1))}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-> (B, dim)``."""
+        return self.forward_features(batch)["embedding"]
 
     def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Always a ``ConfigError``: the MLP has no per-feature tokens."""
         raise ConfigError(
             "the MLP tabular encoder ('tabular_mlp') has no per-feature tokens; "
             "matching fusion needs tabular encoder 'ft_transformer'"

@@ -68,8 +68,10 @@ class PretrainStep(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         if "simclr" in self.weights:
             views = batch["image"]  # (B, 2, C, H, W, D)
-            terms.update(simclr_loss(self.model.encode_image(views[:, 0]), self.model.encode_image(views[:, 1]),
-                                     self.pretrain.simclr_temperature))
+            # One encoder pass over both views (B*2 volumes); no BatchNorm, so nothing leaks between them.
+            z = self.model.encode_image(torch.cat([views[:, 0], views[:, 1]]))
+            first, second = z.chunk(2)
+            terms.update(simclr_loss(first, second, self.pretrain.simclr_temperature))
         elif "scarf" in self.weights:
             pool = {k: getattr(self, f"pool_{k}") for k in ("continuous", "categorical", "missing")}
             corrupted = scarf_corrupt(batch["table"], pool, self.pretrain.scarf_corruption,
@@ -82,7 +84,13 @@ class PretrainStep(nn.Module):
         return {"loss": total, **terms}
 
     def _multimodal(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-        out = self.model(image=batch["image"], table=batch["table"])
+        table = batch["table"]
+        masked, mask = None, None
+        if "masked_tabular" in self.weights:  # hide present features; the encoder uses its missing token
+            mask = mask_features(table["missing"], self.pretrain.mask_rate,
+                                 step_generator(self.seed, step, distributed.rank(), 2))
+            masked = dict(table, missing=table["missing"] | mask)
+        out = self.model(image=batch["image"], table=table, masked_table=masked)
         terms: dict[str, torch.Tensor] = {"temperature": 1.0 / out["logit_scale"].detach()}
         queue = self.queue.get() if self.queue is not None else None
         clip = clip_loss(out["image_features"], out["table_features"], out["logit_scale"],
@@ -98,13 +106,8 @@ class PretrainStep(nn.Module):
                 clip["similarity"], clip["similarity_t2i"], batch["table"], self.category_sizes,
                 self.pretrain.itm_duplicate_threshold, noise[0][rows], noise[1][rows],
             ))
-        if "masked_tabular" in self.weights:
-            table = batch["table"]
-            mask = mask_features(table["missing"], self.pretrain.mask_rate,
-                                 step_generator(self.seed, step, distributed.rank(), 2))
-            masked = dict(table, missing=table["missing"] | mask)
-            tokens = self.model.table_tokens(masked)
-            continuous, logits = self.model.reconstruct(tokens, out["image_tokens"])
+        if mask is not None:
+            continuous, logits = self.model.reconstruct(out["masked_table_tokens"], out["image_tokens"])
             terms.update(masked_tabular_loss(continuous, logits, table, mask))
         if self.queue is not None:
             with torch.no_grad():

@@ -80,6 +80,21 @@ def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> No
     assert not no_grad, f"parameters without gradient: {no_grad}"
 
 
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_forward_features_agrees_with_forward_and_forward_tokens(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_encoder(name, **_kwargs(name)).eval()
+    x = _input(name)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(features["embedding"], model(x), rtol=0, atol=0)
+        if name == "tabular_mlp":  # documented: no tokens, so no "tokens" key
+            assert set(features) == {"embedding"}
+        else:
+            torch.testing.assert_close(features["tokens"], model.forward_tokens(x), rtol=0, atol=0)
+            assert features["tokens"].shape[1] == _expected_tokens(name)
+
+
 @pytest.mark.parametrize("name", list_encoders("image"))
 def test_group_norm_by_default_batch_norm_only_when_asked(name: str) -> None:
     def count_bn(model: nn.Module) -> int:

@@ -1,0 +1,415 @@
+"""The pretraining model: two encoders, their projection heads, a temperature and matching fusion.
+
+``PretrainModel`` is composed, not inherited: an image encoder and / or a tabular encoder from
+``multimodal.encoders`` (either may be absent: ``simclr`` trains the image branch only, ``scarf``
+the tabular one), one lightly projection head per branch, a learnable CLIP temperature, and,
+for ``itm`` / ``masked_tabular``, a ``MatchingFusion`` in which tabular tokens cross-attend to
+image tokens. Losses live in the objectives; ``forward`` returns a dict whose keys match their
+argument names (open_clip ``CLIP.forward``)::
+
+    out = model(image=vol, table=batch)       # one encoder pass per modality
+    out["image_features"], out["table_features"]   # (B, P), L2-normalised
+    out["logit_scale"]                        # (), in [1, 100]
+    out["image_tokens"], out["table_tokens"]  # (B, Ti, Df), (B, Tt, Df) when fusion is on
+    model.match_logits(out["table_tokens"], out["image_tokens"])   # (B, 2), class 1 = matched
+
+``build_pretrain_model`` makes one from the run config; ``encoder_state_dicts`` extracts what
+fine-tuning loads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules.heads import ProjectionHead
+from torch import nn
+
+from multimodal.config import ModelConfig
+from multimodal.encoders import TabularMLP, create_encoder, list_encoders
+from multimodal.errors import ConfigError
+from pretrain.config import PretrainConfig
+
+MAX_LOGIT_SCALE = 100.0  # CLIP's cap; the floor of 1 keeps the softmax from flattening entirely
+Table = dict[str, torch.Tensor]
+
+
+def projection_head(input_dim: int, hidden_dim: int, output_dim: int) -> ProjectionHead:
+    """SimCLR's head without BatchNorm: ``(B, input_dim) -> (B, output_dim)``.
+
+    "We use a MLP with one hidden layer to obtain z = g(h) = W2 σ(W1 h)" (SimCLR, Chen et al.
+    2020), σ = GELU. lightly's ``SimCLRProjectionHead`` adds BatchNorm1d by default, but
+    "BatchNorm only where the config asks for it (it is per-rank under DDP, and SyncBatchNorm
+    needs GPUs)" (DESIGN.md §6): a BN-free head keeps 1 and N processes equivalent.
+    """
+    return ProjectionHead(
+        [(input_dim, hidden_dim, None, nn.GELU()), (hidden_dim, output_dim, None, None)]
+    )
+
+
+def _token_projection(input_dim: int, dim: int) -> nn.Sequential:
+    """``(B, T, input_dim) -> (B, T, dim)``: Linear + LayerNorm, so both modalities enter the
+    fusion at one width and scale."""
+    return nn.Sequential(nn.Linear(input_dim, dim), nn.LayerNorm(dim))
+
+
+class MatchingFusion(nn.Module):
+    """Image–tabular matching: tabular tokens (plus a learned [CLS]) attend to image tokens.
+
+    Follows ALBEF / BLIP's image-grounded encoder (Li et al. 2021, 2022): "a cross-attention
+    layer is inserted between the self-attention and the feed-forward network of each block",
+    and "the output embedding of [Encode] is used as the multimodal representation", fed to a
+    linear 2-way (matched / not) head. Here the text is the table: ``depth`` pre-norm
+    ``nn.TransformerDecoderLayer`` blocks (self-attention over [CLS] + table tokens,
+    cross-attention to the image tokens, MLP), a final LayerNorm, then ``Linear(dim, 2)`` on [CLS].
+
+    ``forward(table_tokens (M, Tt, dim), image_tokens (M, Ti, dim)) -> (M, 1 + Tt, dim)``:
+    [CLS] first, then one fused output per table token. No dropout: the fusion is small, and
+    random masks would differ between 1 and N processes.
+    """
+
+    def __init__(
+        self, dim: int = 128, depth: int = 2, heads: int = 4, match_head: bool = True
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(
+                f"pretrain.fusion_dim ({dim}) must be divisible by pretrain.fusion_heads ({heads})"
+            )
+        if depth < 1:
+            raise ConfigError(f"pretrain.fusion_depth must be >= 1, got {depth}")
+        self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        layer = nn.TransformerDecoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerDecoder(layer, depth)
+        self.norm = nn.LayerNorm(dim)  # pre-norm blocks leave the residual stream un-normalised
+        # Optional so that masked_tabular alone leaves no parameter without gradient (DDP refuses).
+        self.match_head = nn.Linear(dim, 2) if match_head else None
+        self.dim = dim
+
+    def forward(self, table_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """``(M, Tt, dim), (M, Ti, dim) -> (M, 1 + Tt, dim)``: [CLS] then the fused table tokens."""
+        cls = self.cls_token.expand(table_tokens.shape[0], -1, -1).to(table_tokens.dtype)
+        fused = self.transformer(torch.cat([cls, table_tokens], dim=1), image_tokens)
+        return self.norm(fused)
+
+    def match_logits(self, table_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """``(M, Tt, dim), (M, Ti, dim) -> (M, 2)`` logits; class 1 = the pair is matched."""
+        if self.match_head is None:
+            raise ValueError("this fusion was built without a matching head (match_head=False)")
+        return self.match_head(self(table_tokens, image_tokens)[:, 0])
+
+
+class TabularReconstructionHead(nn.Module):
+    """Per-feature decoders for masked-tabular reconstruction (one output layer per feature, as
+    features differ in meaning; none of our libraries has a tabular decoder).
+
+    ``(B, n_cont + n_cat, dim)`` fused table tokens (continuous first, the encoder's order) ->
+    ``(B, n_cont)`` continuous predictions and a list of ``(B, category_sizes[j])`` logits (the
+    sizes count bucket 0, unknown / missing, as ``TabularPreprocessor.category_sizes`` does).
+    """
+
+    def __init__(self, dim: int, num_continuous: int, category_sizes: list[int]) -> None:
+        super().__init__()
+        self.num_continuous = num_continuous
+        self.cont_weight = nn.Parameter(torch.empty(num_continuous, dim))
+        nn.init.trunc_normal_(self.cont_weight, std=dim**-0.5)
+        self.cont_bias = nn.Parameter(torch.zeros(num_continuous))
+        self.cat_heads = nn.ModuleList(nn.Linear(dim, size) for size in category_sizes)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(B, n_cont + n_cat, dim) -> ((B, n_cont), [(B, K_j + 1)])``."""
+        n = self.num_continuous
+        continuous = (tokens[:, :n] * self.cont_weight).sum(dim=-1) + self.cont_bias
+        logits = [head(tokens[:, n + j]) for j, head in enumerate(self.cat_heads)]
+        return continuous, logits
+
+
+class PretrainModel(nn.Module):
+    """Image and / or tabular encoder + projection heads + temperature (+ matching fusion).
+
+    Args:
+        image_encoder, table_encoder: ``multimodal.encoders`` modules (``forward_features``,
+            ``num_features``); either may be None, not both.
+        projection_dim, projection_hidden: P and the hidden width of each ``projection_head``.
+        temperature_init: the CLIP logit scale starts at ``1 / temperature_init``. The learnable
+            temperature exists only with both encoders (the unimodal baselines use a fixed one).
+        fusion: build the token projections and ``MatchingFusion`` (needs both encoders and a
+            tabular encoder with tokens, i.e. ``ft_transformer``).
+        fusion_dim, fusion_depth, fusion_heads: Df and the fusion transformer's size.
+        matching: give the fusion its 2-way head (off for ``masked_tabular`` without ``itm``).
+        reconstruction: ``(n_cont, category_sizes)`` adds a ``TabularReconstructionHead``
+            (needs fusion); the counts must match the tabular encoder's.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module | None,
+        table_encoder: nn.Module | None,
+        *,
+        projection_dim: int = 128,
+        projection_hidden: int = 512,
+        temperature_init: float = 0.07,
+        fusion: bool = True,
+        fusion_dim: int = 128,
+        fusion_depth: int = 2,
+        fusion_heads: int = 4,
+        matching: bool = True,
+        reconstruction: tuple[int, list[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        if image_encoder is None and table_encoder is None:
+            raise ValueError("PretrainModel needs an image encoder, a tabular encoder or both")
+        both = image_encoder is not None and table_encoder is not None
+        if fusion and not both:
+            raise ValueError(
+                "fusion=True needs both encoders; pass fusion=False for a one-modality model"
+            )
+        if fusion and isinstance(table_encoder, TabularMLP):
+            raise ConfigError(
+                "matching fusion needs per-feature tabular tokens, which 'tabular_mlp' does not "
+                "have; set model.tabular_encoder: ft_transformer (or drop itm / masked_tabular)"
+            )
+        if reconstruction is not None and not fusion:
+            raise ValueError("reconstruction reads the fused table tokens; it needs fusion=True")
+        if not 0.0 < temperature_init <= 1.0:
+            raise ConfigError(f"temperature_init must be in (0, 1], got {temperature_init}")
+
+        self.image_encoder = image_encoder
+        self.table_encoder = table_encoder
+        self.image_projection = (
+            projection_head(image_encoder.num_features, projection_hidden, projection_dim)
+            if image_encoder is not None
+            else None
+        )
+        self.table_projection = (
+            projection_head(table_encoder.num_features, projection_hidden, projection_dim)
+            if table_encoder is not None
+            else None
+        )
+        # log(1 / T), as in CLIP; clamped on read (see logit_scale). Absent for one modality so
+        # that no parameter goes without gradient under DDP.
+        self.log_logit_scale = (
+            nn.Parameter(torch.tensor(math.log(1.0 / temperature_init))) if both else None
+        )
+        self.image_token_projection = self.table_token_projection = self.fusion = None
+        if fusion:
+            self.image_token_projection = _token_projection(image_encoder.num_features, fusion_dim)
+            self.table_token_projection = _token_projection(table_encoder.num_features, fusion_dim)
+            self.fusion = MatchingFusion(
+                fusion_dim, fusion_depth, fusion_heads, match_head=matching
+            )
+        self.reconstruction_head = None
+        if reconstruction is not None:
+            n_cont, sizes = reconstruction
+            expected = (
+                getattr(table_encoder, "num_continuous", n_cont),
+                getattr(table_encoder, "num_categorical", len(sizes)),
+            )
+            if (n_cont, len(sizes)) != expected:
+                raise ValueError(
+                    f"reconstruction for {n_cont} continuous + {len(sizes)} categorical features, "
+                    f"but the tabular encoder has {expected[0]} + {expected[1]}"
+                )
+            self.reconstruction_head = TabularReconstructionHead(fusion_dim, n_cont, list(sizes))
+
+    # ----------------------------------------------------------------------- temperature
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``()`` tensor ``exp(clamp(log_logit_scale, 0, ln 100))`` ∈ [1, 100].
+
+        Clamping the log on read keeps the scale bounded whatever the optimiser does (on small
+        cohorts it otherwise drifts); the gradient flows while the parameter is inside the range.
+        """
+        if self.log_logit_scale is None:
+            raise ValueError("a one-modality model has no CLIP temperature (logit_scale)")
+        return self.log_logit_scale.clamp(0.0, math.log(MAX_LOGIT_SCALE)).exp()
+
+    # ----------------------------------------------------------------------- encoders
+    def _image_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.image_encoder is None:
+            raise ValueError("this model has no image encoder; pass table= only")
+        return self.image_encoder.forward_features(image)
+
+    def _table_features(self, table: Table) -> dict[str, torch.Tensor]:
+        if self.table_encoder is None:
+            raise ValueError("this model has no tabular encoder; pass image= only")
+        return self.table_encoder.forward_features(table)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, D) -> (B, P)``, L2-normalised projection of the pooled embedding."""
+        embedding = self._image_features(image)["embedding"]
+        return F.normalize(self.image_projection(embedding), dim=-1)
+
+    def encode_table(self, table: Table) -> torch.Tensor:
+        """Preprocessor dict (``continuous``, ``categorical``, ``missing``) -> ``(B, P)``, L2-normalised."""
+        embedding = self._table_features(table)["embedding"]
+        return F.normalize(self.table_projection(embedding), dim=-1)
+
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        table: Table | None = None,
+        masked_table: Table | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One encoder pass per input -> dict of the keys that apply:
+
+        - ``image_features (B, P)`` / ``table_features (B, P)``: L2-normalised projections;
+        - ``logit_scale ()`` in [1, 100], with both encoders;
+        - ``image_tokens (B, Ti, Df)`` / ``table_tokens (B, Tt, Df)``: projected tokens, with fusion;
+        - ``masked_table_tokens (B, Tt, Df)``: the tokens of ``masked_table`` (the table with the
+          masked features flagged missing) for ``reconstruct``, so ``masked_tabular`` needs no
+          second call of the (DDP-wrapped) model.
+        """
+        out: dict[str, torch.Tensor] = {}
+        if image is not None:
+            feats = self._image_features(image)
+            out["image_features"] = F.normalize(self.image_projection(feats["embedding"]), dim=-1)
+            if self.fusion is not None:
+                out["image_tokens"] = self.image_token_projection(feats["tokens"])
+        if table is not None:
+            feats = self._table_features(table)
+            out["table_features"] = F.normalize(self.table_projection(feats["embedding"]), dim=-1)
+            if self.fusion is not None:
+                out["table_tokens"] = self.table_token_projection(feats["tokens"])
+        if masked_table is not None:
+            if self.fusion is None:
+                raise ValueError("masked_table needs a model built with fusion (masked_tabular)")
+            tokens = self._table_features(masked_table)["tokens"]
+            out["masked_table_tokens"] = self.table_token_projection(tokens)
+        if self.log_logit_scale is not None:
+            out["logit_scale"] = self.logit_scale
+        return out
+
+    # ----------------------------------------------------------------------- fusion heads
+    def _fusion(self) -> MatchingFusion:
+        if self.fusion is None:
+            raise ValueError(
+                "this model was built without fusion (objectives without itm / masked_tabular)"
+            )
+        return self.fusion
+
+    def match_logits(self, table_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """``(M, Tt, Df), (M, Ti, Df) -> (M, 2)`` matching logits (class 1 = matched); row i
+        pairs table i with image i, so the objective stacks positives and negatives into M rows."""
+        return self._fusion().match_logits(table_tokens, image_tokens)
+
+    def reconstruct(
+        self, table_tokens: torch.Tensor, image_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Masked-tabular predictions from the fusion of ``(B, Tt, Df)`` table tokens (usually
+        ``masked_table_tokens``) with their ``(B, Ti, Df)`` image tokens:
+        ``-> (continuous (B, n_cont), [logits (B, K_j + 1)])``, one per feature in encoder order."""
+        if self.reconstruction_head is None:
+            raise ValueError(
+                "this model has no reconstruction head (objective masked_tabular is off)"
+            )
+        fused = self._fusion()(table_tokens, image_tokens)  # (B, 1 + Tt, Df)
+        return self.reconstruction_head(fused[:, 1:])
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def _encoder_args(args: dict[str, Any], reserved: tuple[str, ...], where: str) -> dict[str, Any]:
+    clash = sorted(set(args) & set(reserved))
+    if clash:
+        raise ConfigError(
+            f"model.{where} sets {clash}, which come from the data (imaging sequences / "
+            "preprocessor); remove them"
+        )
+    return dict(args)
+
+
+def build_pretrain_model(
+    model_config: ModelConfig,
+    pretrain: PretrainConfig,
+    in_channels: int,
+    num_continuous: int,
+    category_sizes: list[int],
+) -> PretrainModel:
+    """The ``PretrainModel`` the objectives of ``pretrain`` need.
+
+    Encoders are built by name (``model.image_encoder`` / ``model.tabular_encoder``, with their
+    ``*_args`` and local ``*_weights``) only for ``pretrain.modalities``; ``in_channels`` is the
+    number of MRI sequences, ``num_continuous`` / ``category_sizes`` the fitted preprocessor's.
+    Fusion is built for ``itm`` or ``masked_tabular``, its matching head for ``itm``, the
+    reconstruction head for ``masked_tabular``.
+    """
+    modalities = pretrain.modalities
+    image_encoder = table_encoder = None
+    if "image" in modalities:
+        if model_config.image_encoder not in list_encoders("image"):
+            raise ConfigError(
+                f"model.image_encoder {model_config.image_encoder!r} is not an image encoder; "
+                f"choose one of {list_encoders('image')}"
+            )
+        args = _encoder_args(
+            model_config.image_encoder_args, ("in_channels",), "image_encoder_args"
+        )
+        image_encoder = create_encoder(
+            model_config.image_encoder,
+            weights=model_config.image_weights,
+            in_channels=in_channels,
+            **args,
+        )
+    if "table" in modalities:
+        if model_config.tabular_encoder not in list_encoders("tabular"):
+            raise ConfigError(
+                f"model.tabular_encoder {model_config.tabular_encoder!r} is not a tabular encoder; "
+                f"choose one of {list_encoders('tabular')}"
+            )
+        args = _encoder_args(
+            model_config.tabular_encoder_args,
+            ("num_continuous", "category_sizes"),
+            "tabular_encoder_args",
+        )
+        table_encoder = create_encoder(
+            model_config.tabular_encoder,
+            weights=model_config.tabular_weights,
+            num_continuous=num_continuous,
+            category_sizes=list(category_sizes),
+            **args,
+        )
+    objectives = set(pretrain.objectives)
+    reconstruct = "masked_tabular" in objectives
+    return PretrainModel(
+        image_encoder,
+        table_encoder,
+        projection_dim=pretrain.projection_dim,
+        projection_hidden=pretrain.projection_hidden,
+        temperature_init=pretrain.temperature_init,
+        fusion=bool({"itm", "masked_tabular"} & objectives),
+        fusion_dim=pretrain.fusion_dim,
+        fusion_depth=pretrain.fusion_depth,
+        fusion_heads=pretrain.fusion_heads,
+        matching="itm" in objectives,
+        reconstruction=(num_continuous, list(category_sizes)) if reconstruct else None,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under DistributedDataParallel (``.module``) / ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def encoder_state_dicts(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_encoder": state_dict, "table_encoder": state_dict}`` of the trunks fine-tuning
+    loads (no projection heads, no fusion); a one-modality model gives only its own key."""
+    bare = unwrap(model)
+    out = {}
+    for key in ("image_encoder", "table_encoder"):
+        encoder = getattr(bare, key, None)
+        if encoder is not None:
+            out[key] = encoder.state_dict()
+    return out

@@ -1,0 +1,117 @@
+"""End-to-end pretraining on a tiny synthetic cohort, through the CLI entry point."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from multimodal.synthetic import write_synthetic_cohort
+from strokessl.cli import main
+
+TINY = {
+    "seed": 0,
+    "data": {"workers": 0},
+    "imaging": {"spacing": [14.0, 14.0, 14.0], "spatial_size": [16, 16, 16], "head_margin_mm": 7.0},
+    "model": {
+        "image_encoder": "resnet3d_10",
+        "tabular_encoder": "ft_transformer",
+        "tabular_encoder_args": {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0},
+    },
+    "pretrain": {
+        "epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0.5, "rows": "all", "val_fraction": 0.25,
+        "projection_dim": 16, "projection_hidden": 32, "fusion_dim": 16, "fusion_depth": 1, "fusion_heads": 2,
+        "log_every": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cohort")
+    return write_synthetic_cohort(folder / "c", n=36, grid=16, labeled_fraction=0.5, seed=2)
+
+
+def write_config(tmp_path, cohort, **pretrain):
+    data = json.loads(json.dumps(TINY))
+    data["cohort"] = str(cohort)
+    data["run"] = {"dir": str(tmp_path / "run")}
+    data["pretrain"].update(pretrain)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_clip_itm_run_writes_the_run_folder(tmp_path, cohort):
+    config = write_config(tmp_path, cohort)
+    assert main(["pretrain", str(config)]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "preprocessor.json", "metrics.json", "checkpoints/state.pt",
+                 "checkpoints/model.safetensors", "checkpoints/image_encoder.safetensors",
+                 "checkpoints/table_encoder.safetensors"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_subjects"] == 9 and len(metrics["history"]) == 2
+    final = metrics["final"]
+    assert 0.0 <= final["recall@5_image_to_table"] <= 1.0 and final["chance_recall@1"] == pytest.approx(1 / 9)
+    assert {"train/clip_loss", "train/itm_loss", "train/itm_accuracy"} <= set(metrics["history"][0])
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [
+        {"clip": 1.0},
+        {"clip": 1.0, "itm": 0.5, "masked_tabular": 0.5},
+        {"simclr": 1.0},
+        {"scarf": 1.0},
+    ],
+    ids=["clip", "clip+itm+masked", "simclr", "scarf"],
+)
+def test_each_objective_runs_end_to_end(tmp_path, cohort, objectives):
+    config = write_config(tmp_path, cohort, epochs=1, objectives=objectives,
+                          queue_size=16 if objectives == {"clip": 1.0} else 0)
+    assert main(["pretrain", str(config)]) == 0
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    for name in objectives:
+        value = history[0][f"train/{name}_loss"]
+        assert value == value and value > 0  # finite, positive
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monkeypatch):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert main(["pretrain", str(write_config(straight, cohort, epochs=2))]) == 0
+
+    import pretrain.run
+
+    real_epoch = pretrain.run.train_one_epoch
+
+    def killed_in_epoch_two(*args, **kwargs):
+        if args[7] == 1:  # the epoch argument: die at the start of the second epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    config = write_config(stopped, cohort, epochs=2)
+    monkeypatch.setattr(pretrain.run, "train_one_epoch", killed_in_epoch_two)
+    assert main(["pretrain", str(config)]) == 130
+    assert not (stopped / "run" / "metrics.json").exists()  # an unfinished run is never presented as done
+    monkeypatch.setattr(pretrain.run, "train_one_epoch", real_epoch)
+    assert main(["pretrain", str(config), "--resume"]) == 0
+    a = load_file(str(straight / "run" / "checkpoints" / "model.safetensors"))
+    b = load_file(str(stopped / "run" / "checkpoints" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_existing_run_and_changed_resume_are_refused(tmp_path, cohort, capsys):
+    config = write_config(tmp_path, cohort, epochs=1)
+    assert main(["pretrain", str(config)]) == 0
+    assert main(["pretrain", str(config)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["pretrain", str(config), "--set", "pretrain.lr=0.1", "--resume"]) == 2
+    assert "pretrain.lr" in capsys.readouterr().err
