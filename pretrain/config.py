@@ -40,6 +40,7 @@ class PretrainConfig:
     queue_size: int = 0  # extra CLIP negatives from earlier batches; 0 = off
     simclr_temperature: float = 0.1
     scarf_corruption: float = 0.3  # share of features replaced from the empirical marginals
+    scarf_temperature: float = 1.0  # NT-Xent temperature of SCARF (the paper's value)
     mask_rate: float = 0.15  # masked_tabular: share of present features hidden and reconstructed
     rows: str = "unlabeled"  # unlabeled | all: which cohort rows pretraining reads
     val_fraction: float = 0.2  # held-out subjects for retrieval / alignment metrics

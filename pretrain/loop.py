@@ -24,13 +24,14 @@ from pretrain.metrics import embedding_metrics
 from pretrain.objectives import (
     EmbeddingQueue,
     clip_loss,
-    gumbel_noise,
     itm_loss,
+    itm_noise,
     mask_features,
     masked_tabular_loss,
     scarf_corrupt,
     scarf_loss,
     simclr_loss,
+    table_signature,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ class PretrainStep(nn.Module):
             terms.update(simclr_loss(first, second, self.pretrain.simclr_temperature))
         elif "scarf" in self.weights:
             pool = {k: getattr(self, f"pool_{k}") for k in ("continuous", "categorical", "missing")}
-            corrupted = scarf_corrupt(batch["table"], pool, self.pretrain.scarf_corruption,
+            table = batch["table"]
+            corrupted = scarf_corrupt(table["continuous"], table["categorical"], table["missing"], pool,
+                                      self.pretrain.scarf_corruption,
                                       step_generator(self.seed, step, distributed.rank(), 1))
-            terms.update(scarf_loss(self.model.encode_table(batch["table"]), self.model.encode_table(corrupted),
-                                    self.pretrain.simclr_temperature))
+            terms.update(scarf_loss(self.model.encode_table(table), self.model.encode_table(corrupted),
+                                    self.pretrain.scarf_temperature))
         else:
             terms.update(self._multimodal(batch, step))
         total = sum(self.weights[name] * terms[f"{name}_loss"] for name in self.weights)
@@ -98,17 +101,21 @@ class PretrainStep(nn.Module):
                          row_ids=batch["index"])
         terms["clip_loss"] = clip["clip_loss"]
         if "itm" in self.weights:
-            n_global = clip["similarity"].shape[1]
-            noise = gumbel_noise(2, n_global, step_generator(self.seed, step, 0))  # same on every rank
-            rows = slice(distributed.rank() * len(batch["index"]), (distributed.rank() + 1) * len(batch["index"]))
+            # Gumbel noise for the whole global N x N matrix from a seed every rank shares.
+            noise_i2t, noise_t2i = itm_noise(len(batch["index"]), self.seed, step,
+                                             distributed.rank(), distributed.world_size())
+            signature = table_signature(table["continuous"], table["categorical"], table["missing"],
+                                        self.category_sizes)
             terms.update(itm_loss(
                 out["image_tokens"], out["table_tokens"], self.model.match_logits,
-                clip["similarity"], clip["similarity_t2i"], batch["table"], self.category_sizes,
-                self.pretrain.itm_duplicate_threshold, noise[0][rows], noise[1][rows],
+                clip["similarity"], clip["similarity_t2i"], signature,
+                noise_i2t.to(signature.device), noise_t2i.to(signature.device),
+                duplicate_threshold=self.pretrain.itm_duplicate_threshold,
             ))
         if mask is not None:
             continuous, logits = self.model.reconstruct(out["masked_table_tokens"], out["image_tokens"])
-            terms.update(masked_tabular_loss(continuous, logits, table, mask))
+            terms.update(masked_tabular_loss(continuous, logits, table["continuous"], table["categorical"],
+                                             table["missing"], mask))
         if self.queue is not None:
             with torch.no_grad():
                 self.queue.push(distributed.all_gather_no_grad(out["image_features"].detach()),

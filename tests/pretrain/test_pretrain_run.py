@@ -89,7 +89,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monk
     real_epoch = pretrain.run.train_one_epoch
 
     def killed_in_epoch_two(*args, **kwargs):
-        if args[7] == 1:  # the epoch argument: die at the start of the second epoch
+        if args[8] == 1:  # the epoch argument: die at the start of the second epoch
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
@@ -115,3 +115,31 @@ def test_existing_run_and_changed_resume_are_refused(tmp_path, cohort, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["pretrain", str(config), "--set", "pretrain.lr=0.1", "--resume"]) == 2
     assert "pretrain.lr" in capsys.readouterr().err
+
+
+def test_loss_decreases_on_a_fixed_batch(cohort, tmp_path):
+    """A few optimiser steps of clip + itm on one batch must lower the loss (the gradients flow)."""
+    from multimodal.config import load_cohort_config, load_run_config
+    from pretrain.config import pretrain_config
+    from pretrain.data import build_pretrain_data, make_loader
+    from pretrain.loop import PretrainStep
+    from pretrain.model import build_pretrain_model
+
+    config = load_run_config(write_config(tmp_path, cohort))
+    settings = pretrain_config(config)
+    (tmp_path / "run").mkdir()
+    data = build_pretrain_data(config, load_cohort_config(config.cohort), settings, tmp_path / "run")
+    torch.manual_seed(0)
+    model = build_pretrain_model(config.model, settings, len(data.sequences), len(data.preprocessor.continuous),
+                                 data.preprocessor.category_sizes)
+    step = PretrainStep(model, settings, data.preprocessor.category_sizes, data.table_pool, seed=0)
+    batch = next(iter(make_loader(data.val, 8, 0, 0, train=False)))
+    optimizer = torch.optim.AdamW(step.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        terms = step(batch, 0)  # step 0 every time: the same ITM negatives, a fixed objective
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(float(terms["loss"].detach()))
+    assert losses[-1] < 0.7 * losses[0], losses

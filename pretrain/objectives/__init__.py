@@ -1,0 +1,60 @@
+"""Pretraining objectives, one module each, registered by name (the keys of
+``pretrain.objectives`` in a run config). Each returns a dict of named terms: the entry
+``<name>_loss`` is weighted and summed into the total; the other scalar entries are logged.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+from pretrain.objectives.clip import clip_loss
+from pretrain.objectives.itm import (
+    gumbel_noise,
+    itm_loss,
+    itm_noise,
+    near_duplicates,
+    sample_negatives,
+    table_signature,
+)
+from pretrain.objectives.masked_tabular import apply_mask, mask_features, masked_tabular_loss
+from pretrain.objectives.queue import EmbeddingQueue
+from pretrain.objectives.scarf import scarf_corrupt, scarf_loss
+from pretrain.objectives.simclr import simclr_loss
+
+OBJECTIVES: dict[str, Callable[..., dict]] = {
+    "clip": clip_loss,
+    "itm": itm_loss,
+    "masked_tabular": masked_tabular_loss,
+    "simclr": simclr_loss,
+    "scarf": scarf_loss,
+}
+
+
+def get_objective(name: str) -> Callable[..., dict]:
+    """The loss function registered as ``name``; ``ValueError`` names the nearest one."""
+    if name not in OBJECTIVES:
+        near = difflib.get_close_matches(name, OBJECTIVES, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown objective {name!r}{hint} (choose from {sorted(OBJECTIVES)})")
+    return OBJECTIVES[name]
+
+
+__all__ = [
+    "OBJECTIVES",
+    "EmbeddingQueue",
+    "apply_mask",
+    "clip_loss",
+    "get_objective",
+    "gumbel_noise",
+    "itm_loss",
+    "itm_noise",
+    "mask_features",
+    "masked_tabular_loss",
+    "near_duplicates",
+    "sample_negatives",
+    "scarf_corrupt",
+    "scarf_loss",
+    "simclr_loss",
+    "table_signature",
+]
