@@ -194,6 +194,12 @@ def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
             return str(value)
         if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if annotation is float and isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 3e-4 as a string; it only knows 3.0e-4 as a float.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if annotation is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}")
@@ -313,26 +319,17 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     """
     path = Path(path).resolve()
     data = read_yaml(path)
-    override_data = apply_overrides({}, overrides)
     config = from_dict(RunConfig, data, base=path.parent)
-    if override_data:
-        merged = _merge(to_dict(config), override_data)
-        config = from_dict(RunConfig, merged, base=Path.cwd())
+    if overrides:
+        # Each --set replaces one leaf (a mapping given on the command line replaces the whole
+        # mapping, e.g. pretrain.objectives={clip: 1.0}); the rest keeps the YAML's values.
+        config = from_dict(RunConfig, apply_overrides(to_dict(config), overrides), base=Path.cwd())
     config.source = path
     if config.run.dir is None:
         config.run.dir = Path.cwd() / "runs" / path.stem
     if config.data.cache_dir is None:
         config.data.cache_dir = config.cohort.resolve().parent / ".strokessl-cache"
     return config
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -44,8 +44,9 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
 
 def test_set_overrides_types_and_nesting(tmp_path):
     path = write_run_config(tmp_path, {"cohort": "c.yaml", "seed": 1})
-    config = load_run_config(path, ["seed=7", "imaging.spacing=[1.5, 1.5, 3]", "imaging.augment.enabled=false"])
-    assert config.seed == 7
+    config = load_run_config(path, ["seed=7", "imaging.spacing=[1.5, 1.5, 3]", "imaging.augment.enabled=false",
+                                    "imaging.augment.noise_std=5e-2"])
+    assert config.seed == 7 and config.imaging.augment.noise_std == 0.05  # YAML 1.1 reads 5e-2 as text
     assert config.imaging.spacing == (1.5, 1.5, 3.0)
     assert config.imaging.augment.enabled is False
 
@@ -92,3 +93,9 @@ def test_run_config_defaults_are_gpu_sized():
     config = from_dict(RunConfig, {"cohort": "c.yaml"})
     assert config.imaging.spatial_size == (96, 112, 96)
     assert config.data.cache_dtype == "float32"
+
+
+def test_set_mapping_replaces_the_whole_mapping(tmp_path):
+    path = write_run_config(tmp_path, {"cohort": "c.yaml", "pretrain": {"objectives": {"clip": 1.0, "itm": 1.0}, "lr": 0.1}})
+    config = load_run_config(path, ["pretrain.objectives={clip: 1.0}"])
+    assert config.pretrain == {"objectives": {"clip": 1.0}, "lr": 0.1}
