@@ -192,6 +192,7 @@ class ImageEncoder3D(nn.Module):
         stem_stride: int = 2,
         token_grid: int = 2,
         backbone_weights: str | Path | None = None,
+        widen_factor: float = 1.0,
     ) -> None:
         super().__init__()
         if depth not in _MONAI_RESNETS:
@@ -207,6 +208,8 @@ class ImageEncoder3D(nn.Module):
             n_input_channels=in_channels,
             feed_forward=False,
             conv1_t_stride=stem_stride,
+            # < 1 narrows every stage (0.25: 16..128 channels, ~1/16 of the FLOPs) for CPU-sized runs.
+            widen_factor=widen_factor,
         )  # built with MONAI's BatchNorm, swapped below (see _replace_batchnorm3d)
         if norm != "batch":
             _replace_batchnorm3d(self.backbone, norm)

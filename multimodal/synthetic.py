@@ -130,6 +130,8 @@ def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
     atrophy = np.clip(0.05 * np.clip(age - 50, 0, None) + atrophy_excess, 0, 4)
     nihss = np.clip(1 + 2.2 * np.log1p(infarct) + 0.03 * infarct + rng.normal(0, 2, n), 0, 42).round()
     d_dimer = np.exp(rng.normal(np.log(500) + 0.5 * af + 0.15 * np.log1p(infarct), 0.7)).round()
+    # Head size: intracranial volume is ~15 % larger in men (~5 % per axis), plus individual spread.
+    head_scale = np.clip(1.0 + np.where(male, 0.025, -0.025) + rng.normal(0, 0.03, n), 0.9, 1.1)
     return pd.DataFrame({
         "age": age, "sex": np.where(male, "M", "F"), "bmi": bmi, "systolic_bp": sbp,
         "diastolic_bp": dbp, "glucose": glucose, "hba1c": hba1c, "ldl": ldl, "hdl": hdl,
@@ -137,6 +139,7 @@ def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
         "nihss": nihss, "hypertension": hypertension.astype(int), "diabetes": diabetes.astype(int),
         "infarct_volume_ml": infarct.round(2), "wmh_volume_ml": wmh.round(2),
         "atrophy": atrophy.round(3), "atrophy_excess": (atrophy - 0.05 * np.clip(age - 50, 0, None)).round(3),
+        "head_scale": head_scale.round(4),
     })
 
 
@@ -184,7 +187,7 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15) -> tuple[pd.D
     z = (_raw_components(truth) - mean[:, None]) / sd[:, None]
     parts = np.asarray(WEIGHTS)[:, None] * z
     logit = intercept + parts.sum(0)
-    risk = truth[["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess"]].copy()
+    risk = truth[["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"]].copy()
     risk["image_component"], risk["tabular_component"], risk["interaction_component"] = parts.round(6)
     risk["intercept"] = round(intercept, 6)
     risk["logit"] = logit.round(6)
@@ -361,7 +364,7 @@ def _render(anat: Anatomy, subj: Subject, sequence: str, shape: tuple, affine: n
 
 def _make_subject(anat: Anatomy, row: pd.Series, rng: np.random.Generator) -> Subject:
     """Pose, atrophy, WMH radius and an infarct ellipsoid calibrated to the latent volumes."""
-    scale, rot, shift = rng.uniform(0.92, 1.08), _rotation(rng, 8.0), rng.uniform(-5, 5, 3)
+    scale, rot, shift = float(row["head_scale"]), _rotation(rng, 8.0), rng.uniform(-5, 5, 3)
     # scanner = scale * rot @ (mni - c) + c + shift  ->  invert to reach template voxels.
     to_mni = np.eye(4)
     to_mni[:3, :3] = rot.T / scale
