@@ -118,13 +118,15 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
     return data
 
 
-def prepare_run_dir(run_config: RunConfig, resume: bool) -> Path:
-    """Create the run folder, or check it matches the config on ``--resume``."""
+def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
+    """Create the run folder, or check it matches the config on ``--resume``; returns the folder
+    and whether there is a run to resume (``--resume`` on an empty folder starts a new run)."""
     run_dir = Path(run_config.run.dir)
     saved = run_dir / "config.yaml"
+    if resume and not saved.is_file():
+        logger.info("nothing to resume in %s: starting a new run there", run_dir)
+        resume = False
     if resume:
-        if not saved.is_file():
-            raise StrokeSSLError(f"cannot resume: {run_dir} holds no config.yaml; start the run without --resume")
         previous = load_run_config(saved)
         previous.run.dir = run_config.run.dir
         old, new = _comparable(previous), _comparable(run_config)
@@ -134,13 +136,13 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> Path:
                 f"cannot resume {run_dir}: the config differs from the one it started with in {changed}; "
                 "only pretrain.epochs may change (start a new run with --set run.dir=...)"
             )
-        return run_dir
+        return run_dir, True
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists():
         raise StrokeSSLError(
             f"run folder {run_dir} already holds a run; add --resume to continue it, "
             "or choose another folder with --set run.dir=..."
         )
-    return run_dir
+    return run_dir, False
 
 
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -205,7 +207,7 @@ def run_pretrain(config_path: str | Path, overrides: list[str] | None = None,
 
 def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, resume: bool,
          device: torch.device) -> Path:
-    run_dir = prepare_run_dir(run_config, resume)
+    run_dir, resume = prepare_run_dir(run_config, resume)
     checkpoints = run_dir / "checkpoints"
     main = distributed.is_main()
     if main:
