@@ -8,7 +8,7 @@ Run folder::
     config.yaml                  resolved config, exactly as run
     run_info.json                versions, git commit, world size
     preprocessor.json            tabular state fitted on the training split
-    checkpoints/state.pt         everything needed to resume (tensors and plain types only)
+    checkpoints/weights-NNNN.safetensors + state-NNNN.pt + latest.json   per epoch, for resume
     checkpoints/model.safetensors, image_encoder.safetensors, table_encoder.safetensors  (at the end)
     tb/                          TensorBoard scalars and embeddings
     metrics.json                 final validation metrics + per-epoch history (written last)
@@ -32,7 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import strokessl
-from multimodal.checkpoint import atomic_path, atomic_write_text, save_weights
+from multimodal.checkpoint import atomic_path, atomic_write_text, load_weights, save_weights
 from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config, to_dict
 from multimodal.errors import ConfigError, StrokeSSLError
 from pretrain import distributed
@@ -43,7 +43,6 @@ from pretrain.model import build_pretrain_model, encoder_state_dicts
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -154,17 +153,36 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """One atomic file holding weights, optimiser, scheduler, RNG and progress (tensors and plain types)."""
-    with atomic_path(path) as tmp:
+def save_checkpoint(checkpoints: Path, epoch: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Epoch-numbered weights (``.safetensors``) and training state (``.pt``: optimiser, scheduler,
+    scaler, RNG, progress — tensors and plain types only), then ``latest.json`` is replaced
+    atomically to point at them. A kill at any moment leaves a consistent pair to resume from.
+    Only the two newest pairs are kept."""
+    save_weights(weights, checkpoints / f"weights-{epoch:04d}.safetensors")
+    with atomic_path(checkpoints / f"state-{epoch:04d}.pt") as tmp:
         torch.save(state, tmp)
+    atomic_write_text(checkpoints / "latest.json", json.dumps({"epoch": epoch}))
+    for old in [*checkpoints.glob("weights-*.safetensors"), *checkpoints.glob("state-*.pt")]:
+        if int(old.stem.split("-")[1]) < epoch - 1:
+            old.unlink(missing_ok=True)
 
 
-def load_state(path: Path) -> dict[str, Any]:
+def load_checkpoint(checkpoints: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest (weights, state) pair that ``latest.json`` names, or None before the first epoch."""
+    pointer = checkpoints / "latest.json"
+    if not pointer.is_file():
+        return None
+    epoch = json.loads(pointer.read_text())["epoch"]
+    weights_path, state_path = checkpoints / f"weights-{epoch:04d}.safetensors", checkpoints / f"state-{epoch:04d}.pt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file raises many types
-        raise StrokeSSLError(f"cannot read training state {path} ({err}); remove it to restart the run") from err
+        weights = load_weights(weights_path, strip_prefixes=())
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file raises many types
+        raise StrokeSSLError(
+            f"cannot read the epoch-{epoch} checkpoint in {checkpoints} ({err}); "
+            "point latest.json at an older epoch or start a new run"
+        ) from err
+    return weights, state
 
 
 def rng_state() -> dict[str, Any]:
@@ -241,10 +259,10 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     start_epoch, step, history = 0, 0, []
-    state_path = checkpoints / STATE_FILE
-    if resume and state_path.is_file():
-        state = load_state(state_path)
-        step_module.load_state_dict(state["model"])
+    checkpoint = load_checkpoint(checkpoints) if resume else None
+    if checkpoint is not None:
+        weights, state = checkpoint
+        step_module.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -279,11 +297,10 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         history.append(entry)
         rng = _gather_rng()
         if main:
-            save_state(state_path, {
-                "model": step_module.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "step": step, "history": history, "rng": rng,
-                "config": to_dict(run_config),
+            save_checkpoint(checkpoints, epoch + 1, step_module.state_dict(), {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
+                "rng": rng, "config": to_dict(run_config),
             })
         distributed.barrier()
 

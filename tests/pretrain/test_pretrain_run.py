@@ -47,7 +47,7 @@ def test_clip_itm_run_writes_the_run_folder(tmp_path, cohort):
     config = write_config(tmp_path, cohort)
     assert main(["pretrain", str(config)]) == 0
     run = tmp_path / "run"
-    for name in ("config.yaml", "preprocessor.json", "metrics.json", "checkpoints/state.pt",
+    for name in ("config.yaml", "preprocessor.json", "metrics.json", "checkpoints/latest.json", "checkpoints/weights-0002.safetensors", "checkpoints/state-0002.pt",
                  "checkpoints/model.safetensors", "checkpoints/image_encoder.safetensors",
                  "checkpoints/table_encoder.safetensors"):
         assert (run / name).is_file(), name
@@ -134,12 +134,12 @@ def test_loss_decreases_on_a_fixed_batch(cohort, tmp_path):
                                  data.preprocessor.category_sizes)
     step = PretrainStep(model, settings, data.preprocessor.category_sizes, data.table_pool, seed=0)
     batch = next(iter(make_loader(data.val, 8, 0, 0, train=False)))
-    optimizer = torch.optim.AdamW(step.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(step.parameters(), lr=3e-4)
     losses = []
-    for _ in range(15):
+    for _ in range(20):
         terms = step(batch, 0)  # step 0 every time: the same ITM negatives, a fixed objective
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
         losses.append(float(terms["loss"].detach()))
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
