@@ -68,11 +68,11 @@ def main() -> None:
             rows.append({"variant": name, "subjects_per_s": round(size / measure(train_step, args.steps), 2)})
             if name == "clip":  # the bare encoders on the same batch
                 image, table = batch["image"], batch["table"]
+                shape = list(image.shape[1:])
                 rows.append({"variant": "bare image encoder fwd+bwd", "subjects_per_s": round(
                     size / measure(lambda m=model, x=image: m.image_encoder(x).sum().backward(), args.steps), 2)})
                 rows.append({"variant": "bare tabular encoder fwd+bwd", "subjects_per_s": round(
                     size / measure(lambda m=model, t=table: m.table_encoder(t).sum().backward(), args.steps), 2)})
-            shape = list(batch["image"].shape[1:])
     config = load_run_config(args.config, args.overrides)
     result = {
         "config": str(args.config), "overrides": args.overrides, "batch_size": pretrain_config(config).batch_size,

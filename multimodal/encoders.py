@@ -96,6 +96,35 @@ def create_encoder(name: str, weights: str | Path | None = None, **kwargs: Any) 
     return model
 
 
+def build_image_encoder(model_config: Any, in_channels: int) -> nn.Module:
+    """The image encoder ``model.image_encoder`` names, for ``in_channels`` MRI sequences, with
+    ``model.image_encoder_args`` and local ``model.image_weights`` (a ``ModelConfig``)."""
+    return _from_config("image", model_config.image_encoder, model_config.image_encoder_args,
+                        model_config.image_weights, {"in_channels": in_channels})
+
+
+def build_tabular_encoder(model_config: Any, num_continuous: int, category_sizes: list[int]) -> nn.Module:
+    """The tabular encoder ``model.tabular_encoder`` names, sized by a fitted preprocessor."""
+    return _from_config("tabular", model_config.tabular_encoder, model_config.tabular_encoder_args,
+                        model_config.tabular_weights,
+                        {"num_continuous": num_continuous, "category_sizes": list(category_sizes)})
+
+
+def _from_config(kind: str, name: str, args: dict[str, Any], weights: str | Path | None,
+                 from_data: dict[str, Any]) -> nn.Module:
+    key = "image_encoder" if kind == "image" else "tabular_encoder"
+    if name not in list_encoders(kind):
+        article = "an" if kind == "image" else "a"
+        raise ConfigError(f"model.{key} {name!r} is not {article} {kind} encoder; choose one of {list_encoders(kind)}")
+    clash = sorted(set(args) & set(from_data))
+    if clash:
+        raise ConfigError(
+            f"model.{key}_args sets {clash}, which come from the data (imaging sequences / "
+            "preprocessor); remove them"
+        )
+    return create_encoder(name, weights=weights, **from_data, **args)
+
+
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         close = difflib.get_close_matches(norm, NORMS, n=1)

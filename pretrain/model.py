@@ -20,7 +20,6 @@ fine-tuning loads.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from lightly.models.modules.heads import ProjectionHead
 from torch import nn
 
 from multimodal.config import ModelConfig
-from multimodal.encoders import TabularMLP, create_encoder, list_encoders
+from multimodal.encoders import TabularMLP, build_image_encoder, build_tabular_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig
 
@@ -315,16 +314,6 @@ class PretrainModel(nn.Module):
 # --------------------------------------------------------------------------- construction
 
 
-def _encoder_args(args: dict[str, Any], reserved: tuple[str, ...], where: str) -> dict[str, Any]:
-    clash = sorted(set(args) & set(reserved))
-    if clash:
-        raise ConfigError(
-            f"model.{where} sets {clash}, which come from the data (imaging sequences / "
-            "preprocessor); remove them"
-        )
-    return dict(args)
-
-
 def build_pretrain_model(
     model_config: ModelConfig,
     pretrain: PretrainConfig,
@@ -341,40 +330,10 @@ def build_pretrain_model(
     reconstruction head for ``masked_tabular``.
     """
     modalities = pretrain.modalities
-    image_encoder = table_encoder = None
-    if "image" in modalities:
-        if model_config.image_encoder not in list_encoders("image"):
-            raise ConfigError(
-                f"model.image_encoder {model_config.image_encoder!r} is not an image encoder; "
-                f"choose one of {list_encoders('image')}"
-            )
-        args = _encoder_args(
-            model_config.image_encoder_args, ("in_channels",), "image_encoder_args"
-        )
-        image_encoder = create_encoder(
-            model_config.image_encoder,
-            weights=model_config.image_weights,
-            in_channels=in_channels,
-            **args,
-        )
-    if "table" in modalities:
-        if model_config.tabular_encoder not in list_encoders("tabular"):
-            raise ConfigError(
-                f"model.tabular_encoder {model_config.tabular_encoder!r} is not a tabular encoder; "
-                f"choose one of {list_encoders('tabular')}"
-            )
-        args = _encoder_args(
-            model_config.tabular_encoder_args,
-            ("num_continuous", "category_sizes"),
-            "tabular_encoder_args",
-        )
-        table_encoder = create_encoder(
-            model_config.tabular_encoder,
-            weights=model_config.tabular_weights,
-            num_continuous=num_continuous,
-            category_sizes=list(category_sizes),
-            **args,
-        )
+    image_encoder = build_image_encoder(model_config, in_channels) if "image" in modalities else None
+    table_encoder = (
+        build_tabular_encoder(model_config, num_continuous, category_sizes) if "table" in modalities else None
+    )
     objectives = set(pretrain.objectives)
     reconstruct = "masked_tabular" in objectives
     return PretrainModel(
