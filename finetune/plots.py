@@ -1,0 +1,170 @@
+"""Report figures for a fine-tuning run: ROC, precision–recall, calibration and risk groups.
+
+Each function draws one PNG for the run's ``report/`` folder and returns its path. Figures are
+built on matplotlib's object API with the Agg canvas (no pyplot global state, no display
+needed) and written atomically: saved to a temp file in the target folder, then ``os.replace``d,
+so a killed run never leaves a half-written image (DESIGN.md §4). Labels are worded for
+clinical readers (sensitivity / specificity, not TPR / FPR alone).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from finetune.metrics import (
+    ECE_BINS,
+    check_predictions,
+    equal_mass_bins,
+    expected_calibration_error,
+)
+
+_DPI = 150
+
+
+def _new_figure(width: float = 5.5, height: float = 5.0) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(figure)  # attaches the Agg canvas: rendering never touches a GUI backend
+    return figure
+
+
+def _save_atomic(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write ``figure`` as PNG to ``path`` via a temp file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            figure.savefig(stream, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_models(labels: np.ndarray, probs_by_model: dict[str, np.ndarray]) -> np.ndarray:
+    if not probs_by_model:
+        raise ValueError("probs_by_model is empty: pass {model name: probabilities (N,)}")
+    y = None
+    for probabilities in probs_by_model.values():
+        y, _ = check_predictions(labels, probabilities)
+    assert y is not None
+    if y.min() == y.max():
+        raise ValueError("ROC and precision–recall curves need both outcome classes in labels")
+    return y
+
+
+def plot_roc(labels: np.ndarray, probs_by_model: dict[str, np.ndarray], path: str | os.PathLike,
+             title: str = "ROC curve: recurrence prediction") -> Path:
+    """ROC curve per model (AUROC in the legend) with the chance diagonal."""
+    y = _check_models(labels, probs_by_model)
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    for name, probabilities in probs_by_model.items():
+        fpr, tpr, _ = roc_curve(y, probabilities)
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUROC {roc_auc_score(y, probabilities):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Chance (AUROC 0.500)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title,
+           xlabel="1 − Specificity (false-positive rate)", ylabel="Sensitivity (true-positive rate)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save_atomic(figure, path)
+
+
+def plot_pr(labels: np.ndarray, probs_by_model: dict[str, np.ndarray], path: str | os.PathLike,
+            title: str = "Precision–recall curve: recurrence prediction") -> Path:
+    """Precision–recall curve per model (AUPRC = average precision in the legend).
+
+    The no-skill line sits at the prevalence: with rare events, this is the baseline a reader
+    should compare against, not 0.5.
+    """
+    y = _check_models(labels, probs_by_model)
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    for name, probabilities in probs_by_model.items():
+        precision, recall, _ = precision_recall_curve(y, probabilities)
+        auprc = average_precision_score(y, probabilities)
+        ax.step(recall, precision, where="post", lw=1.8, label=f"{name} (AUPRC {auprc:.3f})")
+    prevalence = float(y.mean())
+    ax.axhline(prevalence, ls="--", color="grey", lw=1,
+               label=f"No skill (prevalence {prevalence:.1%})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title,
+           xlabel="Sensitivity (recall)", ylabel="Positive predictive value (precision)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save_atomic(figure, path)
+
+
+def _wilson_interval(events: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval for binomial proportions (stays inside [0, 1] for small bins)."""
+    rate = events / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def plot_calibration(labels: np.ndarray, probabilities: np.ndarray, path: str | os.PathLike,
+                     bins: int = ECE_BINS, title: str = "Calibration: predicted vs observed risk") -> Path:
+    """Reliability diagram over equal-mass bins (as the ECE), with 95 % intervals per bin.
+
+    Points on the diagonal mean that predicted risks match observed event rates. A lower panel
+    shows how the predicted risks are distributed in subjects with and without the event.
+    """
+    y, p = check_predictions(labels, probabilities)
+    mean_p, rate, counts = equal_mass_bins(y, p, bins)
+    low, high = _wilson_interval(rate * counts, counts.astype(float))
+    figure = _new_figure(5.5, 6.5)
+    ax, hist = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Perfect calibration")
+    ax.errorbar(mean_p, rate, yerr=[rate - low, high - rate], fmt="o-", lw=1.5, capsize=3,
+                label=f"Model ({len(counts)} equal-size groups, ECE {expected_calibration_error(y, p, bins):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=title, ylabel="Observed event rate (95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    edges = np.linspace(0, 1, 41)
+    hist.hist(p[y == 0], bins=edges, alpha=0.6, label="No event")
+    hist.hist(p[y == 1], bins=edges, alpha=0.6, label="Event")
+    hist.set(xlabel="Predicted risk", ylabel="Subjects")
+    hist.legend(fontsize=8)
+    return _save_atomic(figure, path)
+
+
+def plot_risk_groups(risk_groups_dict: dict, path: str | os.PathLike,
+                     title: str = "Observed recurrence by predicted risk group") -> Path:
+    """Bar chart of observed event rates in the low- and high-risk groups.
+
+    ``risk_groups_dict`` is the output of :func:`finetune.metrics.risk_groups`; each bar is
+    annotated with events / subjects, and the title gives the relative risk and Fisher's p.
+    """
+    try:
+        groups = [risk_groups_dict["low"], risk_groups_dict["high"]]
+        threshold = float(risk_groups_dict["threshold"])
+    except KeyError as missing:
+        raise ValueError(f"risk_groups_dict lacks {missing}; pass finetune.metrics.risk_groups(...)") from None
+    rates = [100 * g["event_rate"] if g["n"] else 0.0 for g in groups]
+    figure = _new_figure(5.0, 4.5)
+    ax = figure.add_subplot()
+    names = [f"Low risk\n(predicted < {threshold:.2f})", f"High risk\n(predicted ≥ {threshold:.2f})"]
+    bars = ax.bar(names, rates, color=["tab:blue", "tab:red"], width=0.6)
+    for bar, group in zip(bars, groups, strict=True):
+        ax.annotate(f"{group['events']} / {group['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom")
+    subtitle = (f"relative risk {risk_groups_dict.get('relative_risk', float('nan')):.2f}, "
+                f"Fisher exact p = {risk_groups_dict.get('fisher_p_value', float('nan')):.3g}")
+    ax.set(title=f"{title}\n{subtitle}", ylabel="Observed event rate (%)",
+           ylim=(0, max(max(rates) * 1.2, 5.0)))
+    ax.grid(axis="y", alpha=0.3)
+    return _save_atomic(figure, path)
