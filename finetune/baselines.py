@@ -1,0 +1,275 @@
+"""Classical baselines on the clinical table, run in the same folds and metrics as the deep model.
+
+Every fine-tuning report shows where deep learning stands against two scikit-learn models
+(DESIGN.md §6, "Baseline inputs"):
+
+- ``logistic_regression``: standardised continuous values (median-imputed) + a missing
+  indicator per feature + one-hot categoricals, ``LogisticRegression(class_weight="balanced")``.
+- ``gradient_boosting``: ``HistGradientBoostingClassifier`` on raw values, NaN kept (it routes
+  missing values natively) and categoricals as categories, ``class_weight="balanced"``.
+
+Both are single scikit-learn ``Pipeline`` objects, so every statistic (medians, means,
+vocabularies) is learned inside ``fit`` from the training fold only. The pipelines pick columns
+by dtype, so they take any frame built by ``baseline_frame``: continuous columns float64 with
+NaN, categorical columns ``object`` holding canonical strings or NaN. Typical use per fold::
+
+    frame = baseline_frame(cohort.features, cohort.continuous, cohort.categorical)
+    probs = fit_predict_baseline("gradient_boosting", frame.loc[train], y_train, frame.loc[test], seed)
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+from multimodal.errors import CohortError, ConfigError
+from multimodal.tabular import canonical_category, to_numeric_column
+
+logger = logging.getLogger(__name__)
+
+# An entry builds an unfitted pipeline from a seed and classifier parameters (already checked
+# against the classifier's ``get_params()`` by ``create_baseline``).
+BaselineEntry = Callable[[int, dict[str, Any]], Pipeline]
+BASELINES: dict[str, BaselineEntry] = {}
+
+_Entry = TypeVar("_Entry", bound=BaselineEntry)
+
+# Column roles come from dtypes (see ``baseline_frame``): numbers are continuous, anything
+# else (object strings) categorical. This lets one pipeline serve any cohort's columns.
+_CONTINUOUS = make_column_selector(dtype_include="number")
+_CATEGORICAL = make_column_selector(dtype_exclude="number")
+_ALL = make_column_selector()
+
+# Prefix the gradient-boosting ColumnTransformer gives its encoded categorical columns.
+_CATEGORICAL_PREFIX = "categorical__"
+
+
+def register_baseline(name: str) -> Callable[[_Entry], _Entry]:
+    """Decorator storing a baseline entry under ``name``; a duplicate is a ``ValueError``."""
+
+    def decorate(entry: _Entry) -> _Entry:
+        if name in BASELINES:
+            raise ValueError(f"baseline {name!r} is already registered; taken: {sorted(BASELINES)}")
+        BASELINES[name] = entry
+        return entry
+
+    return decorate
+
+
+def list_baselines() -> list[str]:
+    """Sorted registered baseline names."""
+    return sorted(BASELINES)
+
+
+# --------------------------------------------------------------------------- entries
+@register_baseline("logistic_regression")
+def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
+    """Standardised continuous + missing indicators + one-hot categoricals → balanced LR."""
+    continuous = Pipeline([
+        # Median imputation only fills the hole; the missing indicator below carries the
+        # information that the value was absent. ``keep_empty_features`` keeps a column that
+        # is all-missing in the training fold (as 0) so the output width never depends on it.
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("scale", StandardScaler()),
+    ])
+    features = ColumnTransformer(
+        [
+            ("continuous", continuous, _CONTINUOUS),
+            # features="all": one indicator per input column, even if the training fold had no
+            # gap there, so a value missing only at predict time is still flagged.
+            ("missing", MissingIndicator(features="all"), _ALL),
+            # Unseen categories at predict time become an all-zero block instead of an error.
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), _CATEGORICAL),
+        ],
+        sparse_threshold=0.0,
+    )
+    classifier = LogisticRegression(class_weight="balanced", max_iter=5000, random_state=seed)
+    classifier.set_params(**params)
+    return Pipeline([("features", features), ("classifier", classifier)])
+
+
+@register_baseline("gradient_boosting")
+def _gradient_boosting(seed: int, params: dict[str, Any]) -> Pipeline:
+    """Raw values with NaN + categoricals as categories → balanced HistGradientBoosting.
+
+    Early stopping is off: with ~50 positives per cohort its internal 10 % validation split
+    would hold a handful of positives and stop on noise. ``max_iter`` etc. can be overridden.
+    """
+    classifier = HistGradientBoostingClassifier(
+        categorical_features="from_dtype",
+        class_weight="balanced",
+        early_stopping=False,
+        random_state=seed,
+    )
+    classifier.set_params(**params)
+    # HistGradientBoosting accepts at most ``max_bins`` categories per feature. Our own
+    # OrdinalEncoder groups the rarest ones into one "infrequent" code so a high-cardinality
+    # column (a hospital code, say) cannot fail the fit; unseen or missing values map to NaN,
+    # which the trees route as missing.
+    encoder = OrdinalEncoder(
+        handle_unknown="use_encoded_value",
+        unknown_value=np.nan,
+        encoded_missing_value=np.nan,
+        max_categories=classifier.max_bins,
+    )
+    features = ColumnTransformer(
+        [("categorical", encoder, _CATEGORICAL), ("continuous", "passthrough", _CONTINUOUS)],
+        verbose_feature_names_out=True,
+    ).set_output(transform="pandas")
+    return Pipeline([
+        ("features", features),
+        # Mark the encoded columns as pandas categories so ``categorical_features="from_dtype"``
+        # finds them without knowing the cohort's column names when the pipeline is built.
+        ("as_category", FunctionTransformer(_encoded_as_category)),
+        ("classifier", classifier),
+    ])
+
+
+def _encoded_as_category(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give the ordinal-encoded categorical columns a pandas ``category`` dtype (NaN stays missing)."""
+    columns = [c for c in frame.columns if str(c).startswith(_CATEGORICAL_PREFIX)]
+    return frame.astype(dict.fromkeys(columns, "category")) if columns else frame
+
+
+# --------------------------------------------------------------------------- factory
+def _lookup(name: str) -> BaselineEntry:
+    if name not in BASELINES:
+        close = difflib.get_close_matches(name, list(BASELINES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown baseline {name!r}{hint} Registered baselines: {sorted(BASELINES)}")
+    return BASELINES[name]
+
+
+def create_baseline(name: str, seed: int, **kwargs: Any) -> Pipeline:
+    """An unfitted scikit-learn pipeline for baseline ``name``.
+
+    ``kwargs`` override the classifier's parameters (``C=0.1``, ``max_iter=200``,
+    ``learning_rate=0.05``); ``None`` values are dropped so unset config keys keep the defaults.
+    Raises ``ConfigError`` for an unknown name (listing the registry and the nearest name) or a
+    parameter the classifier does not have. Fit it on a frame from ``baseline_frame``.
+    """
+    entry = _lookup(name)
+    params = {key: value for key, value in kwargs.items() if value is not None}
+    accepted = sorted(entry(seed, {}).named_steps["classifier"].get_params(deep=False))
+    unknown = [key for key in params if key not in accepted]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"baseline {name!r}: unknown parameter {', '.join(hints)}; it accepts {accepted}")
+    return entry(seed, params)
+
+
+# --------------------------------------------------------------------------- inputs
+def baseline_frame(
+    cohort_features: pd.DataFrame, continuous: list[str], categorical: list[str]
+) -> pd.DataFrame:
+    """The frame both baselines take: continuous then categorical columns, same index.
+
+    Continuous columns become float64 (NaN = missing; text is a ``CohortError``). Categorical
+    cells go through ``canonical_category`` so ``'Yes'``/``'yes'`` and ``1``/``1.0`` are one
+    category, stored as ``object`` with NaN for missing: the dtype is how the pipelines tell
+    the roles apart, and NaN (not ``None``) is the marker ``MissingIndicator`` looks for. A named
+    column absent from ``cohort_features`` enters as all-missing with a warning, as absent
+    features do for the deep model (DESIGN.md §6).
+    """
+    overlap = sorted(set(continuous) & set(categorical))
+    if overlap:
+        raise CohortError(f"columns {overlap} are both continuous and categorical; give each one role")
+    absent = [c for c in [*continuous, *categorical] if c not in cohort_features.columns]
+    if absent:
+        logger.warning("baseline features %s are absent from the table; they enter as missing", absent)
+    index = cohort_features.index
+    columns: dict[str, pd.Series] = {}
+    for column in continuous:
+        if column in absent:
+            columns[column] = pd.Series(np.nan, index=index, dtype="float64")
+        else:
+            columns[column] = to_numeric_column(cohort_features[column], column)
+    for column in categorical:
+        values = [np.nan] * len(index) if column in absent else [
+            np.nan if (code := canonical_category(v)) is None else code for v in cohort_features[column]
+        ]
+        columns[column] = pd.Series(values, index=index, dtype=object)
+    return pd.DataFrame(columns, index=index)
+
+
+def _check_labels(labels: Any, n_rows: int) -> np.ndarray:
+    """Training labels as (N,) int 0/1 with both classes present; anything else is a ``CohortError``."""
+    labels = np.asarray(labels, dtype=float).reshape(-1)
+    if labels.shape[0] != n_rows:
+        raise CohortError(f"baseline got {labels.shape[0]} labels for {n_rows} training rows")
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise CohortError("baseline labels must be 0 or 1 (drop unlabeled rows before fitting)")
+    if len(np.unique(labels)) < 2:
+        raise CohortError("the training fold holds one class only; a baseline needs positives and negatives")
+    return labels.astype(int)
+
+
+def _align_columns(test_frame: pd.DataFrame, train_frame: pd.DataFrame) -> pd.DataFrame:
+    """The test frame in the training column order; absent columns all-missing (train dtype)."""
+    absent = [c for c in train_frame.columns if c not in test_frame.columns]
+    if absent:
+        logger.warning("baseline test rows lack columns %s; they enter as missing", absent)
+    extra = [c for c in test_frame.columns if c not in train_frame.columns]
+    if extra:
+        logger.warning("baseline test rows have columns %s unseen in training; ignoring them", extra)
+    return pd.DataFrame({
+        column: test_frame[column] if column in test_frame.columns
+        else pd.Series(np.nan, index=test_frame.index, dtype=train_frame[column].dtype)
+        for column in train_frame.columns
+    }, index=test_frame.index)
+
+
+def fit_predict_baseline(
+    name: str,
+    train_frame: pd.DataFrame,
+    train_labels: Any,
+    test_frame: pd.DataFrame,
+    seed: int,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Fit baseline ``name`` on the training fold and return P(class 1) for the test rows.
+
+    Args:
+        name: a key of ``BASELINES``.
+        train_frame: (N_train, F) from ``baseline_frame``; the only rows any statistic is fit on.
+        train_labels: (N_train,) 0/1.
+        test_frame: (N_test, F) from ``baseline_frame``; unseen categories and missing values
+            are fine, and absent columns enter as missing. Columns missing in every training
+            row are dropped from both frames (nothing can be learned from them).
+        seed: the run's seed (``random_state`` of the classifier).
+        kwargs: classifier parameters, as for ``create_baseline``.
+
+    Returns:
+        (N_test,) float64 probabilities of class 1, in ``test_frame`` row order.
+    """
+    model = create_baseline(name, seed, **kwargs)
+    labels = _check_labels(train_labels, len(train_frame))
+    # A column with no value in the training fold carries nothing to learn, and
+    # HistGradientBoosting (sklearn 1.9) fails to bin an all-NaN numeric column; drop it here.
+    empty = [c for c in train_frame.columns if train_frame[c].isna().all()]
+    if empty:
+        logger.info("baseline %s: columns %s are missing in every training row; dropped", name, empty)
+        train_frame = train_frame.drop(columns=empty)
+        test_frame = test_frame.drop(columns=[c for c in empty if c in test_frame.columns])
+    if train_frame.shape[1] == 0:
+        raise CohortError("baseline has no feature with a value in the training fold")
+    model.fit(train_frame, labels)
+    if len(test_frame) == 0:
+        return np.zeros(0, dtype=np.float64)
+    probs = model.predict_proba(_align_columns(test_frame, train_frame))
+    positive = list(model.classes_).index(1)
+    return np.asarray(probs[:, positive], dtype=np.float64)
