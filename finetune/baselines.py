@@ -19,10 +19,9 @@ NaN, categorical columns ``object`` holding canonical strings or NaN. Typical us
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from multimodal.errors import CohortError, ConfigError
+from multimodal.errors import CohortError
+from multimodal.registry import Registry
 from multimodal.tabular import canonical_category, to_numeric_column
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ logger = logging.getLogger(__name__)
 # An entry builds an unfitted pipeline from a seed and classifier parameters (already checked
 # against the classifier's ``get_params()`` by ``create_baseline``).
 BaselineEntry = Callable[[int, dict[str, Any]], Pipeline]
-BASELINES: dict[str, BaselineEntry] = {}
-
-_Entry = TypeVar("_Entry", bound=BaselineEntry)
+BASELINES = Registry("baseline")
+register_baseline = BASELINES.register
 
 # Column roles come from dtypes (see ``baseline_frame``): numbers are continuous, anything
 # else (object strings) categorical. This lets one pipeline serve any cohort's columns.
@@ -53,18 +52,6 @@ _ALL = make_column_selector()
 
 # Prefix the gradient-boosting ColumnTransformer gives its encoded categorical columns.
 _CATEGORICAL_PREFIX = "categorical__"
-
-
-def register_baseline(name: str) -> Callable[[_Entry], _Entry]:
-    """Decorator storing a baseline entry under ``name``; a duplicate is a ``ValueError``."""
-
-    def decorate(entry: _Entry) -> _Entry:
-        if name in BASELINES:
-            raise ValueError(f"baseline {name!r} is already registered; taken: {sorted(BASELINES)}")
-        BASELINES[name] = entry
-        return entry
-
-    return decorate
 
 
 def list_baselines() -> list[str]:
@@ -143,14 +130,6 @@ def _encoded_as_category(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- factory
-def _lookup(name: str) -> BaselineEntry:
-    if name not in BASELINES:
-        close = difflib.get_close_matches(name, list(BASELINES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown baseline {name!r}{hint} Registered baselines: {sorted(BASELINES)}")
-    return BASELINES[name]
-
-
 def create_baseline(name: str, seed: int, **kwargs: Any) -> Pipeline:
     """An unfitted scikit-learn pipeline for baseline ``name``.
 
@@ -159,16 +138,9 @@ def create_baseline(name: str, seed: int, **kwargs: Any) -> Pipeline:
     Raises ``ConfigError`` for an unknown name (listing the registry and the nearest name) or a
     parameter the classifier does not have. Fit it on a frame from ``baseline_frame``.
     """
-    entry = _lookup(name)
+    entry = BASELINES.lookup(name)
     params = {key: value for key, value in kwargs.items() if value is not None}
-    accepted = sorted(entry(seed, {}).named_steps["classifier"].get_params(deep=False))
-    unknown = [key for key in params if key not in accepted]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"baseline {name!r}: unknown parameter {', '.join(hints)}; it accepts {accepted}")
+    BASELINES.check_arguments(name, params, sorted(entry(seed, {}).named_steps["classifier"].get_params(deep=False)))
     return entry(seed, params)
 
 

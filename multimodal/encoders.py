@@ -28,11 +28,12 @@ from torch import nn
 
 from multimodal.checkpoint import load_into, load_weights
 from multimodal.errors import ConfigError, StrokeSSLError
+from multimodal.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 EntryFn = Callable[..., nn.Module]
-ENCODERS: dict[str, EntryFn] = {}
+ENCODERS = Registry("encoder")
 _KINDS: dict[str, str] = {}  # encoder name -> "image" | "tabular"
 ENCODER_KINDS = ("image", "tabular")
 NORMS = ("group", "batch", "instance")
@@ -48,9 +49,7 @@ def register_encoder(name: str, kind: str = "image") -> Callable[[EntryFn], Entr
         raise ValueError(f"encoder kind {kind!r} is not one of {ENCODER_KINDS}")
 
     def decorate(entry: EntryFn) -> EntryFn:
-        if name in ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered; taken: {sorted(ENCODERS)}")
-        ENCODERS[name] = entry
+        ENCODERS.register(name)(entry)
         _KINDS[name] = kind
         return entry
 
@@ -71,13 +70,10 @@ def create_encoder(name: str, weights: str | Path | None = None, **kwargs: Any) 
     Raises ``ConfigError`` for an unknown name or argument, ``StrokeSSLError`` for weights that
     do not fit.
     """
-    if name not in ENCODERS:
-        close = difflib.get_close_matches(name, list(ENCODERS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown encoder {name!r}{hint} Registered encoders: {sorted(ENCODERS)}")
+    entry = ENCODERS.lookup(name)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
-        model = ENCODERS[name](**kwargs)
+        model = entry(**kwargs)
     except TypeError as err:
         # Only a bad or missing keyword is the user's; another TypeError inside a model is a bug.
         if "argument" not in str(err):

@@ -8,44 +8,24 @@ caller can compute them per fold with ``loss_arguments`` instead of knowing each
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
 from multimodal.errors import ConfigError
+from multimodal.registry import Registry
 
 LossEntry = Callable[..., nn.Module]
-LOSSES: dict[str, LossEntry] = {}
-
-_Entry = TypeVar("_Entry", bound=LossEntry)
-
-
-def register_loss(name: str) -> Callable[[_Entry], _Entry]:
-    """Decorator storing a loss class (or factory) under ``name``; a duplicate is a ``ValueError``."""
-
-    def decorate(entry: _Entry) -> _Entry:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered; taken: {sorted(LOSSES)}")
-        LOSSES[name] = entry
-        return entry
-
-    return decorate
+LOSSES = Registry("loss")
+register_loss = LOSSES.register
+_lookup = LOSSES.lookup
 
 
 def list_losses() -> list[str]:
     """Sorted registered loss names."""
     return sorted(LOSSES)
-
-
-def _lookup(name: str) -> LossEntry:
-    if name not in LOSSES:
-        close = difflib.get_close_matches(name, list(LOSSES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown loss {name!r}{hint} Registered losses: {sorted(LOSSES)}")
-    return LOSSES[name]
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
@@ -64,13 +44,8 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
         signature.bind(**kwargs)
     except TypeError as err:
         accepted = [p for p in signature.parameters if p not in ("args", "kwargs")]
-        unknown = [key for key in kwargs if key not in signature.parameters]
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        what = f"unknown argument {', '.join(hints)}" if hints else str(err)
-        raise ConfigError(f"loss {name!r}: {what}; it accepts {accepted}") from err
+        LOSSES.check_arguments(name, kwargs, accepted)
+        raise ConfigError(f"loss {name!r}: {err}; it accepts {accepted}") from err  # a missing argument
     try:
         return entry(**kwargs)
     except ValueError as err:  # __init__ validation: a value the user set

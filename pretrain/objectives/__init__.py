@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable
-
+from multimodal.registry import Registry
 from pretrain.objectives.clip import clip_loss
 from pretrain.objectives.itm import (
     gumbel_noise,
@@ -22,22 +20,11 @@ from pretrain.objectives.queue import EmbeddingQueue
 from pretrain.objectives.scarf import scarf_corrupt, scarf_loss
 from pretrain.objectives.simclr import simclr_loss
 
-OBJECTIVES: dict[str, Callable[..., dict]] = {
-    "clip": clip_loss,
-    "itm": itm_loss,
-    "masked_tabular": masked_tabular_loss,
-    "simclr": simclr_loss,
-    "scarf": scarf_loss,
-}
-
-
-def get_objective(name: str) -> Callable[..., dict]:
-    """The loss function registered as ``name``; ``ValueError`` names the nearest one."""
-    if name not in OBJECTIVES:
-        near = difflib.get_close_matches(name, OBJECTIVES, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown objective {name!r}{hint} (choose from {sorted(OBJECTIVES)})")
-    return OBJECTIVES[name]
+OBJECTIVES = Registry("objective")
+for _name, _entry in {"clip": clip_loss, "itm": itm_loss, "masked_tabular": masked_tabular_loss,
+                      "simclr": simclr_loss, "scarf": scarf_loss}.items():
+    OBJECTIVES.register(_name)(_entry)
+get_objective = OBJECTIVES.lookup  # unknown name: ConfigError naming the nearest one
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 
+from multimodal.errors import ConfigError
 from pretrain.config import OBJECTIVES as CONFIG_OBJECTIVES
 from pretrain.objectives import (
     OBJECTIVES,
@@ -334,5 +335,5 @@ def test_masked_tabular_loss_targets_masked_present_values_only() -> None:
 def test_registry_names_match_the_config() -> None:
     assert set(OBJECTIVES) == set(CONFIG_OBJECTIVES)
     assert get_objective("clip") is clip_loss
-    with pytest.raises(ValueError, match="did you mean 'clip'"):
+    with pytest.raises(ConfigError, match="did you mean 'clip'"):
         get_objective("clp")
