@@ -60,6 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pretrain.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                           help="continue a stopped run (its folder, default run.dir); the config must match "
                           "except pretrain.epochs")
+
+    finetune = commands.add_parser(
+        "finetune", help="cross-validated fine-tuning for recurrence, with baselines and confidence intervals",
+        description="Fine-tune on the labeled subjects with stratified K-fold cross-validation and write the "
+        "run folder: metrics.json (bootstrap CIs, paired dAUROC vs baselines), predictions.csv, report/.",
+    )
+    finetune.add_argument("config", type=Path, help="run config (e.g. configs/demo.yaml)")
+    finetune.add_argument("--init", type=Path, default=None, metavar="RUN",
+                          help="pretraining run folder to take the encoders and preprocessor from")
+    finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. --set finetune.mode=frozen (repeatable)")
+    finetune.add_argument("--resume", action="store_true", help="finish a stopped run, skipping completed folds")
     return parser.parse_args(argv)
 
 
@@ -114,7 +126,21 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain}
+def run_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from finetune.run import format_metrics
+    from finetune.run import run_finetune as finetune
+
+    run_dir = finetune(args.config, args.overrides, init=args.init, resume=args.resume)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    sys.stdout.write(f"\nPooled out-of-fold metrics ({metrics['n']} subjects, {metrics['positives']} positive), "
+                     f"95 % stratified bootstrap CIs:\n{format_metrics(metrics)}\n")
+    logger.info("run folder: %s", run_dir)
+    return 0
+
+
+COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain, "finetune": run_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,54 @@
+"""The ``finetune:`` section of a run config, as a typed dataclass (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from multimodal.config import RunConfig, check_choice, from_dict
+from multimodal.errors import ConfigError
+
+MODES = ("frozen", "trainable", "scratch")
+BRANCHES = ("both", "image", "table")
+THRESHOLD_METHODS = ("youden", "sensitivity")
+
+
+@dataclass
+class FinetuneConfig:
+    mode: str = "trainable"  # frozen | trainable | scratch (random init, supervised baseline)
+    branches: str = "both"  # both | image | table: image-only and tabular-only ablations
+    fusion: str = "concat"  # concat | gated | attention
+    hidden: int = 128
+    dropout: float = 0.3
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3  # the fusion head's learning rate
+    encoder_lr_ratio: float = 0.1  # trainable: encoders learn at lr * ratio
+    weight_decay: float = 0.01
+    loss: str = "weighted_bce"  # a name from finetune.losses.LOSSES
+    loss_args: dict[str, Any] = field(default_factory=dict)  # e.g. {gamma: 2.0} for focal
+    balanced_sampler: bool = False
+    folds: int = 5  # stratified, patient-level K-fold cross-validation
+    repeats: int = 1  # repeated CV with other fold seeds, for small cohorts
+    inner_val_fraction: float = 0.2  # of each training fold: early stopping and the threshold
+    patience: int = 10  # epochs without inner-validation AUROC gain before stopping
+    threshold: str = "youden"  # youden | sensitivity
+    target_sensitivity: float | None = None  # with threshold: sensitivity
+    bootstrap: int = 2000  # stratified bootstrap resamples for confidence intervals
+    baselines: list[str] = field(default_factory=lambda: ["logistic_regression", "gradient_boosting"])
+
+    def __post_init__(self) -> None:
+        check_choice("finetune.mode", self.mode, MODES)
+        check_choice("finetune.branches", self.branches, BRANCHES)
+        check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
+        if self.folds < 2 or self.repeats < 1:
+            raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
+        if not 0.0 < self.inner_val_fraction < 1.0:
+            raise ConfigError(f"finetune.inner_val_fraction must be between 0 and 1, got {self.inner_val_fraction}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
+
+
+def finetune_config(run_config: RunConfig) -> FinetuneConfig:
+    """The typed ``finetune:`` section of ``run_config``."""
+    return from_dict(FinetuneConfig, run_config.finetune, where="finetune.")

@@ -1,0 +1,322 @@
+"""``strokessl finetune``: cross-validated fine-tuning for 12-month recurrence → a run folder.
+
+For every repeat and fold (stratified, patient-level): split the training fold into inner-train
+and inner-validation, build the classifier (pretrained encoders with ``--init``, or random for
+``scratch``), train with an imbalance-aware loss and early stopping on inner-validation AUROC,
+choose the decision threshold on inner validation, predict the held-out fold, and fit the
+classical baselines on the same training fold. Each finished fold is written at once, so
+``--resume`` skips it. Then pooled out-of-fold metrics with stratified bootstrap confidence
+intervals, paired ΔAUROC against each baseline, risk groups and plots.
+
+Run folder: ``config.yaml``, ``folds.json`` (the splits), ``folds/rRfF.json`` + ``.safetensors``
+(per fold), ``predictions.csv``, ``metrics.json`` (written last), ``report/*.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from finetune.baselines import baseline_frame, fit_predict_baseline
+from finetune.config import FinetuneConfig, finetune_config
+from finetune.init import (
+    build_finetune_encoders,
+    load_pretraining_run,
+    reconcile_features,
+    reconcile_sequences,
+)
+from finetune.losses import balanced_sampler, create_loss, loss_arguments
+from finetune.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    paired_bootstrap_delta_auroc,
+    risk_groups,
+)
+from finetune.model import FusionClassifier, parameter_groups, precompute_embeddings, set_mode
+from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.thresholds import choose_threshold
+from multimodal.checkpoint import atomic_write_text, save_weights
+from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
+from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config
+from multimodal.encoders import build_image_encoder, build_tabular_encoder
+from multimodal.errors import CohortError, StrokeSSLError
+from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.tabular import TabularPreprocessor
+from pretrain.data import MultimodalDataset, resolve_sequences
+from pretrain.loop import to_device
+from pretrain.run import seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+class LabeledDataset(Dataset):
+    """``MultimodalDataset`` items plus ``label`` (float 0/1), or cached embeddings (frozen mode)."""
+
+    def __init__(self, items: Dataset | None, labels: np.ndarray, embeddings: dict[str, Any] | None = None) -> None:
+        self.items, self.labels, self.embeddings = items, torch.as_tensor(labels, dtype=torch.float32), embeddings
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.embeddings is not None:
+            item = {f"{k}_embedding": v[i] for k, v in self.embeddings.items() if v is not None}
+        else:
+            item = dict(self.items[i])
+        item["label"] = self.labels[i]
+        return item
+
+
+def _logits(model: FusionClassifier, batch: dict[str, Any]) -> torch.Tensor:
+    if "image_embedding" in batch or "table_embedding" in batch:
+        return model.forward_from_embeddings(batch.get("image_embedding"), batch.get("table_embedding"))
+    return model(batch.get("image"), batch.get("table"))
+
+
+@torch.no_grad()
+def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N,) recurrence probabilities for ``dataset`` in order (model in eval mode)."""
+    model.eval()
+    out = [torch.sigmoid(_logits(model, to_device(b, device))).float().cpu()
+           for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+    return torch.cat(out).numpy()
+
+
+def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(roc_auc_score(labels, probabilities)) if len(set(labels.tolist())) == 2 else float("nan")
+
+
+def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: LabeledDataset, val: LabeledDataset,
+               train_labels: np.ndarray, device: torch.device, seed: int) -> list[dict[str, float]]:
+    """Train in place with early stopping on inner-validation AUROC; the best epoch's weights are kept."""
+    loss_fn = create_loss(settings.loss, **{**loss_arguments(settings.loss, train_labels), **settings.loss_args}).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings.mode, settings.lr, settings.encoder_lr_ratio,
+                                                   settings.weight_decay))
+    generator = torch.Generator().manual_seed(seed)
+    sampler = balanced_sampler(train_labels, generator) if settings.balanced_sampler else None
+    loader = DataLoader(train, batch_size=settings.batch_size, sampler=sampler, shuffle=sampler is None,
+                        generator=generator, drop_last=len(train) > settings.batch_size)
+    best, best_state, waited, history = -math.inf, None, 0, []
+    val_labels = val.labels.numpy()
+    for epoch in range(settings.epochs):
+        if hasattr(train.items, "set_epoch"):
+            train.items.set_epoch(epoch)
+        model.train()
+        total = 0.0
+        for batch in loader:
+            batch = to_device(batch, device)
+            loss = loss_fn(_logits(model, batch), batch["label"])
+            if not torch.isfinite(loss):
+                raise StrokeSSLError(f"fine-tuning loss became {loss.item()} in epoch {epoch + 1}; lower finetune.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        score = _auroc(val_labels, predict_probabilities(model, val, settings.batch_size, device))
+        history.append({"epoch": epoch + 1, "train_loss": total / max(len(loader), 1), "val_auroc": score})
+        if score > best or best_state is None:
+            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    model.load_state_dict(best_state)
+    return history
+
+
+# --------------------------------------------------------------------------- one fold
+class FoldContext:
+    """What every fold shares: cohort, settings, MRI cache, pretraining run (optional)."""
+
+    def __init__(self, run_config: RunConfig, cohort: Cohort, settings: FinetuneConfig, init: Path | None,
+                 device: torch.device) -> None:
+        self.run_config, self.cohort, self.settings, self.device = run_config, cohort, settings, device
+        self.pretrained = load_pretraining_run(init) if init is not None else None
+        cohort_config = cohort.config
+        if self.pretrained is not None:
+            self.sequences = reconcile_sequences(self.pretrained.sequences, cohort.sequences, cohort_config.missing_images)
+            self.preprocessor = reconcile_features(self.pretrained.preprocessor, list(cohort.features.columns))
+        else:
+            self.sequences = resolve_sequences(run_config, cohort)
+            self.preprocessor = None
+        self.cache = None
+        if settings.branches != "table":
+            self.cache = VolumeCache(run_config.data.cache_dir, run_config.imaging, self.sequences,
+                                     cohort_config.missing_images, cohort_config.volume_index,
+                                     run_config.data.cache_dtype)
+
+    def dataset(self, ids: list[str], preprocessor: TabularPreprocessor, augment: bool) -> MultimodalDataset:
+        cohort = self.cohort
+        position = {s: i for i, s in enumerate(cohort.ids)}
+        images = None
+        if self.cache is not None:
+            settings = self.run_config.imaging.augment if augment else None
+            images = ImageDataset(cohort.records(ids), self.cache, settings, seed=self.run_config.seed)
+        table = preprocessor.transform_tensors(cohort.features.loc[ids]) if self.settings.branches != "image" else None
+        return MultimodalDataset(ids, [position[s] for s in ids], images, table)
+
+    def model(self, preprocessor: TabularPreprocessor) -> FusionClassifier:
+        settings, config = self.settings, self.run_config
+        if self.pretrained is not None and settings.mode != "scratch":
+            image, table = build_finetune_encoders(self.pretrained, config.model, len(self.sequences))
+        else:
+            image = build_image_encoder(config.model, len(self.sequences)) if settings.branches != "table" else None
+            table = build_tabular_encoder(config.model, len(preprocessor.continuous), preprocessor.category_sizes)
+        image = image if settings.branches != "table" else None
+        table = table if settings.branches != "image" else None
+        model = FusionClassifier(image, table, fusion=settings.fusion, hidden=settings.hidden, dropout=settings.dropout)
+        return set_mode(model, settings.mode).to(self.device)
+
+
+def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: int) -> tuple[dict[str, Any], FusionClassifier]:
+    cohort, settings = ctx.cohort, ctx.settings
+    label_of = dict(zip(cohort.ids, cohort.labels, strict=True))
+    labels = lambda ids: np.array([label_of[s] for s in ids])  # noqa: E731 - local shorthand
+    inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
+    preprocessor = ctx.preprocessor or TabularPreprocessor(cohort.continuous, cohort.categorical).fit(
+        cohort.features.loc[train_ids])  # scratch: one preprocessor per training fold (labels unused)
+    seed_everything(seed)
+    model = ctx.model(preprocessor)
+    frozen = settings.mode == "frozen"
+    parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen))
+             for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
+    if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
+        data = {name: LabeledDataset(None, labels(ids), precompute_embeddings(
+                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device))
+                for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
+    else:
+        data = {name: LabeledDataset(parts[name], labels(ids))
+                for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
+    history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
+    val_prob = predict_probabilities(model, data["val"], settings.batch_size, ctx.device)
+    threshold = choose_threshold(labels(inner_val), val_prob, settings.threshold, settings.target_sensitivity)
+    test_prob = predict_probabilities(model, data["test"], settings.batch_size, ctx.device)
+    frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
+              for split, ids in (("train", train_ids), ("test", test_ids))}
+    baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
+                 for name in settings.baselines}
+    result = {
+        "test_ids": test_ids, "probabilities": test_prob.tolist(), "threshold": threshold,
+        "metrics": classification_metrics(labels(test_ids), test_prob, threshold), "history": history,
+        "baselines": baselines,
+    }
+    return result, model
+
+
+# --------------------------------------------------------------------------- the run
+def _default_run_dir(run_config: RunConfig, settings: FinetuneConfig) -> Path:
+    """``runs/<config>-finetune-<mode>[-<branches>]`` unless run.dir was set: one config serves both stages."""
+    default = Path.cwd() / "runs" / Path(run_config.source).stem
+    if Path(run_config.run.dir) != default:
+        return Path(run_config.run.dir)
+    suffix = "" if settings.branches == "both" else f"-{settings.branches}"
+    return default.with_name(f"{default.name}-finetune-{settings.mode}{suffix}")
+
+
+def run_finetune(config_path: str | Path, overrides: list[str] | None = None, init: str | Path | None = None,
+                 resume: bool = False) -> Path:
+    """Cross-validate as the config says; returns the run folder (``metrics.json`` written last)."""
+    run_config = load_run_config(config_path, overrides)
+    settings = finetune_config(run_config)
+    if settings.mode != "scratch" and init is None:
+        raise StrokeSSLError(f"finetune.mode {settings.mode} needs --init RUN (a pretraining run folder); "
+                             "use --set finetune.mode=scratch for a supervised baseline from random weights")
+    run_dir = _default_run_dir(run_config, settings)
+    if (run_dir / "folds.json").exists() and not resume:
+        raise StrokeSSLError(f"run folder {run_dir} already holds a fine-tuning run; add --resume to finish "
+                             "it or choose another folder with --set run.dir=...")
+    run_config.run.dir = run_dir
+    (run_dir / "folds").mkdir(parents=True, exist_ok=True)
+    save_config(run_config, run_dir / "config.yaml")
+    cohort = load_cohort(load_cohort_config(run_config.cohort))
+    labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
+    if not labeled:
+        raise CohortError(f"cohort {cohort.config.source} has no labeled subject to fine-tune on")
+    cohort = cohort.subset(labeled)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
+    if ctx.cache is not None:
+        ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
+    splits = {f"r{r}f{f}": {"train": train, "test": test}
+              for r in range(settings.repeats)
+              for f, (train, test) in enumerate(stratified_folds(cohort.ids, cohort.labels, settings.folds,
+                                                                 run_config.seed + r))}
+    atomic_write_text(run_dir / "folds.json", json.dumps(splits))
+    results = {}
+    for name, split in tqdm(splits.items(), desc="folds", unit="fold"):
+        path = run_dir / "folds" / f"{name}.json"
+        if path.is_file():  # finished before a stop: --resume skips it
+            results[name] = json.loads(path.read_text())
+            continue
+        result, model = run_fold(ctx, split["train"], split["test"], run_config.seed + len(results))
+        save_weights(model.state_dict(), run_dir / "folds" / f"{name}.safetensors")
+        atomic_write_text(path, json.dumps(result))
+        results[name] = result
+        logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
+    return _summarise(run_dir, cohort, settings, results, run_config.seed)
+
+
+def _summarise(run_dir: Path, cohort: Cohort, settings: FinetuneConfig, results: dict[str, Any], seed: int) -> Path:
+    """Pooled out-of-fold predictions (averaged over repeats) → metrics.json, predictions.csv, plots."""
+    rows = []
+    for name, result in results.items():
+        for i, subject in enumerate(result["test_ids"]):
+            rows.append({"subject_id": subject, "fold": name, "probability": result["probabilities"][i],
+                         **{b: p[i] for b, p in result["baselines"].items()}})
+    frame = pd.DataFrame(rows).groupby("subject_id", sort=False).agg(
+        {"probability": "mean", "fold": ",".join, **{b: "mean" for b in settings.baselines}})
+    label_of = dict(zip(cohort.ids, cohort.labels, strict=True))
+    frame.insert(0, "label", [int(label_of[s]) for s in frame.index])
+    y, p = frame["label"].to_numpy(), frame["probability"].to_numpy()
+    threshold = choose_threshold(y, p, settings.threshold, settings.target_sensitivity)
+    frame["risk_group"] = np.where(p >= threshold, "high", "low")
+    frame.to_csv(run_dir / "predictions.csv")
+    metrics: dict[str, Any] = {
+        "threshold": threshold, "n": len(y), "positives": int(y.sum()),
+        "model": bootstrap_ci(y, p, threshold, settings.bootstrap, seed),
+        "per_fold": {name: {"threshold": r["threshold"], **r["metrics"]} for name, r in results.items()},
+        "baselines": {}, "delta_auroc": {}, "risk_groups": risk_groups(y, p, threshold),
+    }
+    for name in settings.baselines:
+        q = frame[name].to_numpy()
+        metrics["baselines"][name] = bootstrap_ci(y, q, choose_threshold(y, q, settings.threshold,
+                                                  settings.target_sensitivity), settings.bootstrap, seed)
+        metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    report = run_dir / "report"
+    curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
+    plot_roc(y, curves, report / "roc.png")
+    plot_pr(y, curves, report / "pr.png")
+    plot_calibration(y, p, report / "calibration.png")
+    plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    return run_dir
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A table of pooled out-of-fold metrics with 95 % CIs, model and baselines side by side."""
+    names = ["model", *metrics["baselines"]]
+    columns = {"model": metrics["model"], **metrics["baselines"]}
+    keys = ["auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
+    lines = [f"{'metric':<18}" + "".join(f"{n:>26}" for n in names)]
+    for key in keys:
+        cells = []
+        for name in names:
+            entry = columns[name].get(key, {})
+            cells.append(f"{entry.get('estimate', float('nan')):.3f} [{entry.get('lower', float('nan')):.3f}, "
+                         f"{entry.get('upper', float('nan')):.3f}]")
+        lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
+    for name, delta in metrics["delta_auroc"].items():
+        lines.append(f"ΔAUROC model − {name}: {delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}], "
+                     f"p = {delta['p_value']:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""End-to-end cross-validated fine-tuning on a tiny synthetic cohort, through the CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from multimodal.synthetic import write_synthetic_cohort
+from strokessl.cli import main
+
+TINY = {
+    "seed": 0,
+    "data": {"workers": 0},
+    "imaging": {"spacing": [14.0, 14.0, 14.0], "spatial_size": [16, 16, 16], "head_margin_mm": 7.0},
+    "model": {
+        "image_encoder": "resnet3d_10",
+        "image_encoder_args": {"widen_factor": 0.25},
+        "tabular_encoder": "ft_transformer",
+        "tabular_encoder_args": {"dim": 16, "depth": 1, "heads": 2},
+    },
+    "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.25, "projection_dim": 16,
+                 "projection_hidden": 32, "fusion_dim": 16, "fusion_depth": 1, "fusion_heads": 2},
+    "finetune": {"epochs": 2, "batch_size": 8, "folds": 2, "bootstrap": 200, "patience": 1, "hidden": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finetune")
+    cohort = write_synthetic_cohort(folder / "c", n=48, grid=16, labeled_fraction=1.0, seed=4, prevalence=0.3)
+    data = dict(TINY, cohort=str(cohort))
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_scratch_run_writes_metrics_predictions_and_plots(config, tmp_path, capsys):
+    run = tmp_path / "scratch"
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 0
+    assert "auroc" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    auroc = metrics["model"]["auroc"]
+    assert auroc["lower"] <= auroc["estimate"] <= auroc["upper"]
+    assert set(metrics["baselines"]) == {"logistic_regression", "gradient_boosting"}
+    assert set(metrics["delta_auroc"]) == set(metrics["baselines"]) and len(metrics["per_fold"]) == 2
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == metrics["n"] == 48 and predictions["probability"].between(0, 1).all()
+    folds = json.loads((run / "folds.json").read_text())
+    tested = [s for split in folds.values() for s in split["test"]]
+    assert sorted(tested) == sorted(predictions["subject_id"])  # every subject tested exactly once
+    for name in ("roc", "pr", "calibration", "risk_groups"):
+        assert (run / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_skips_finished_folds(config, tmp_path):
+    run = tmp_path / "resumed"
+    args = ["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
+            "--set", f"run.dir={run}"]
+    assert main(args) == 0
+    first = (run / "folds" / "r0f0.json").read_text()
+    (run / "metrics.json").unlink()
+    (run / "folds" / "r0f1.json").unlink()
+    assert main(args) == 2  # an existing run is not overwritten
+    assert main([*args, "--resume"]) == 0
+    assert (run / "folds" / "r0f0.json").read_text() == first and (run / "metrics.json").is_file()
+
+
+def test_frozen_from_a_pretraining_run(config, tmp_path):
+    pretrained = tmp_path / "pre"
+    assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
+    run = tmp_path / "frozen"
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", "finetune.mode=frozen",
+                 "--set", f"run.dir={run}"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["n"] == 48
+
+
+def test_trainable_needs_init(config, capsys):
+    assert main(["finetune", str(config)]) == 2
+    assert "--init" in capsys.readouterr().err
