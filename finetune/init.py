@@ -106,7 +106,7 @@ def _run_sequences(config: RunConfig) -> list[str]:
 
 
 # --------------------------------------------------------------------------- encoders
-def _rebuild_config(model: ModelConfig) -> ModelConfig:
+def rebuild_config(model: ModelConfig) -> ModelConfig:
     """The run's model config without backbone-initialisation files: the run's own weights
     replace them anyway, and they need not exist where fine-tuning runs."""
     clean = copy.deepcopy(model)
@@ -128,10 +128,10 @@ def build_finetune_encoders(
     ``in_channels`` (the fine-tuning channels, ``reconcile_sequences``) must equal the run's.
     Tabular sizes come from the run's preprocessor, which fine-tuning reuses.
     """
-    pretrained = _rebuild_config(run.config.model)
+    pretrained = rebuild_config(run.config.model)
     for_random = model_config_for_finetune or pretrained
     if model_config_for_finetune is not None:
-        _warn_ignored(pretrained, _rebuild_config(model_config_for_finetune), run)
+        _warn_ignored(pretrained, rebuild_config(model_config_for_finetune), run)
     prep = run.preprocessor
     if run.image_weights is not None:
         if in_channels != len(run.sequences):

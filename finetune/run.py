@@ -8,8 +8,9 @@ classical baselines on the same training fold. Each finished fold is written at 
 ``--resume`` skips it. Then pooled out-of-fold metrics with stratified bootstrap confidence
 intervals, paired ΔAUROC against each baseline, risk groups and plots.
 
-Run folder: ``config.yaml``, ``folds.json`` (the splits), ``folds/rRfF.json`` + ``.safetensors``
-(per fold), ``predictions.csv``, ``metrics.json`` (written last), ``report/*.png``.
+Run folder: ``config.yaml``, ``model.json`` (encoder architecture, sequences), ``folds.json``
+(the splits), ``folds/rRfF.json`` (predictions, threshold, preprocessor) + ``.safetensors`` (per
+fold), ``predictions.csv``, ``metrics.json`` (written last), ``report/*.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from finetune.config import FinetuneConfig, finetune_config
 from finetune.init import (
     build_finetune_encoders,
     load_pretraining_run,
+    rebuild_config,
     reconcile_features,
     reconcile_sequences,
 )
@@ -48,7 +50,7 @@ from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
-from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config
+from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config, to_dict
 from multimodal.encoders import build_image_encoder, build_tabular_encoder
 from multimodal.errors import CohortError, StrokeSSLError
 from multimodal.imaging import ImageDataset, VolumeCache
@@ -207,6 +209,7 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
                  for name in settings.baselines}
     result = {
+        "preprocessor": preprocessor.to_dict(),  # predict rebuilds each fold model with its own state
         "test_ids": test_ids, "probabilities": test_prob.tolist(), "threshold": threshold,
         "metrics": classification_metrics(labels(test_ids), test_prob, threshold), "history": history,
         "baselines": baselines,
@@ -246,6 +249,14 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     cohort = cohort.subset(labeled)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
+    # The architecture each branch was built with, so predict can rebuild the fold models alone.
+    pretrained = ctx.pretrained if settings.mode != "scratch" else None
+    image_from = pretrained.config.model if pretrained is not None and pretrained.image_weights else run_config.model
+    table_from = pretrained.config.model if pretrained is not None and pretrained.table_weights else run_config.model
+    atomic_write_text(run_dir / "model.json", json.dumps({
+        "image_model": to_dict(rebuild_config(image_from)), "table_model": to_dict(rebuild_config(table_from)),
+        "sequences": ctx.sequences, "init": str(init) if init is not None else None,
+    }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
     splits = {f"r{r}f{f}": {"train": train, "test": test}

@@ -72,6 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key, e.g. --set finetune.mode=frozen (repeatable)")
     finetune.add_argument("--resume", action="store_true", help="finish a stopped run, skipping completed folds")
+
+    predict = commands.add_parser(
+        "predict", help="recurrence probability and risk group for new subjects from a fine-tuning run",
+        description="Average the run's fold models on a new cohort and apply the threshold chosen on pooled "
+        "out-of-fold predictions. --cohort takes a cohort.yaml or a bare CSV in the training cohort's format.",
+    )
+    predict.add_argument("run", type=Path, help="finished fine-tuning run folder")
+    predict.add_argument("--cohort", type=Path, required=True, help="cohort.yaml or CSV of the new subjects")
+    predict.add_argument("--out", type=Path, required=True, help="CSV to write (subject_id, probability, risk_group)")
     return parser.parse_args(argv)
 
 
@@ -140,7 +149,15 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain, "finetune": run_finetune}
+def run_predict(args: argparse.Namespace) -> int:
+    from finetune.predict import run_predict as predict
+
+    predict(args.run, args.cohort, args.out)
+    return 0
+
+
+COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain, "finetune": run_finetune,
+            "predict": run_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

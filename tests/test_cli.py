@@ -3,7 +3,7 @@ import pytest
 from strokessl.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["validate"], ["pretrain"], ["finetune"]])
+@pytest.mark.parametrize("command", [[], ["synth"], ["validate"], ["pretrain"], ["finetune"], ["predict"]])
 def test_help_exits_zero(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

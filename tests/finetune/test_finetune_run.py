@@ -78,3 +78,33 @@ def test_frozen_from_a_pretraining_run(config, tmp_path):
 def test_trainable_needs_init(config, capsys):
     assert main(["finetune", str(config)]) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_predict_on_new_subjects_with_unseen_category_and_no_labels(config, tmp_path):
+    run = tmp_path / "scratch"
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 0
+    cohort_dir = yaml.safe_load(config.read_text())["cohort"]
+    table = pd.read_csv(cohort_dir.replace("cohort.yaml", "cohort.csv"), dtype=str)
+    new = table.head(5).copy()
+    new["recurrence_12m"] = ""  # unlabeled
+    new.loc[new.index[0], "smoking"] = "vaping"  # a category the models never saw
+    new.loc[new.index[1], "age"] = ""  # missing value
+    csv = tmp_path / "new.csv"
+    folder = cohort_dir.rsplit("/", 1)[0]
+    for column in ("flair", "dwi"):  # absolute paths: the CSV now lives in another folder
+        new[column] = [f"{folder}/{p}" for p in new[column]]
+    new.to_csv(csv, index=False)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--cohort", str(csv), "--out", str(out)]) == 0
+    predictions = pd.read_csv(out)
+    assert len(predictions) == 5 and predictions["probability"].between(0, 1).all()
+    assert set(predictions["risk_group"]) <= {"high", "low"}
+    folds = [c for c in predictions.columns if c.startswith("probability_")]
+    assert len(folds) == 2
+    assert predictions["probability"].to_numpy() == pytest.approx(predictions[folds].mean(axis=1).to_numpy())
+    # the same subjects as in training get the average of the fold models, so a fold model that
+    # tested a subject agrees with its out-of-fold prediction
+    oof = pd.read_csv(run / "predictions.csv").set_index("subject_id")
+    first = predictions.iloc[2]
+    fold = oof.loc[first["subject_id"], "fold"]
+    assert first[f"probability_{fold}"] == pytest.approx(oof.loc[first["subject_id"], "probability"], abs=1e-5)
