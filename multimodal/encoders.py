@@ -362,7 +362,8 @@ class SliceSequenceEncoder(nn.Module):
 # --------------------------------------------------------------------------- tabular
 
 
-def _check_features(num_continuous: int, category_sizes: list[int]) -> None:
+def _check_features(num_continuous: int, category_sizes: list[int]) -> tuple[int, int]:
+    """Validate the preprocessor's feature counts; returns ``(n_categorical, n_features)``."""
     if num_continuous + len(category_sizes) == 0:
         raise ConfigError("a tabular encoder needs at least one continuous or categorical feature")
     if num_continuous < 0 or any(size < 1 for size in category_sizes):
@@ -370,6 +371,7 @@ def _check_features(num_continuous: int, category_sizes: list[int]) -> None:
             f"num_continuous must be >= 0 ({num_continuous}) and each category size must count "
             f"the index-0 missing bucket, so >= 1 ({category_sizes})"
         )
+    return len(category_sizes), num_continuous + len(category_sizes)
 
 
 def _tabular_inputs(
@@ -425,9 +427,7 @@ class TabularEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.num_continuous = num_continuous
-        self.num_categorical = len(category_sizes)
-        n_features = num_continuous + self.num_categorical
-        _check_features(num_continuous, category_sizes)
+        self.num_categorical, n_features = _check_features(num_continuous, category_sizes)
         if dim % heads:
             raise ConfigError(f"tabular dim ({dim}) must be divisible by heads ({heads})")
         self.cont_weight = nn.Parameter(torch.empty(num_continuous, dim))
@@ -484,9 +484,7 @@ class TabularMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.num_continuous = num_continuous
-        self.num_categorical = len(category_sizes)
-        n_features = num_continuous + self.num_categorical
-        _check_features(num_continuous, category_sizes)
+        self.num_categorical, n_features = _check_features(num_continuous, category_sizes)
         self.cat_embed = _CategoricalEmbedding(list(category_sizes), category_dim)
         layers: list[nn.Module] = []
         width = num_continuous + n_features + self.num_categorical * category_dim

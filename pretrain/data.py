@@ -142,8 +142,9 @@ def build_pretrain_data(
         table = preprocessor.transform_tensors(cohort.features.loc[ids]) if use_table else None
         return MultimodalDataset(ids, [position[s] for s in ids], images, table)
 
-    pool = preprocessor.transform_tensors(cohort.features.loc[train_ids])
-    return PretrainData(cohort, sequences, preprocessor, dataset(train_ids, True), dataset(val_ids, False), pool)
+    train = dataset(train_ids, True)
+    pool = train.table if train.table is not None else preprocessor.transform_tensors(cohort.features.loc[train_ids])
+    return PretrainData(cohort, sequences, preprocessor, train, dataset(val_ids, False), pool)
 
 
 def make_loader(

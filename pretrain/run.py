@@ -280,6 +280,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     logger.info("pretraining %s on %s (%s, %d process(es)), %d steps per epoch",
                 "+".join(pretrain.objectives), device, precision, distributed.world_size(), steps_per_epoch)
 
+    evaluation = None  # the last epoch's (metrics, embeddings): _finish publishes them as they are
     for epoch in range(start_epoch, pretrain.epochs):
         train_loader.sampler.set_epoch(epoch)
         data.train.set_epoch(epoch)
@@ -289,7 +290,8 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         )
         entry = {"epoch": epoch + 1, "step": step, **{f"train/{k}": v for k, v in train_metrics.items()}}
         if main:
-            val_metrics, _ = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+            evaluation = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+            val_metrics = evaluation[0]
             entry.update({f"val/{k}": v for k, v in val_metrics.items()})
             for key, value in val_metrics.items():
                 writer.add_scalar(f"val/{key}", value, step)
@@ -305,7 +307,9 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         distributed.barrier()
 
     if main:
-        _finish(run_dir, model, val_loader, device, precision, history, writer, data)
+        if evaluation is None:  # resumed after the last epoch: nothing was evaluated in this process
+            evaluation = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+        _finish(run_dir, model, evaluation, history, writer, data)
     distributed.barrier()
     return run_dir
 
@@ -325,14 +329,14 @@ def _short(entry: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('/', 1)[1]}={entry[k]:.4g}" for k in keys if k in entry)
 
 
-def _finish(run_dir: Path, model: torch.nn.Module, val_loader: Any, device: torch.device, precision: str,
+def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, float], dict[str, Any]],
             history: list[dict[str, Any]], writer: Any, data: Any) -> None:
-    """Publish weights, embeddings and metrics.json (last: its presence marks a finished run)."""
+    """Publish weights, validation embeddings and metrics.json (last: its presence marks a finished run)."""
     checkpoints = run_dir / "checkpoints"
     save_weights(model.state_dict(), checkpoints / "model.safetensors")
     for name, state in encoder_state_dicts(model).items():
         save_weights(state, checkpoints / f"{name}.safetensors")
-    val_metrics, embeddings = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
+    val_metrics, embeddings = evaluation
     for name, features in embeddings.items():
         if name != "subject_id" and features is not None:
             writer.add_embedding(features, metadata=embeddings["subject_id"], tag=f"val_{name}",

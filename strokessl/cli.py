@@ -17,6 +17,11 @@ from strokessl import __version__
 logger = logging.getLogger("strokessl")
 
 
+def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a run-config key, e.g. --set {example} (repeatable)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="strokessl",
@@ -44,8 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or a run config naming one under 'cohort'. Exits 2 when the cohort has errors.",
     )
     validate.add_argument("config", type=Path, help="cohort.yaml or run config")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a run-config key (repeatable)")
+    _add_overrides(validate, "imaging.sequences=[flair]")
     validate.add_argument("--headers-only", action="store_true",
                           help="read NIfTI headers only (fast; misses truncated image data)")
 
@@ -55,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the run folder (run.dir). Under `torchrun --nproc_per_node N` it runs distributed.",
     )
     pretrain.add_argument("config", type=Path, help="run config (e.g. configs/demo.yaml)")
-    pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key, e.g. --set pretrain.epochs=5 (repeatable)")
+    _add_overrides(pretrain, "pretrain.epochs=5")
     pretrain.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                           help="continue a stopped run (its folder, default run.dir); the config must match "
                           "except pretrain.epochs")
@@ -69,8 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     finetune.add_argument("config", type=Path, help="run config (e.g. configs/demo.yaml)")
     finetune.add_argument("--init", type=Path, default=None, metavar="RUN",
                           help="pretraining run folder to take the encoders and preprocessor from")
-    finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key, e.g. --set finetune.mode=frozen (repeatable)")
+    _add_overrides(finetune, "finetune.mode=frozen")
     finetune.add_argument("--resume", action="store_true", help="finish a stopped run, skipping completed folds")
 
     predict = commands.add_parser(

@@ -16,6 +16,14 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     return path
 
 
+# A 16^3 grid at 14 mm holds a whole synthetic head (grid-16 cohorts): what end-to-end tests run on.
+TINY_IMAGING = {
+    "seed": 0,
+    "data": {"workers": 0},
+    "imaging": {"spacing": [14.0, 14.0, 14.0], "spatial_size": [16, 16, 16], "head_margin_mm": 7.0},
+}
+
+
 def write_cohort(folder: Path, rows: list[dict], config: dict | None = None) -> Path:
     """Write ``cohort.csv`` (from row dicts, empty string = empty cell) and ``cohort.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)

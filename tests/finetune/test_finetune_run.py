@@ -5,14 +5,13 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY_IMAGING
 
 from multimodal.synthetic import write_synthetic_cohort
 from strokessl.cli import main
 
 TINY = {
-    "seed": 0,
-    "data": {"workers": 0},
-    "imaging": {"spacing": [14.0, 14.0, 14.0], "spatial_size": [16, 16, 16], "head_margin_mm": 7.0},
+    **TINY_IMAGING,
     "model": {
         "image_encoder": "resnet3d_10",
         "image_encoder_args": {"widen_factor": 0.25},

@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import TINY_IMAGING
 from safetensors.torch import load_file
 
 from multimodal.synthetic import write_synthetic_cohort
 from strokessl.cli import main
 
 TINY = {
-    "seed": 0,
-    "data": {"workers": 0},
-    "imaging": {"spacing": [14.0, 14.0, 14.0], "spatial_size": [16, 16, 16], "head_margin_mm": 7.0},
+    **TINY_IMAGING,
     "model": {
         "image_encoder": "resnet3d_10",
         "tabular_encoder": "ft_transformer",
