@@ -36,6 +36,9 @@ class FinetuneConfig:
     target_sensitivity: float | None = None  # with threshold: sensitivity
     bootstrap: int = 2000  # stratified bootstrap resamples for confidence intervals
     baselines: list[str] = field(default_factory=lambda: ["logistic_regression", "gradient_boosting"])
+    # A fixed, labeled test cohort (cohort.yaml, relative to the run config): after cross-validation
+    # the fold models (averaged) and the baselines refit on every labeled subject are scored on it.
+    test_cohort: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("finetune.mode", self.mode, MODES)

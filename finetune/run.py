@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
 from finetune.config import FinetuneConfig, finetune_config
+from finetune.inference import LabeledDataset, classifier_logits, predict_probabilities
 from finetune.init import (
     build_finetune_encoders,
     load_pretraining_run,
@@ -44,9 +45,11 @@ from finetune.metrics import (
     classification_metrics,
     paired_bootstrap_delta_auroc,
     risk_groups,
+    summarise_folds,
 )
 from finetune.model import FusionClassifier, parameter_groups, precompute_embeddings, set_mode
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.test_cohort import evaluate_test_cohort
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
@@ -60,39 +63,6 @@ from pretrain.loop import to_device
 from pretrain.run import seed_everything
 
 logger = logging.getLogger(__name__)
-
-
-class LabeledDataset(Dataset):
-    """``MultimodalDataset`` items plus ``label`` (float 0/1), or cached embeddings (frozen mode)."""
-
-    def __init__(self, items: Dataset | None, labels: np.ndarray, embeddings: dict[str, Any] | None = None) -> None:
-        self.items, self.labels, self.embeddings = items, torch.as_tensor(labels, dtype=torch.float32), embeddings
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.embeddings is not None:
-            item = {f"{k}_embedding": v[i] for k, v in self.embeddings.items() if v is not None}
-        else:
-            item = dict(self.items[i])
-        item["label"] = self.labels[i]
-        return item
-
-
-def _logits(model: FusionClassifier, batch: dict[str, Any]) -> torch.Tensor:
-    if "image_embedding" in batch or "table_embedding" in batch:
-        return model.forward_from_embeddings(batch.get("image_embedding"), batch.get("table_embedding"))
-    return model(batch.get("image"), batch.get("table"))
-
-
-@torch.no_grad()
-def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """(N,) recurrence probabilities for ``dataset`` in order (model in eval mode)."""
-    model.eval()
-    out = [torch.sigmoid(_logits(model, to_device(b, device))).float().cpu()
-           for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
-    return torch.cat(out).numpy()
 
 
 def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -118,7 +88,7 @@ def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: Labeled
         total = 0.0
         for batch in loader:
             batch = to_device(batch, device)
-            loss = loss_fn(_logits(model, batch), batch["label"])
+            loss = loss_fn(classifier_logits(model, batch), batch["label"])
             if not torch.isfinite(loss):
                 raise StrokeSSLError(f"fine-tuning loss became {loss.item()} in epoch {epoch + 1}; lower finetune.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -275,10 +245,28 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
         atomic_write_text(path, json.dumps(result))
         results[name] = result
         logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
-    return _summarise(run_dir, cohort, settings, results, run_config.seed)
+    return _summarise(run_dir, run_config, cohort, settings, results, run_config.seed)
 
 
-def _summarise(run_dir: Path, cohort: Cohort, settings: FinetuneConfig, results: dict[str, Any], seed: int) -> Path:
+def _per_fold_metrics(results: dict[str, Any], label_of: dict[str, float], n_resamples: int,
+                      seed: int) -> dict[str, Any]:
+    """Each fold's held-out metrics at its own threshold, with bootstrap intervals where both classes occur."""
+    per_fold = {}
+    for name, result in results.items():
+        y = np.array([int(label_of[s]) for s in result["test_ids"]])
+        p = np.asarray(result["probabilities"])
+        entry: dict[str, Any] = {"threshold": result["threshold"], "n": len(y), "positives": int(y.sum())}
+        if 0 < y.sum() < len(y):
+            entry.update(bootstrap_ci(y, p, result["threshold"], n_resamples, seed))
+        else:  # a one-class fold (tiny cohorts only): point estimates, no interval
+            entry.update({k: {"estimate": v, "lower": float("nan"), "upper": float("nan")}
+                          for k, v in result["metrics"].items() if k not in ("n", "prevalence")})
+        per_fold[name] = entry
+    return per_fold
+
+
+def _summarise(run_dir: Path, run_config: RunConfig, cohort: Cohort, settings: FinetuneConfig,
+               results: dict[str, Any], seed: int) -> Path:
     """Pooled out-of-fold predictions (averaged over repeats) → metrics.json, predictions.csv, plots."""
     rows = []
     for name, result in results.items():
@@ -296,14 +284,18 @@ def _summarise(run_dir: Path, cohort: Cohort, settings: FinetuneConfig, results:
     metrics: dict[str, Any] = {
         "threshold": threshold, "n": len(y), "positives": int(y.sum()),
         "model": bootstrap_ci(y, p, threshold, settings.bootstrap, seed),
-        "per_fold": {name: {"threshold": r["threshold"], **r["metrics"]} for name, r in results.items()},
+        "per_fold": _per_fold_metrics(results, label_of, settings.bootstrap, seed),
+        "fold_summary": summarise_folds([r["metrics"] for r in results.values()]),
         "baselines": {}, "delta_auroc": {}, "risk_groups": risk_groups(y, p, threshold),
     }
+    thresholds = {"model": threshold}
     for name in settings.baselines:
         q = frame[name].to_numpy()
-        metrics["baselines"][name] = bootstrap_ci(y, q, choose_threshold(y, q, settings.threshold,
-                                                  settings.target_sensitivity), settings.bootstrap, seed)
+        thresholds[name] = choose_threshold(y, q, settings.threshold, settings.target_sensitivity)
+        metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    if settings.test_cohort is not None:
+        metrics["test"] = evaluate_test_cohort(run_dir, run_config, settings, cohort, thresholds, seed)
     report = run_dir / "report"
     curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
     plot_roc(y, curves, report / "roc.png")
@@ -314,10 +306,9 @@ def _summarise(run_dir: Path, cohort: Cohort, settings: FinetuneConfig, results:
     return run_dir
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A table of pooled out-of-fold metrics with 95 % CIs, model and baselines side by side."""
-    names = ["model", *metrics["baselines"]]
-    columns = {"model": metrics["model"], **metrics["baselines"]}
+def _metric_table(section: dict[str, Any]) -> list[str]:
+    names = ["model", *section["baselines"]]
+    columns = {"model": section["model"], **section["baselines"]}
     keys = ["auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
     lines = [f"{'metric':<18}" + "".join(f"{n:>26}" for n in names)]
     for key in keys:
@@ -327,7 +318,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             cells.append(f"{entry.get('estimate', float('nan')):.3f} [{entry.get('lower', float('nan')):.3f}, "
                          f"{entry.get('upper', float('nan')):.3f}]")
         lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
-    for name, delta in metrics["delta_auroc"].items():
+    for name, delta in section["delta_auroc"].items():
         lines.append(f"ΔAUROC model − {name}: {delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}], "
                      f"p = {delta['p_value']:.3f}")
+    return lines
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """Tables of pooled out-of-fold (and fixed test cohort) metrics with 95 % CIs, model and baselines."""
+    lines = [f"pooled out-of-fold: {metrics['n']} subjects, {metrics['positives']} positive, "
+             f"threshold {metrics['threshold']:.3f}", *_metric_table(metrics)]
+    folds = metrics.get("fold_summary", {}).get("auroc")
+    if folds:
+        lines.append(f"per-fold AUROC: mean {folds['mean']:.3f}, SD {folds['std']:.3f} over {int(folds['n'])} folds")
+    test = metrics.get("test")
+    if test:
+        lines += ["", f"fixed test cohort {test['cohort']}: {test['n']} subjects, {test['positives']} positive",
+                  *_metric_table(test)]
     return "\n".join(lines)

@@ -311,6 +311,18 @@ def load_cohort_config(path: str | Path) -> CohortConfig:
     return config
 
 
+# Paths inside the stage-owned sections, which stay plain mappings until their stage reads them:
+# they still resolve against the file (or, from --set, the working directory) that gave them.
+STAGE_PATH_KEYS: tuple[tuple[str, str], ...] = (("finetune", "test_cohort"),)
+
+
+def _resolve_stage_paths(config: RunConfig, base: Path) -> None:
+    for section, key in STAGE_PATH_KEYS:
+        value = getattr(config, section).get(key)
+        if isinstance(value, (str, Path)) and not Path(value).expanduser().is_absolute():
+            getattr(config, section)[key] = str(base / Path(value).expanduser())
+
+
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config, apply ``--set`` overrides and fill path defaults.
 
@@ -320,10 +332,12 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     path = Path(path).resolve()
     data = read_yaml(path)
     config = from_dict(RunConfig, data, base=path.parent)
+    _resolve_stage_paths(config, path.parent)
     if overrides:
         # Each --set replaces one leaf (a mapping given on the command line replaces the whole
         # mapping, e.g. pretrain.objectives={clip: 1.0}); the rest keeps the YAML's values.
         config = from_dict(RunConfig, apply_overrides(to_dict(config), overrides), base=Path.cwd())
+        _resolve_stage_paths(config, Path.cwd())
     config.source = path
     if config.run.dir is None:
         config.run.dir = Path.cwd() / "runs" / path.stem

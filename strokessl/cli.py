@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     finetune.add_argument("--init", type=Path, default=None, metavar="RUN",
                           help="pretraining run folder to take the encoders and preprocessor from")
     _add_overrides(finetune, "finetune.mode=frozen")
+    finetune.add_argument("--repeats", type=int, default=None, metavar="N",
+                          help="repeat the K-fold cross-validation N times with other splits (small cohorts); "
+                          "same as --set finetune.repeats=N")
     finetune.add_argument("--resume", action="store_true", help="finish a stopped run, skipping completed folds")
 
     predict = commands.add_parser(
@@ -143,10 +146,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     from finetune.run import format_metrics
     from finetune.run import run_finetune as finetune
 
-    run_dir = finetune(args.config, args.overrides, init=args.init, resume=args.resume)
+    overrides = [*(args.overrides or []), *([f"finetune.repeats={args.repeats}"] if args.repeats is not None else [])]
+    run_dir = finetune(args.config, overrides, init=args.init, resume=args.resume)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    sys.stdout.write(f"\nPooled out-of-fold metrics ({metrics['n']} subjects, {metrics['positives']} positive), "
-                     f"95 % stratified bootstrap CIs:\n{format_metrics(metrics)}\n")
+    sys.stdout.write(f"\nMetrics with 95 % stratified bootstrap CIs:\n{format_metrics(metrics)}\n")
     logger.info("run folder: %s", run_dir)
     return 0
 

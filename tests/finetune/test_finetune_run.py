@@ -6,7 +6,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_IMAGING
+from sklearn.metrics import roc_auc_score
 
+from finetune.baselines import baseline_frame, fit_predict_baseline
+from multimodal.cohort import load_cohort
+from multimodal.config import load_cohort_config
 from multimodal.synthetic import write_synthetic_cohort
 from strokessl.cli import main
 
@@ -107,3 +111,45 @@ def test_predict_on_new_subjects_with_unseen_category_and_no_labels(config, tmp_
     first = predictions.iloc[2]
     fold = oof.loc[first["subject_id"], "fold"]
     assert first[f"probability_{fold}"] == pytest.approx(oof.loc[first["subject_id"], "probability"], abs=1e-5)
+
+
+def test_fixed_test_cohort_repeats_and_per_fold_intervals(config, tmp_path, capsys):
+    test_cohort = write_synthetic_cohort(tmp_path / "test", n=30, grid=16, labeled_fraction=1.0, seed=9,
+                                         prevalence=0.3)
+    run = tmp_path / "with-test"
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
+                 "--repeats", "2", "--set", f"finetune.test_cohort={test_cohort}", "--set", f"run.dir={run}"]) == 0
+    assert "fixed test cohort" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["per_fold"]) == ["r0f0", "r0f1", "r1f0", "r1f1"]
+    assert metrics["fold_summary"]["auroc"]["n"] == 4
+    for fold in metrics["per_fold"].values():
+        auroc = fold["auroc"]
+        assert auroc["lower"] <= auroc["estimate"] <= auroc["upper"]
+    test = metrics["test"]
+    labels = pd.read_csv(test_cohort.parent / "cohort.csv").set_index("subject_id")["recurrence_12m"]
+    assert test["n"] == 30 and test["positives"] == int(labels.sum())
+    scored = pd.read_csv(run / "test_predictions.csv").set_index("subject_id")
+    assert test["model"]["auroc"]["estimate"] == pytest.approx(roc_auc_score(labels[scored.index], scored["probability"]))
+    # the deep model on the test cohort is exactly what `strokessl predict` gives for it
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--cohort", str(test_cohort), "--out", str(out)]) == 0
+    predicted = pd.read_csv(out).set_index("subject_id")
+    assert scored["probability"].to_numpy() == pytest.approx(predicted.loc[scored.index, "probability"].to_numpy())
+    # each baseline is refit on every labeled development subject
+    development = load_cohort(load_cohort_config(yaml.safe_load(config.read_text())["cohort"]))
+    expected = fit_predict_baseline(
+        "logistic_regression", baseline_frame(development.features, development.continuous, development.categorical),
+        development.labels.astype(int),
+        baseline_frame(load_cohort(load_cohort_config(test_cohort)).features, development.continuous,
+                       development.categorical), seed=0)
+    assert scored["logistic_regression"].to_numpy() == pytest.approx(expected)
+    assert (run / "report" / "test_roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_cohort_without_both_classes_is_a_clear_error(config, tmp_path, capsys):
+    test_cohort = write_synthetic_cohort(tmp_path / "test", n=6, grid=16, labeled_fraction=0.0, seed=9)
+    run = tmp_path / "bad-test"
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
+                 "--set", f"finetune.test_cohort={test_cohort}", "--set", f"run.dir={run}"]) == 2
+    assert "test cohort" in capsys.readouterr().err and not (run / "metrics.json").exists()

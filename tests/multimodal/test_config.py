@@ -42,6 +42,18 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
     assert config.run.dir.name == "exp" and config.run.dir.parent.name == "runs"
 
 
+def test_stage_paths_resolve_against_the_yaml_or_the_working_directory(tmp_path, monkeypatch):
+    path = write_run_config(tmp_path / "configs", {"cohort": "c.yaml", "finetune": {"test_cohort": "../t/cohort.yaml"}})
+    config = load_run_config(path)
+    assert Path(config.finetune["test_cohort"]).resolve() == (tmp_path / "t" / "cohort.yaml").resolve()
+    monkeypatch.chdir(tmp_path)
+    config = load_run_config(path, ["finetune.test_cohort=other/cohort.yaml"])
+    assert Path(config.finetune["test_cohort"]).resolve() == (tmp_path / "other" / "cohort.yaml").resolve()
+    # the resolved path survives a save and reload (the run folder's copy of the config)
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_run_config(tmp_path / "saved.yaml").finetune["test_cohort"] == config.finetune["test_cohort"]
+
+
 def test_set_overrides_types_and_nesting(tmp_path):
     path = write_run_config(tmp_path, {"cohort": "c.yaml", "seed": 1})
     config = load_run_config(path, ["seed=7", "imaging.spacing=[1.5, 1.5, 3]", "imaging.augment.enabled=false",

@@ -1,0 +1,81 @@
+"""The optional fixed test cohort (``finetune.test_cohort``), scored once cross-validation is done.
+
+The deep model is the run's fold models averaged (as ``strokessl predict`` does) at the threshold
+chosen on the pooled out-of-fold predictions; each baseline is refit on every labeled subject of
+the development cohort and used at its own pooled out-of-fold threshold. Nothing about the test
+cohort (no statistic, threshold or stopping decision) is learned from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finetune.baselines import baseline_frame, fit_predict_baseline
+from finetune.config import FinetuneConfig
+from finetune.inference import ensemble_probabilities
+from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_groups
+from finetune.plots import plot_calibration, plot_roc
+from multimodal.checkpoint import atomic_path
+from multimodal.cohort import Cohort, load_cohort
+from multimodal.config import RunConfig, load_cohort_config
+from multimodal.errors import CohortError
+
+logger = logging.getLogger(__name__)
+
+
+def load_test_cohort(path: str | Path) -> Cohort:
+    """The labeled subjects of the test cohort; both classes must be present."""
+    cohort = load_cohort(load_cohort_config(path))
+    labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
+    unlabeled = len(cohort.ids) - len(labeled)
+    if unlabeled:
+        logger.warning("test cohort %s: %d subjects without a label are left out", path, unlabeled)
+    cohort = cohort.subset(labeled)
+    if len(set(cohort.labels.tolist())) < 2:
+        raise CohortError(f"test cohort {path} needs labeled subjects of both classes (has {len(cohort.ids)} "
+                          f"labeled, {int(np.nansum(cohort.labels))} positive)")
+    return cohort
+
+
+def evaluate_test_cohort(run_dir: Path, run_config: RunConfig, settings: FinetuneConfig, development: Cohort,
+                         thresholds: dict[str, float], seed: int) -> dict[str, Any]:
+    """Score the test cohort; writes ``test_predictions.csv`` and ``report/test_*.png``.
+
+    ``thresholds`` maps ``model`` and each baseline name to its pooled out-of-fold threshold.
+    Returns ``{cohort, n, positives, threshold, model, baselines, delta_auroc, risk_groups}`` with
+    the same stratified bootstrap intervals as the cross-validated metrics.
+    """
+    test = load_test_cohort(settings.test_cohort)
+    frame = ensemble_probabilities(run_dir, test, settings, run_config.imaging, run_config.data.cache_dir,
+                                   run_config.data.workers, run_config.data.cache_dtype, seed)
+    y = test.labels.astype(int)
+    p = frame["probability"].to_numpy()
+    frame.insert(0, "label", y)
+    frame.insert(2, "risk_group", np.where(p >= thresholds["model"], "high", "low"))
+    train_frame = baseline_frame(development.features, development.continuous, development.categorical)
+    test_frame = baseline_frame(test.features, development.continuous, development.categorical)
+    result: dict[str, Any] = {
+        "cohort": str(settings.test_cohort), "n": len(y), "positives": int(y.sum()),
+        "threshold": thresholds["model"],
+        "model": bootstrap_ci(y, p, thresholds["model"], settings.bootstrap, seed),
+        "baselines": {}, "delta_auroc": {}, "risk_groups": risk_groups(y, p, thresholds["model"]),
+    }
+    curves = {"model": p}
+    for name in settings.baselines:
+        q = fit_predict_baseline(name, train_frame, development.labels.astype(int), test_frame, seed)
+        frame[name] = q
+        curves[name] = q
+        result["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
+        result["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    with atomic_path(run_dir / "test_predictions.csv") as tmp:
+        pd.DataFrame(frame).to_csv(tmp)
+    plot_roc(y, curves, run_dir / "report" / "test_roc.png", title="ROC curve: fixed test cohort")
+    plot_calibration(y, p, run_dir / "report" / "test_calibration.png", title="Calibration: fixed test cohort")
+    logger.info("test cohort %s: %d subjects, %d positive, AUROC %.3f", settings.test_cohort, len(y), int(y.sum()),
+                result["model"]["auroc"]["estimate"])
+    return result
