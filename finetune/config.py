@@ -19,6 +19,7 @@ class FinetuneConfig:
     branches: str = "both"  # both | image | table: image-only and tabular-only ablations
     fusion: str = "concat"  # concat | gated | attention
     hidden: int = 128
+    head_layers: int = 2  # hidden layers of the MLP head; 0 = a linear head (a linear probe when frozen)
     dropout: float = 0.3
     epochs: int = 50
     batch_size: int = 16
@@ -48,6 +49,8 @@ class FinetuneConfig:
             raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
         if not 0.0 < self.inner_val_fraction < 1.0:
             raise ConfigError(f"finetune.inner_val_fraction must be between 0 and 1, got {self.inner_val_fraction}")
+        if self.head_layers < 0:
+            raise ConfigError(f"finetune.head_layers must be >= 0 (0 = linear head), got {self.head_layers}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
 

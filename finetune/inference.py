@@ -95,7 +95,7 @@ def ensemble_probabilities(run_dir: Path, subjects: Cohort, settings: FinetuneCo
         table_encoder = (build_tabular_encoder(table_model, len(preprocessor.continuous), preprocessor.category_sizes)
                          if uses_table else None)
         model = FusionClassifier(image_encoder, table_encoder, fusion=settings.fusion, hidden=settings.hidden,
-                                 dropout=settings.dropout)
+                                 dropout=settings.dropout, head_layers=settings.head_layers)
         model.load_state_dict(load_file(str(fold_file.with_suffix(".safetensors"))))
         set_mode(model, settings.mode).to(device)
         dataset = LabeledDataset(MultimodalDataset(subjects.ids, list(range(len(subjects.ids))), images, table),

@@ -147,7 +147,8 @@ class FoldContext:
             table = build_tabular_encoder(config.model, len(preprocessor.continuous), preprocessor.category_sizes)
         image = image if settings.branches != "table" else None
         table = table if settings.branches != "image" else None
-        model = FusionClassifier(image, table, fusion=settings.fusion, hidden=settings.hidden, dropout=settings.dropout)
+        model = FusionClassifier(image, table, fusion=settings.fusion, hidden=settings.hidden,
+                                 dropout=settings.dropout, head_layers=settings.head_layers)
         return set_mode(model, settings.mode).to(self.device)
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_IMAGING
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
@@ -74,8 +75,11 @@ def test_frozen_from_a_pretraining_run(config, tmp_path):
     assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
     run = tmp_path / "frozen"
     assert main(["finetune", str(config), "--init", str(pretrained), "--set", "finetune.mode=frozen",
-                 "--set", f"run.dir={run}"]) == 0
+                 "--set", "finetune.head_layers=0", "--set", f"run.dir={run}"]) == 0
     assert json.loads((run / "metrics.json").read_text())["n"] == 48
+    head = {k: v.shape for k, v in load_file(str(run / "folds" / "r0f0.safetensors")).items() if k.startswith("head.")}
+    assert sorted(head) == ["head.0.bias", "head.0.weight"]
+    assert head["head.0.weight"][0] == 1  # head_layers 0: one linear layer on the embeddings (a linear probe)
 
 
 def test_trainable_needs_init(config, capsys):
