@@ -157,3 +157,23 @@ def test_test_cohort_without_both_classes_is_a_clear_error(config, tmp_path, cap
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
                  "--set", f"finetune.test_cohort={test_cohort}", "--set", f"run.dir={run}"]) == 2
     assert "test cohort" in capsys.readouterr().err and not (run / "metrics.json").exists()
+
+
+def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
+    """The ResNet-per-slice + LSTM encoder through every stage: pretrain, trainable fine-tuning, predict."""
+    model = ["--set", "model.image_encoder=slice_lstm_resnet10t", "--set", "model.image_encoder_args={lstm_hidden: 16}"]
+    pretrained = tmp_path / "pre"
+    assert main(["pretrain", str(config), *model, "--set", f"run.dir={pretrained}"]) == 0
+    run = tmp_path / "lstm"
+    assert main(["finetune", str(config), "--init", str(pretrained), *model, "--set", "finetune.branches=image",
+                 "--set", "finetune.epochs=1", "--set", f"run.dir={run}"]) == 0
+    weights = load_file(str(run / "folds" / "r0f0.safetensors"))
+    assert "image_encoder.lstm.weight_ih_l0" in weights
+    out = tmp_path / "pred.csv"
+    cohort = yaml.safe_load(config.read_text())["cohort"]
+    assert main(["predict", str(run), "--cohort", cohort, "--out", str(out)]) == 0
+    oof = pd.read_csv(run / "predictions.csv").set_index("subject_id")
+    predicted = pd.read_csv(out).set_index("subject_id")
+    subject = oof.index[0]
+    fold = oof.loc[subject, "fold"]
+    assert predicted.loc[subject, f"probability_{fold}"] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
