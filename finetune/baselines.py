@@ -4,7 +4,11 @@ Every fine-tuning report shows where deep learning stands against two scikit-lea
 (DESIGN.md §6, "Baseline inputs"):
 
 - ``logistic_regression``: standardised continuous values (median-imputed) + a missing
-  indicator per feature + one-hot categoricals, ``LogisticRegression(class_weight="balanced")``.
+  indicator per feature + one-hot categoricals, L2 logistic regression with
+  ``class_weight="balanced"`` whose strength ``C`` is chosen by an inner stratified 5-fold CV on
+  AUROC (``LogisticRegressionCV``): with ~50 positives and ~30 inputs the default ``C=1``
+  overfits (measured on the 1,600-subject synthetic cohort: AUROC 0.625 at C=1, 0.703 at 0.01),
+  and a weak baseline would flatter the deep model.
 - ``gradient_boosting``: ``HistGradientBoostingClassifier`` on raw values, NaN kept (it routes
   missing values natively) and categoricals as categories, ``class_weight="balanced"``.
 
@@ -28,7 +32,8 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer, make_column_selector
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import MissingIndicator, SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
@@ -62,7 +67,7 @@ def list_baselines() -> list[str]:
 # --------------------------------------------------------------------------- entries
 @register_baseline("logistic_regression")
 def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
-    """Standardised continuous + missing indicators + one-hot categoricals → balanced LR."""
+    """Standardised continuous + missing indicators + one-hot categoricals → balanced LR, C by inner CV."""
     continuous = Pipeline([
         # Median imputation only fills the hole; the missing indicator below carries the
         # information that the value was absent. ``keep_empty_features`` keeps a column that
@@ -81,7 +86,13 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
         ],
         sparse_threshold=0.0,
     )
-    classifier = LogisticRegression(class_weight="balanced", max_iter=5000, random_state=seed)
+    classifier = LogisticRegressionCV(
+        Cs=list(np.logspace(-4, 2, 13)), cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+        scoring="roc_auc", class_weight="balanced", max_iter=5000, random_state=seed)
+    # Pure L2, stated the way scikit-learn >= 1.8 wants it (silences its transition warnings).
+    available = classifier.get_params(deep=False)
+    classifier.set_params(**{k: v for k, v in (("l1_ratios", (0.0,)), ("use_legacy_attributes", False))
+                             if k in available})
     classifier.set_params(**params)
     return Pipeline([("features", features), ("classifier", classifier)])
 

@@ -114,9 +114,9 @@ def test_unknown_name_and_parameter_are_config_errors() -> None:
 
 
 def test_kwargs_override_classifier_and_none_keeps_default() -> None:
-    model = create_baseline("logistic_regression", seed=0, C=0.05, max_iter=None)
+    model = create_baseline("logistic_regression", seed=0, Cs=[0.05], max_iter=None)
     classifier = model.named_steps["classifier"]
-    assert classifier.C == 0.05 and classifier.max_iter == 5000
+    assert classifier.Cs == [0.05] and classifier.max_iter == 5000
     booster = create_baseline("gradient_boosting", seed=3, max_iter=20).named_steps["classifier"]
     assert booster.max_iter == 20 and booster.random_state == 3 and booster.early_stopping is False
 
@@ -239,3 +239,22 @@ def test_labels_are_checked(split: tuple) -> None:
         fit_predict_baseline("logistic_regression", x_train, np.full(len(x_train), np.nan), x_test, seed=0)
     with pytest.raises(CohortError, match="labels for"):
         fit_predict_baseline("logistic_regression", x_train, y_train[:-1], x_test, seed=0)
+
+
+def test_logistic_regression_strength_is_chosen_by_inner_cross_validation(split: tuple) -> None:
+    # Reference: plain LogisticRegression at every C of the grid, scored by the same inner folds.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x_train, y_train, _, _ = split
+    model = create_baseline("logistic_regression", seed=3).fit(x_train, y_train)
+    classifier = model.named_steps["classifier"]
+    inputs = model.named_steps["features"].transform(x_train)
+    folds = StratifiedKFold(5, shuffle=True, random_state=3)
+    scores = [cross_val_score(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), inputs, y_train,
+                              cv=folds, scoring="roc_auc").mean() for c in classifier.Cs]
+    chosen = list(classifier.Cs).index(float(np.ravel(classifier.C_)[0]))
+    # LogisticRegressionCV warm-starts along the C path, so near-tied scores may differ in the
+    # last digits: the chosen C must score within 1e-3 of the best, and beat the grid's ends.
+    assert scores[chosen] >= max(scores) - 1e-3, (scores, chosen)
+    assert scores[chosen] > min(scores[0], scores[-1])
