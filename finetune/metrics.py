@@ -44,6 +44,7 @@ ECE_BINS = 10  # DESIGN.md §6: ten equal-mass bins
 PROB_CLIP = 1e-6  # keeps logit(p) finite for p = 0 or 1 in the calibration fits
 _NEWTON_STEPS = 50  # these 1-2 parameter fits converge in < 10 steps; a row still moving is NaN
 _NEWTON_TOL = 1e-8
+_HALVINGS = 30  # step halvings per Newton step before a row is left where it is
 _BLOCK_ELEMENTS = 2_000_000  # resamples are processed in blocks of about this many scores (memory)
 
 
@@ -111,6 +112,12 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray,
     return float(np.sum(counts * np.abs(mean_p - rate)) / counts.sum())
 
 
+def _log_likelihood(b: np.ndarray, c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(B,) Bernoulli log-likelihood of logit P(y=1) = b + c·x per row of ``x`` (B, N)."""
+    z = b[:, None] + c[:, None] * x
+    return (y * z - np.logaddexp(0.0, z)).sum(1)
+
+
 def _newton_rows(x: np.ndarray, y: np.ndarray, fit_slope: bool) -> tuple[np.ndarray, np.ndarray]:
     """Newton's method for logit P(y=1) = b + c·x on each row of ``x`` (B, N); labels ``y`` (N,).
 
@@ -141,9 +148,19 @@ def _newton_rows(x: np.ndarray, y: np.ndarray, fit_slope: bool) -> tuple[np.ndar
                 db, dc = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
             else:
                 db, dc = r.sum(1) / w.sum(1), np.zeros(len(active))
-            b[active] += db
-            c[active] += dc
-            step = np.maximum(np.abs(db), np.abs(dc))
+            # Step halving: plain Newton from c = 1 overshoots on over-confident predictions
+            # (true slope well below 1, |logit p| large) and diverges; the log-likelihood is
+            # concave, so a halved step that does not lower it always exists.
+            before = _log_likelihood(b[active], c[active], xa, y)
+            scale = np.ones(len(active))
+            for _ in range(_HALVINGS):
+                worse = ~(_log_likelihood(b[active] + scale * db, c[active] + scale * dc, xa, y) >= before - 1e-12)
+                if not worse.any():
+                    break
+                scale[worse] /= 2
+            b[active] += scale * db
+            c[active] += scale * dc
+            step = scale * np.maximum(np.abs(db), np.abs(dc))
             done[active] = step < _NEWTON_TOL
             failed = ~np.isfinite(step)
             b[active[failed]] = c[active[failed]] = np.nan

@@ -123,6 +123,21 @@ def test_calibration_recovers_truth_and_flags_overconfidence():
     assert under_intercept == pytest.approx(1.0, abs=0.1)
 
 
+def test_calibration_slope_of_strongly_overconfident_predictions_converges():
+    # Plain Newton from slope 1 diverged here (seen with gradient boosting: p from 1e-4 to
+    # 0.99, true slope ~0.3) and the slope came out NaN; step halving must find the optimum.
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 1.0, size=320)
+    y = (rng.random(z.size) < expit(z - 1.5)).astype(int)
+    p = expit(4 * (z - 1.5) + rng.normal(0, 2.0, z.size))
+    _, slope = calibration_intercept_slope(y, p)
+    x = logit(np.clip(p, 1e-6, 1 - 1e-6))
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000).fit(x[:, None], y)
+    assert slope == pytest.approx(reference.coef_[0, 0], abs=1e-4) and slope < 0.5
+    interval = bootstrap_ci(y, p, 0.5, 500, 0, metrics=["calibration_slope"])["calibration_slope"]
+    assert interval["lower"] <= slope <= interval["upper"]
+
+
 def test_calibration_is_nan_where_undefined():
     assert np.isnan(calibration_intercept_slope(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))[1])
     assert all(np.isnan(calibration_intercept_slope(np.zeros(5, int), np.full(5, 0.3))))
