@@ -32,5 +32,8 @@ finetune image-frozen --init "$RUNS/pretrain" --set finetune.mode=frozen --set f
 finetune image-trainable --init "$RUNS/pretrain" --set finetune.mode=trainable --set finetune.branches=image
 finetune image-scratch --set finetune.mode=scratch --set finetune.branches=image
 finetune table-frozen --init "$RUNS/pretrain" --set finetune.mode=frozen --set finetune.branches=table
+finetune table-scratch --set finetune.mode=scratch --set finetune.branches=table
+finetune table-scratch-mlp --set finetune.mode=scratch --set finetune.branches=table \
+    --set model.tabular_encoder=tabular_mlp --set "model.tabular_encoder_args={}"
 
 python "$EVAL/summarise.py" "$RUNS" "$EVAL/cohort/truth.json"

@@ -23,6 +23,8 @@ DESCRIPTIONS = {
     "image-trainable": "image only, pretrained encoder fine-tuned",
     "image-scratch": "image only, random init",
     "table-frozen": "table only, frozen pretrained encoder",
+    "table-scratch": "table only, FT-Transformer from random init",
+    "table-scratch-mlp": "table only, MLP encoder from random init",
 }
 BASELINES = {"logistic_regression": "logistic regression (tabular)", "gradient_boosting": "gradient boosting (tabular)"}
 
