@@ -156,7 +156,8 @@ def test_test_cohort_without_both_classes_is_a_clear_error(config, tmp_path, cap
     run = tmp_path / "bad-test"
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
                  "--set", f"finetune.test_cohort={test_cohort}", "--set", f"run.dir={run}"]) == 2
-    assert "test cohort" in capsys.readouterr().err and not (run / "metrics.json").exists()
+    assert "test cohort" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists() and not list((run / "folds").glob("*.json"))  # before any fold
 
 
 def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
