@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune.recalibration import RECALIBRATIONS
 from multimodal.config import RunConfig, check_choice, from_dict
 from multimodal.errors import ConfigError
 
@@ -33,6 +34,7 @@ class FinetuneConfig:
     repeats: int = 1  # repeated CV with other fold seeds, for small cohorts
     inner_val_fraction: float = 0.2  # of each training fold: early stopping and the threshold
     patience: int = 10  # epochs without inner-validation AUROC gain before stopping
+    recalibration: str = "none"  # none | platt: per-fold logistic recalibration on inner validation
     threshold: str = "youden"  # youden | sensitivity
     target_sensitivity: float | None = None  # with threshold: sensitivity
     bootstrap: int = 2000  # stratified bootstrap resamples for confidence intervals
@@ -45,6 +47,7 @@ class FinetuneConfig:
         check_choice("finetune.mode", self.mode, MODES)
         check_choice("finetune.branches", self.branches, BRANCHES)
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
+        check_choice("finetune.recalibration", self.recalibration, RECALIBRATIONS)
         if self.folds < 2 or self.repeats < 1:
             raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
         if not 0.0 < self.inner_val_fraction < 1.0:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from finetune.config import FinetuneConfig
 from finetune.model import FusionClassifier, set_mode
+from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
 from multimodal.config import ImagingConfig, ModelConfig, from_dict
 from multimodal.encoders import build_image_encoder, build_tabular_encoder
@@ -100,7 +101,8 @@ def ensemble_probabilities(run_dir: Path, subjects: Cohort, settings: FinetuneCo
         set_mode(model, settings.mode).to(device)
         dataset = LabeledDataset(MultimodalDataset(subjects.ids, list(range(len(subjects.ids))), images, table),
                                  np.zeros(len(subjects.ids)))
-        columns[f"probability_{fold_file.stem}"] = predict_probabilities(model, dataset, settings.batch_size, device)
+        columns[f"probability_{fold_file.stem}"] = apply_recalibration(
+            predict_probabilities(model, dataset, settings.batch_size, device), fold.get("recalibration"))
     if not columns:
         raise StrokeSSLError(f"{run_dir}/folds holds no fold model")
     frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))

@@ -49,6 +49,7 @@ from finetune.metrics import (
 )
 from finetune.model import FusionClassifier, parameter_groups, precompute_embeddings, set_mode
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.test_cohort import evaluate_test_cohort, load_test_cohort
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
@@ -172,9 +173,12 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
         data = {name: LabeledDataset(parts[name], labels(ids))
                 for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
     history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
-    val_prob = predict_probabilities(model, data["val"], settings.batch_size, ctx.device)
+    raw_val_prob = predict_probabilities(model, data["val"], settings.batch_size, ctx.device)
+    recalibration = fit_recalibration(settings.recalibration, labels(inner_val), raw_val_prob)
+    val_prob = apply_recalibration(raw_val_prob, recalibration)
     threshold = choose_threshold(labels(inner_val), val_prob, settings.threshold, settings.target_sensitivity)
-    test_prob = predict_probabilities(model, data["test"], settings.batch_size, ctx.device)
+    test_prob = apply_recalibration(predict_probabilities(model, data["test"], settings.batch_size, ctx.device),
+                                    recalibration)
     frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
               for split, ids in (("train", train_ids), ("test", test_ids))}
     baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
@@ -182,6 +186,7 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     result = {
         "preprocessor": preprocessor.to_dict(),  # predict rebuilds each fold model with its own state
         "test_ids": test_ids, "probabilities": test_prob.tolist(), "threshold": threshold,
+        "recalibration": recalibration, "validation": {"ids": inner_val, "raw_probabilities": raw_val_prob.tolist()},
         "metrics": classification_metrics(labels(test_ids), test_prob, threshold), "history": history,
         "baselines": baselines,
     }

@@ -26,6 +26,7 @@ finetune() {  # NAME then --set overrides; resumes a stopped variant, skips a fi
     strokessl finetune "$CONFIG" "$@" --set "run.dir=$RUNS/$name" "${resume[@]}"
 }
 finetune frozen --init "$RUNS/pretrain" --set finetune.mode=frozen
+finetune frozen-platt --init "$RUNS/pretrain" --set finetune.mode=frozen --set finetune.recalibration=platt
 finetune trainable --init "$RUNS/pretrain" --set finetune.mode=trainable
 finetune scratch --set finetune.mode=scratch
 finetune image-frozen --init "$RUNS/pretrain" --set finetune.mode=frozen --set finetune.branches=image

@@ -17,6 +17,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 DESCRIPTIONS = {
     "frozen": "both branches, frozen pretrained encoders, MLP head",
+    "frozen-platt": "as frozen, Platt-recalibrated on inner validation",
     "trainable": "both branches, pretrained encoders fine-tuned (lr × 0.1)",
     "scratch": "both branches, random init (supervised baseline)",
     "image-frozen": "image only, frozen pretrained encoder",

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
+from finetune.recalibration import apply_recalibration
 from multimodal.cohort import load_cohort
 from multimodal.config import load_cohort_config
 from multimodal.synthetic import write_synthetic_cohort
@@ -178,3 +180,27 @@ def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
     subject = oof.index[0]
     fold = oof.loc[subject, "fold"]
     assert predicted.loc[subject, f"probability_{fold}"] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
+
+
+def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_path):
+    runs = {}
+    for method in ("none", "platt"):
+        runs[method] = tmp_path / method
+        assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
+                     "--set", f"finetune.recalibration={method}", "--set", f"run.dir={runs[method]}"]) == 0
+    raw, platt = (json.loads((runs[m] / "metrics.json").read_text())["per_fold"] for m in ("none", "platt"))
+    for fold in raw:  # same training (same seed); an increasing map leaves each fold's AUROC alone
+        assert platt[fold]["auroc"]["estimate"] == pytest.approx(raw[fold]["auroc"]["estimate"], abs=1e-9)
+    fold = json.loads((runs["platt"] / "folds" / "r0f0.json").read_text())
+    assert fold["recalibration"]["method"] == "platt"
+    assert len(fold["validation"]["ids"]) == len(fold["validation"]["raw_probabilities"]) > 0
+    expected = apply_recalibration(np.array(json.loads((runs["none"] / "folds" / "r0f0.json").read_text())[
+        "probabilities"]), fold["recalibration"])
+    assert np.asarray(fold["probabilities"]) == pytest.approx(expected, abs=1e-6)
+    # predict applies each fold's recalibration: a fold model reproduces its out-of-fold probability
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(runs["platt"]), "--cohort", yaml.safe_load(config.read_text())["cohort"],
+                 "--out", str(out)]) == 0
+    predicted = pd.read_csv(out).set_index("subject_id")
+    subject = fold["test_ids"][0]
+    assert predicted.loc[subject, "probability_r0f0"] == pytest.approx(fold["probabilities"][0], abs=1e-5)
