@@ -6,7 +6,7 @@ checkpoints and the final artefacts. The per-step work lives in ``pretrain.loop`
 Run folder::
 
     config.yaml                  resolved config, exactly as run
-    run_info.json                versions, git commit, world size
+    run_info.json                versions, git commit, world size, start (and every resume)
     preprocessor.json            tabular state fitted on the training split
     checkpoints/weights-NNNN.safetensors + state-NNNN.pt + latest.json   per epoch, for resume
     checkpoints/model.safetensors, image_encoder.safetensors, table_encoder.safetensors  (at the end)
@@ -232,11 +232,18 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         checkpoints.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_config(run_config, run_dir / "config.yaml")
-        atomic_write_text(run_dir / "run_info.json", json.dumps({
+        now = {
             "strokessl": strokessl.__version__, "torch": torch.__version__,
             "git_commit": _git_commit(), "world_size": distributed.world_size(), "device": str(device),
             "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=2))
+        }
+        info_path = run_dir / "run_info.json"
+        if resume and info_path.is_file():  # keep the first start; each resume is appended
+            info = json.loads(info_path.read_text())
+            info.setdefault("resumed", []).append(now)
+        else:
+            info = now
+        atomic_write_text(info_path, json.dumps(info, indent=2))
     distributed.barrier()
     seed_everything(run_config.seed + distributed.rank())
 

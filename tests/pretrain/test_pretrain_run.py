@@ -99,7 +99,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monk
     assert main(["pretrain", str(config)]) == 130
     assert not (stopped / "run" / "metrics.json").exists()  # an unfinished run is never presented as done
     monkeypatch.setattr(pretrain.run, "train_one_epoch", real_epoch)
+    first_start = json.loads((stopped / "run" / "run_info.json").read_text())["started"]
     assert main(["pretrain", str(config), "--resume"]) == 0
+    info = json.loads((stopped / "run" / "run_info.json").read_text())
+    assert info["started"] == first_start and len(info["resumed"]) == 1  # the history of the run is kept
     a = load_file(str(straight / "run" / "checkpoints" / "model.safetensors"))
     b = load_file(str(stopped / "run" / "checkpoints" / "model.safetensors"))
     assert a.keys() == b.keys()
