@@ -6,7 +6,7 @@ Every fine-tuning report shows where deep learning stands against two scikit-lea
 - ``logistic_regression``: standardised continuous values (median-imputed) + a missing
   indicator per feature + one-hot categoricals, L2 logistic regression with
   ``class_weight="balanced"`` whose strength ``C`` is chosen by an inner stratified 5-fold CV on
-  AUROC (``LogisticRegressionCV``): with ~50 positives and ~30 inputs the default ``C=1``
+  log loss (``LogisticRegressionCV``): with ~50 positives and ~30 inputs the default ``C=1``
   overfits (measured on the 1,600-subject synthetic cohort: AUROC 0.625 at C=1, 0.703 at 0.01),
   and a weak baseline would flatter the deep model.
 - ``gradient_boosting``: ``HistGradientBoostingClassifier`` on raw values, NaN kept (it routes
@@ -86,13 +86,18 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
         ],
         sparse_threshold=0.0,
     )
+    # Log loss, not AUROC, picks C: AUROC ignores the coefficients' scale, so many C tie and the
+    # tie goes to the smallest, whose near-constant probabilities then pool badly across folds.
     classifier = LogisticRegressionCV(
         Cs=list(np.logspace(-4, 2, 13)), cv=StratifiedKFold(5, shuffle=True, random_state=seed),
-        scoring="roc_auc", class_weight="balanced", max_iter=5000, random_state=seed)
-    # Pure L2, stated the way scikit-learn >= 1.8 wants it (silences its transition warnings).
+        scoring="neg_log_loss", class_weight="balanced", max_iter=5000, random_state=seed)
+    # Pure L2, stated the way scikit-learn >= 1.8 wants it (``penalty`` deprecated there); older
+    # releases take the default L2 and would warn about l1_ratios.
     available = classifier.get_params(deep=False)
-    classifier.set_params(**{k: v for k, v in (("l1_ratios", (0.0,)), ("use_legacy_attributes", False))
-                             if k in available})
+    if available.get("penalty") == "deprecated":
+        classifier.set_params(l1_ratios=(0.0,))
+    if "use_legacy_attributes" in available:
+        classifier.set_params(use_legacy_attributes=False)
     classifier.set_params(**params)
     return Pipeline([("features", features), ("classifier", classifier)])
 
@@ -144,7 +149,7 @@ def _encoded_as_category(frame: pd.DataFrame) -> pd.DataFrame:
 def create_baseline(name: str, seed: int, **kwargs: Any) -> Pipeline:
     """An unfitted scikit-learn pipeline for baseline ``name``.
 
-    ``kwargs`` override the classifier's parameters (``C=0.1``, ``max_iter=200``,
+    ``kwargs`` override the classifier's parameters (``Cs=[0.1]``, ``max_iter=200``,
     ``learning_rate=0.05``); ``None`` values are dropped so unset config keys keep the defaults.
     Raises ``ConfigError`` for an unknown name (listing the registry and the nearest name) or a
     parameter the classifier does not have. Fit it on a frame from ``baseline_frame``.

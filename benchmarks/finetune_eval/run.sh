@@ -23,7 +23,7 @@ finetune() {  # NAME then --set overrides; resumes a stopped variant, skips a fi
     [ -f "$RUNS/$name/metrics.json" ] && return 0
     local resume=()
     [ -f "$RUNS/$name/folds.json" ] && resume=(--resume)
-    strokessl finetune "$CONFIG" "$@" --set "run.dir=$RUNS/$name" "${resume[@]}"
+    strokessl finetune "$CONFIG" "$@" --set "run.dir=$RUNS/$name" ${resume[@]+"${resume[@]}"}
 }
 finetune frozen --init "$RUNS/pretrain" --set finetune.mode=frozen
 finetune frozen-platt --init "$RUNS/pretrain" --set finetune.mode=frozen --set finetune.recalibration=platt

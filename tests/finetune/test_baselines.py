@@ -252,7 +252,7 @@ def test_logistic_regression_strength_is_chosen_by_inner_cross_validation(split:
     inputs = model.named_steps["features"].transform(x_train)
     folds = StratifiedKFold(5, shuffle=True, random_state=3)
     scores = [cross_val_score(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), inputs, y_train,
-                              cv=folds, scoring="roc_auc").mean() for c in classifier.Cs]
+                              cv=folds, scoring="neg_log_loss").mean() for c in classifier.Cs]
     chosen = list(classifier.Cs).index(float(np.ravel(classifier.C_)[0]))
     # LogisticRegressionCV warm-starts along the C path, so near-tied scores may differ in the
     # last digits: the chosen C must score within 1e-3 of the best, and beat the grid's ends.

@@ -24,10 +24,12 @@ def test_platt_fit_matches_an_independent_optimiser():
     y, p = _overconfident(300, 0)
     fit = fit_recalibration("platt", y, p)
     x = logit(p)
+    # Platt's smoothed targets
+    t = np.where(y == 1, (y.sum() + 1) / (y.sum() + 2), 1 / (len(y) - y.sum() + 2))
 
     def negative_log_likelihood(ab: np.ndarray) -> float:
         eta = ab[0] + ab[1] * x
-        return float(np.sum(np.logaddexp(0, eta) - y * eta))
+        return float(np.sum(np.logaddexp(0, eta) - t * eta))
 
     reference = minimize(negative_log_likelihood, [0.0, 1.0], method="Nelder-Mead",
                          options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 5000}).x
@@ -53,8 +55,12 @@ def test_none_is_the_identity_and_unknown_methods_are_config_errors():
         fit_recalibration("isotonic", y, p)
 
 
+def test_separated_classes_get_a_finite_slope_from_the_smoothed_targets():
+    fit = fit_recalibration("platt", np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert 0 < fit["slope"] < 10 and np.isfinite(fit["intercept"])  # unsmoothed, it runs to infinity
+
+
 @pytest.mark.parametrize("labels, probabilities", [
-    ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]),   # separated: the slope would run to infinity
     ([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4]),   # one class
     ([1, 1, 0, 0, 1, 0], [0.1, 0.2, 0.8, 0.9, 0.3, 0.7]),  # ranked backwards: slope < 0
 ])
