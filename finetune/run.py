@@ -50,7 +50,7 @@ from finetune.metrics import (
 from finetune.model import FusionClassifier, parameter_groups, precompute_embeddings, set_mode
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
 from finetune.recalibration import apply_recalibration, fit_recalibration
-from finetune.test_cohort import evaluate_test_cohort, load_test_cohort
+from finetune.test_cohort import check_test_cohort, evaluate_test_cohort, load_test_cohort
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
@@ -223,10 +223,11 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     if not labeled:
         raise CohortError(f"cohort {cohort.config.source} has no labeled subject to fine-tune on")
     cohort = cohort.subset(labeled)
-    if settings.test_cohort is not None:  # a broken test cohort fails now, not after hours of training
-        load_test_cohort(settings.test_cohort)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
+    if settings.test_cohort is not None:  # a broken test cohort fails now, not after hours of training
+        check_test_cohort(load_test_cohort(settings.test_cohort), cohort,
+                          ctx.sequences if settings.branches != "table" else [])
     # The architecture each branch was built with, so predict can rebuild the fold models alone.
     pretrained = ctx.pretrained if settings.mode != "scratch" else None
     image_from = pretrained.config.model if pretrained is not None and pretrained.image_weights else run_config.model

@@ -42,6 +42,22 @@ def load_test_cohort(path: str | Path) -> Cohort:
     return cohort
 
 
+def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -> None:
+    """Refuse a test cohort that is the development table or lacks a sequence the model reads;
+    warn about subject ids found in both (ids like sub-0001 may recur across centres)."""
+    if test.config.csv.resolve() == development.config.csv.resolve():
+        raise CohortError(f"finetune.test_cohort {test.config.source} reads the development table "
+                          f"{development.config.csv}; a fixed test cohort must hold other subjects")
+    missing = [s for s in sequences if s not in test.sequences]
+    if missing:
+        raise CohortError(f"test cohort {test.config.source} lacks the sequences {missing} the model reads; "
+                          "add them to its cohort.yaml images or fine-tune with finetune.branches=table")
+    shared = sorted(set(test.ids) & set(development.ids))
+    if shared:
+        logger.warning("test cohort %s shares %d subject ids with the development cohort (e.g. %s): make sure "
+                       "they are other patients", test.config.source, len(shared), shared[:3])
+
+
 def evaluate_test_cohort(run_dir: Path, run_config: RunConfig, settings: FinetuneConfig, development: Cohort,
                          thresholds: dict[str, float], seed: int) -> dict[str, Any]:
     """Score the test cohort; writes ``test_predictions.csv`` and ``report/test_*.png``.

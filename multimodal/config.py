@@ -319,8 +319,9 @@ STAGE_PATH_KEYS: tuple[tuple[str, str], ...] = (("finetune", "test_cohort"),)
 def _resolve_stage_paths(config: RunConfig, base: Path) -> None:
     for section, key in STAGE_PATH_KEYS:
         value = getattr(config, section).get(key)
-        if isinstance(value, (str, Path)) and not Path(value).expanduser().is_absolute():
-            getattr(config, section)[key] = str(base / Path(value).expanduser())
+        if isinstance(value, (str, Path)):
+            path = Path(value).expanduser()
+            getattr(config, section)[key] = str(path if path.is_absolute() else base / path)
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

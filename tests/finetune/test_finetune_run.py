@@ -153,6 +153,20 @@ def test_fixed_test_cohort_repeats_and_per_fold_intervals(config, tmp_path, caps
     assert (run / "report" / "test_roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_test_cohort_that_is_the_development_table_or_lacks_a_sequence_is_refused(config, tmp_path, capsys):
+    development = yaml.safe_load(config.read_text())["cohort"]
+    run = tmp_path / "same"
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
+                 "--set", f"finetune.test_cohort={development}", "--set", f"run.dir={run}"]) == 2
+    assert "development table" in capsys.readouterr().err
+    other = write_synthetic_cohort(tmp_path / "no-dwi", n=8, grid=16, labeled_fraction=1.0, seed=9,
+                                   prevalence=0.5, sequences=["flair", "t1"])
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=image",
+                 "--set", f"finetune.test_cohort={other}", "--set", f"run.dir={tmp_path / 'seq'}"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the sequences ['dwi']" in err and not list((tmp_path / "seq" / "folds").glob("*.json"))
+
+
 def test_test_cohort_without_both_classes_is_a_clear_error(config, tmp_path, capsys):
     test_cohort = write_synthetic_cohort(tmp_path / "test", n=6, grid=16, labeled_fraction=0.0, seed=9)
     run = tmp_path / "bad-test"

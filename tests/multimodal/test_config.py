@@ -49,6 +49,9 @@ def test_stage_paths_resolve_against_the_yaml_or_the_working_directory(tmp_path,
     monkeypatch.chdir(tmp_path)
     config = load_run_config(path, ["finetune.test_cohort=other/cohort.yaml"])
     assert Path(config.finetune["test_cohort"]).resolve() == (tmp_path / "other" / "cohort.yaml").resolve()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = load_run_config(path, ["finetune.test_cohort=~/t/cohort.yaml"])
+    assert Path(config.finetune["test_cohort"]) == tmp_path / "home" / "t" / "cohort.yaml"
     # the resolved path survives a save and reload (the run folder's copy of the config)
     save_config(config, tmp_path / "saved.yaml")
     assert load_run_config(tmp_path / "saved.yaml").finetune["test_cohort"] == config.finetune["test_cohort"]
