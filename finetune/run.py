@@ -54,9 +54,16 @@ from finetune.test_cohort import check_test_cohort, evaluate_test_cohort, load_t
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
-from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config, to_dict
+from multimodal.config import (
+    RunConfig,
+    changed_keys,
+    load_cohort_config,
+    load_run_config,
+    save_config,
+    to_dict,
+)
 from multimodal.encoders import build_image_encoder, build_tabular_encoder
-from multimodal.errors import CohortError, StrokeSSLError
+from multimodal.errors import CohortError, ConfigError, StrokeSSLError
 from multimodal.imaging import ImageDataset, VolumeCache
 from multimodal.tabular import TabularPreprocessor
 from pretrain.data import MultimodalDataset, resolve_sequences
@@ -203,6 +210,32 @@ def _default_run_dir(run_config: RunConfig, settings: FinetuneConfig) -> Path:
     return default.with_name(f"{default.name}-finetune-{settings.mode}{suffix}")
 
 
+# Keys a resumed fine-tuning run may change: they only add folds or change the evaluation.
+_RESUMABLE_CHANGES = ("finetune.repeats", "finetune.bootstrap", "finetune.test_cohort", "data.workers")
+
+
+def _resume_comparable(config: RunConfig) -> dict[str, Any]:
+    data = to_dict(config)
+    for key in ("run", "pretrain"):  # the folder itself, and the other stage's section
+        data.pop(key, None)
+    return data
+
+
+def _check_resumable(run_dir: Path, run_config: RunConfig, init: str | Path | None) -> None:
+    """Refuse ``--resume`` with settings that would mix differently trained folds in one report."""
+    previous = load_run_config(run_dir / "config.yaml")
+    changed = [k for k in changed_keys(_resume_comparable(previous), _resume_comparable(run_config))
+               if k not in _RESUMABLE_CHANGES]
+    model = run_dir / "model.json"
+    if model.is_file():
+        before = json.loads(model.read_text()).get("init")
+        if (str(init) if init is not None else None) != before:
+            changed.append(f"--init ({before} before)")
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir}: it was started with other settings for {changed}; only "
+                          f"{list(_RESUMABLE_CHANGES)} may change (start a new run with --set run.dir=...)")
+
+
 def run_finetune(config_path: str | Path, overrides: list[str] | None = None, init: str | Path | None = None,
                  resume: bool = False) -> Path:
     """Cross-validate as the config says; returns the run folder (``metrics.json`` written last)."""
@@ -216,6 +249,8 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
         raise StrokeSSLError(f"run folder {run_dir} already holds a fine-tuning run; add --resume to finish "
                              "it or choose another folder with --set run.dir=...")
     run_config.run.dir = run_dir
+    if resume and (run_dir / "config.yaml").is_file():
+        _check_resumable(run_dir, run_config, init)
     (run_dir / "folds").mkdir(parents=True, exist_ok=True)
     save_config(run_config, run_dir / "config.yaml")
     cohort = load_cohort(load_cohort_config(run_config.cohort))

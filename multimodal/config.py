@@ -347,6 +347,17 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return config
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (e.g. a run's saved config and
+    the one a ``--resume`` brings)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = []
+        for key in sorted(set(old) | set(new)):
+            keys += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return keys
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     from multimodal.checkpoint import atomic_write_text

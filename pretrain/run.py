@@ -33,7 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 import strokessl
 from multimodal.checkpoint import atomic_path, atomic_write_text, load_weights, save_weights
-from multimodal.config import RunConfig, load_cohort_config, load_run_config, save_config, to_dict
+from multimodal.config import (
+    RunConfig,
+    changed_keys,
+    load_cohort_config,
+    load_run_config,
+    save_config,
+    to_dict,
+)
 from multimodal.errors import ConfigError, StrokeSSLError
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
@@ -130,7 +137,7 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
         previous.run.dir = run_config.run.dir
         old, new = _comparable(previous), _comparable(run_config)
         if old != new:
-            changed = sorted(_diff_keys(old, new))
+            changed = sorted(changed_keys(old, new))
             raise ConfigError(
                 f"cannot resume {run_dir}: the config differs from the one it started with in {changed}; "
                 "only pretrain.epochs may change (start a new run with --set run.dir=...)"
@@ -142,15 +149,6 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
             "or choose another folder with --set run.dir=..."
         )
     return run_dir, False
-
-
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = []
-        for key in sorted(set(old) | set(new)):
-            keys += _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-        return keys
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def save_checkpoint(checkpoints: Path, epoch: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -59,7 +59,7 @@ def test_scratch_run_writes_metrics_predictions_and_plots(config, tmp_path, caps
         assert (run / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_skips_finished_folds(config, tmp_path):
+def test_resume_skips_finished_folds(config, tmp_path, capsys):
     run = tmp_path / "resumed"
     args = ["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.branches=table",
             "--set", f"run.dir={run}"]
@@ -68,6 +68,8 @@ def test_resume_skips_finished_folds(config, tmp_path):
     (run / "metrics.json").unlink()
     (run / "folds" / "r0f1.json").unlink()
     assert main(args) == 2  # an existing run is not overwritten
+    assert main([*args, "--set", "finetune.loss=focal", "--resume"]) == 2  # would mix two kinds of folds
+    assert "finetune.loss" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
     assert (run / "folds" / "r0f0.json").read_text() == first and (run / "metrics.json").is_file()
 
