@@ -210,22 +210,16 @@ def _default_run_dir(run_config: RunConfig, settings: FinetuneConfig) -> Path:
     return default.with_name(f"{default.name}-finetune-{settings.mode}{suffix}")
 
 
-# Keys a resumed fine-tuning run may change: they only add folds or change the evaluation.
+# Keys a resumed fine-tuning run may change: they only add folds or change the evaluation
+# (run.dir is the folder itself, pretrain the other stage's section).
 _RESUMABLE_CHANGES = ("finetune.repeats", "finetune.bootstrap", "finetune.test_cohort", "data.workers")
-
-
-def _resume_comparable(config: RunConfig) -> dict[str, Any]:
-    data = to_dict(config)
-    for key in ("run", "pretrain"):  # the folder itself, and the other stage's section
-        data.pop(key, None)
-    return data
+_IGNORED_ON_RESUME = (*_RESUMABLE_CHANGES, "run", "pretrain")
 
 
 def _check_resumable(run_dir: Path, run_config: RunConfig, init: str | Path | None) -> None:
     """Refuse ``--resume`` with settings that would mix differently trained folds in one report."""
     previous = load_run_config(run_dir / "config.yaml")
-    changed = [k for k in changed_keys(_resume_comparable(previous), _resume_comparable(run_config))
-               if k not in _RESUMABLE_CHANGES]
+    changed = changed_keys(to_dict(previous), to_dict(run_config), _IGNORED_ON_RESUME)
     model = run_dir / "model.json"
     if model.is_file():
         before = json.loads(model.read_text()).get("init")
@@ -260,8 +254,9 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     cohort = cohort.subset(labeled)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
-    if settings.test_cohort is not None:  # a broken test cohort fails now, not after hours of training
-        check_test_cohort(load_test_cohort(settings.test_cohort), cohort,
+    test = load_test_cohort(settings.test_cohort) if settings.test_cohort is not None else None
+    if test is not None:  # a broken test cohort fails now, not after hours of training
+        check_test_cohort(test, cohort,
                           ctx.sequences if settings.branches != "table" else [])
     # The architecture each branch was built with, so predict can rebuild the fold models alone.
     pretrained = ctx.pretrained if settings.mode != "scratch" else None
@@ -289,7 +284,7 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
         atomic_write_text(path, json.dumps(result))
         results[name] = result
         logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
-    return _summarise(run_dir, run_config, cohort, settings, results, run_config.seed)
+    return _summarise(run_dir, run_config, cohort, test, settings, results, run_config.seed)
 
 
 def _per_fold_metrics(results: dict[str, Any], label_of: dict[str, float], n_resamples: int,
@@ -309,7 +304,7 @@ def _per_fold_metrics(results: dict[str, Any], label_of: dict[str, float], n_res
     return per_fold
 
 
-def _summarise(run_dir: Path, run_config: RunConfig, cohort: Cohort, settings: FinetuneConfig,
+def _summarise(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Cohort | None, settings: FinetuneConfig,
                results: dict[str, Any], seed: int) -> Path:
     """Pooled out-of-fold predictions (averaged over repeats) → metrics.json, predictions.csv, plots."""
     rows = []
@@ -338,8 +333,8 @@ def _summarise(run_dir: Path, run_config: RunConfig, cohort: Cohort, settings: F
         thresholds[name] = choose_threshold(y, q, settings.threshold, settings.target_sensitivity)
         metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
-    if settings.test_cohort is not None:
-        metrics["test"] = evaluate_test_cohort(run_dir, run_config, settings, cohort, thresholds, seed)
+    if test is not None:
+        metrics["test"] = evaluate_test_cohort(run_dir, run_config, settings, cohort, test, thresholds, seed)
     report = run_dir / "report"
     curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
     plot_roc(y, curves, report / "roc.png")

@@ -59,14 +59,13 @@ def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -
 
 
 def evaluate_test_cohort(run_dir: Path, run_config: RunConfig, settings: FinetuneConfig, development: Cohort,
-                         thresholds: dict[str, float], seed: int) -> dict[str, Any]:
-    """Score the test cohort; writes ``test_predictions.csv`` and ``report/test_*.png``.
+                         test: Cohort, thresholds: dict[str, float], seed: int) -> dict[str, Any]:
+    """Score ``test`` (from :func:`load_test_cohort`); writes ``test_predictions.csv`` and ``report/test_*.png``.
 
     ``thresholds`` maps ``model`` and each baseline name to its pooled out-of-fold threshold.
     Returns ``{cohort, n, positives, threshold, model, baselines, delta_auroc, risk_groups}`` with
     the same stratified bootstrap intervals as the cross-validated metrics.
     """
-    test = load_test_cohort(settings.test_cohort)
     frame = ensemble_probabilities(run_dir, test, settings, run_config.imaging, run_config.data.cache_dir,
                                    run_config.data.workers, run_config.data.cache_dtype, seed)
     y = test.labels.astype(int)

@@ -347,13 +347,14 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return config
 
 
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested mappings (e.g. a run's saved config and
-    the one a ``--resume`` brings)."""
+    the one a ``--resume`` brings), leaving out the dotted keys or sections in ``ignore``."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = []
         for key in sorted(set(old) | set(new)):
-            keys += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+            if f"{prefix}{key}" not in ignore:
+                keys += changed_keys(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
         return keys
     return [] if old == new else [prefix.rstrip(".")]
 

@@ -117,11 +117,8 @@ def _git_commit() -> str | None:
 
 
 # --------------------------------------------------------------------------- run folder and resume
-def _comparable(config: RunConfig) -> dict[str, Any]:
-    data = to_dict(config)
-    data.get("pretrain", {}).pop("epochs", None)  # a resumed run may be extended
-    data.pop("run", None)
-    return data
+# A resumed run may be extended (more epochs) and may live in a moved folder.
+_RESUMABLE_CHANGES = ("pretrain.epochs", "run")
 
 
 def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
@@ -135,9 +132,8 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
     if resume:
         previous = load_run_config(saved)
         previous.run.dir = run_config.run.dir
-        old, new = _comparable(previous), _comparable(run_config)
-        if old != new:
-            changed = sorted(changed_keys(old, new))
+        changed = changed_keys(to_dict(previous), to_dict(run_config), _RESUMABLE_CHANGES)
+        if changed:
             raise ConfigError(
                 f"cannot resume {run_dir}: the config differs from the one it started with in {changed}; "
                 "only pretrain.epochs may change (start a new run with --set run.dir=...)"

@@ -198,7 +198,13 @@ def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
     assert predicted.loc[subject, f"probability_{fold}"] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
 
 
-def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_path):
+def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_path, monkeypatch):
+    # On 48 tiny subjects the fitted map falls back to the identity (the fit itself is tested in
+    # test_recalibration.py); a fixed non-identity map makes this a real check of the wiring.
+    import finetune.run
+
+    monkeypatch.setattr(finetune.run, "fit_recalibration", lambda method, labels, probabilities: (
+        None if method == "none" else {"method": "platt", "intercept": -0.5, "slope": 2.0}))
     runs = {}
     for method in ("none", "platt"):
         runs[method] = tmp_path / method
@@ -208,7 +214,7 @@ def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_
     for fold in raw:  # same training (same seed); an increasing map leaves each fold's AUROC alone
         assert platt[fold]["auroc"]["estimate"] == pytest.approx(raw[fold]["auroc"]["estimate"], abs=1e-9)
     fold = json.loads((runs["platt"] / "folds" / "r0f0.json").read_text())
-    assert fold["recalibration"]["method"] == "platt"
+    assert fold["recalibration"] == {"method": "platt", "intercept": -0.5, "slope": 2.0}
     assert len(fold["validation"]["ids"]) == len(fold["validation"]["raw_probabilities"]) > 0
     expected = apply_recalibration(np.array(json.loads((runs["none"] / "folds" / "r0f0.json").read_text())[
         "probabilities"]), fold["recalibration"])
