@@ -12,6 +12,8 @@ from multimodal.errors import ConfigError
 MODES = ("frozen", "trainable", "scratch")
 BRANCHES = ("both", "image", "table")
 THRESHOLD_METHODS = ("youden", "sensitivity")
+HEADS = ("mlp", "probe")
+SELECTION = ("loss", "auroc")
 
 
 @dataclass
@@ -20,6 +22,10 @@ class FinetuneConfig:
     branches: str = "both"  # both | image | table: image-only and tabular-only ablations
     fusion: str = "concat"  # concat | gated | attention
     hidden: int = 128
+    # mlp: fusion + MLP head trained by SGD with early stopping; probe (frozen only): L2 logistic
+    # regression on [frozen embeddings + the baseline's table features], C by inner CV
+    head: str = "mlp"
+    probe_table_embedding: bool = True  # probe: add the frozen table encoder's embedding to the table features
     head_layers: int = 2  # hidden layers of the MLP head; 0 = a linear head (a linear probe when frozen)
     dropout: float = 0.3
     epochs: int = 50
@@ -33,7 +39,9 @@ class FinetuneConfig:
     folds: int = 5  # stratified, patient-level K-fold cross-validation
     repeats: int = 1  # repeated CV with other fold seeds, for small cohorts
     inner_val_fraction: float = 0.2  # of each training fold: early stopping and the threshold
-    patience: int = 10  # epochs without inner-validation AUROC gain before stopping
+    patience: int = 10  # epochs without inner-validation improvement before stopping
+    # loss: the inner-validation loss picks the epoch (smooth; AUROC over ~10 positives is noisy)
+    select_on: str = "loss"
     recalibration: str = "none"  # none | platt: per-fold logistic recalibration on inner validation
     threshold: str = "youden"  # youden | sensitivity
     target_sensitivity: float | None = None  # with threshold: sensitivity
@@ -48,6 +56,11 @@ class FinetuneConfig:
         check_choice("finetune.branches", self.branches, BRANCHES)
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
         check_choice("finetune.recalibration", self.recalibration, RECALIBRATIONS)
+        check_choice("finetune.head", self.head, HEADS)
+        check_choice("finetune.select_on", self.select_on, SELECTION)
+        if self.head == "probe" and self.mode != "frozen":
+            raise ConfigError(f"finetune.head: probe fits a linear model on frozen embeddings; it needs "
+                              f"finetune.mode: frozen (got {self.mode}), or use head: mlp")
         if self.folds < 2 or self.repeats < 1:
             raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
         if not 0.0 < self.inner_val_fraction < 1.0:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.config import FinetuneConfig
-from finetune.model import FusionClassifier, set_mode
+from finetune.model import FusionClassifier, build_classifier, set_mode
 from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
 from multimodal.config import ImagingConfig, ModelConfig, from_dict
@@ -95,8 +95,8 @@ def ensemble_probabilities(run_dir: Path, subjects: Cohort, settings: FinetuneCo
         image_encoder = build_image_encoder(image_model, len(sequences)) if uses_images else None
         table_encoder = (build_tabular_encoder(table_model, len(preprocessor.continuous), preprocessor.category_sizes)
                          if uses_table else None)
-        model = FusionClassifier(image_encoder, table_encoder, fusion=settings.fusion, hidden=settings.hidden,
-                                 dropout=settings.dropout, head_layers=settings.head_layers)
+        model = build_classifier(image_encoder, table_encoder, settings, len(preprocessor.continuous),
+                                 preprocessor.category_sizes, architecture.get("probe_table_embedding"))
         model.load_state_dict(load_file(str(fold_file.with_suffix(".safetensors"))))
         set_mode(model, settings.mode).to(device)
         dataset = LabeledDataset(MultimodalDataset(subjects.ids, list(range(len(subjects.ids))), images, table),

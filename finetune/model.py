@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetune.probe import ProbeTable
 from multimodal.config import check_choice
 from multimodal.errors import ConfigError
 
@@ -181,6 +182,26 @@ class FusionClassifier(nn.Module):
         """``image (B, C, H, W, D)`` and / or ``table`` dict -> ``(B,)`` recurrence logits."""
         emb = self.embed(image, table)
         return self.forward_from_embeddings(emb["image"], emb["table"])
+
+
+def build_classifier(image_encoder: nn.Module | None, table_encoder: nn.Module | None, settings: Any,
+                     num_continuous: int, category_sizes: list[int],
+                     table_embedding: bool | None = None) -> FusionClassifier:
+    """The fold classifier the ``finetune:`` settings describe, from encoders already built (or None
+    for a branch the run does not use). ``head: probe`` replaces the table branch by the baseline's
+    table design (plus the frozen table embedding if ``probe_table_embedding``) and the head by one
+    ``Linear``; training, ``predict`` and the test cohort all build fold models here.
+    ``table_embedding`` overrides ``probe_table_embedding`` (False when the table encoder was
+    never pretrained: a random embedding would only add noise columns)."""
+    if settings.head == "probe":
+        if table_embedding is None:
+            table_embedding = settings.probe_table_embedding
+        if table_encoder is not None:
+            table_encoder = ProbeTable(table_encoder if table_embedding else None, num_continuous, category_sizes)
+        return FusionClassifier(image_encoder, table_encoder, fusion="concat", hidden=settings.hidden,
+                                dropout=settings.dropout, head_layers=0)
+    return FusionClassifier(image_encoder, table_encoder, fusion=settings.fusion, hidden=settings.hidden,
+                            dropout=settings.dropout, head_layers=settings.head_layers)
 
 
 # --------------------------------------------------------------------------- modes

@@ -47,8 +47,15 @@ from finetune.metrics import (
     risk_groups,
     summarise_folds,
 )
-from finetune.model import FusionClassifier, parameter_groups, precompute_embeddings, set_mode
+from finetune.model import (
+    FusionClassifier,
+    build_classifier,
+    parameter_groups,
+    precompute_embeddings,
+    set_mode,
+)
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.probe import fit_linear_probe, load_probe
 from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.test_cohort import check_test_cohort, evaluate_test_cohort, load_test_cohort
 from finetune.thresholds import choose_threshold
@@ -79,7 +86,8 @@ def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: LabeledDataset, val: LabeledDataset,
                train_labels: np.ndarray, device: torch.device, seed: int) -> list[dict[str, float]]:
-    """Train in place with early stopping on inner-validation AUROC; the best epoch's weights are kept."""
+    """Train in place with early stopping on the inner-validation loss (or AUROC, ``select_on``);
+    the best epoch's weights are kept. Returns the per-epoch history."""
     loss_fn = create_loss(settings.loss, **{**loss_arguments(settings.loss, train_labels), **settings.loss_args}).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, settings.mode, settings.lr, settings.encoder_lr_ratio,
                                                    settings.weight_decay))
@@ -103,8 +111,14 @@ def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: Labeled
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
-        score = _auroc(val_labels, predict_probabilities(model, val, settings.batch_size, device))
-        history.append({"epoch": epoch + 1, "train_loss": total / max(len(loader), 1), "val_auroc": score})
+        val_prob = predict_probabilities(model, val, settings.batch_size, device)
+        val_logit = torch.logit(torch.as_tensor(val_prob, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)).float()
+        # The training loss (class weights of the training fold) on inner validation.
+        val_loss = float(loss_fn(val_logit.to(device), val.labels.to(device)))
+        val_auroc = _auroc(val_labels, val_prob)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(len(loader), 1), "val_loss": val_loss,
+                        "val_auroc": val_auroc})
+        score = -val_loss if settings.select_on == "loss" else val_auroc
         if score > best or best_state is None:
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
         else:
@@ -130,6 +144,9 @@ class FoldContext:
         else:
             self.sequences = resolve_sequences(run_config, cohort)
             self.preprocessor = None
+        # The probe reads the frozen table embedding only where pretraining trained that encoder.
+        self.probe_table_embedding = settings.probe_table_embedding and (
+            self.pretrained is not None and self.pretrained.table_weights is not None)
         self.cache = None
         if settings.branches != "table":
             self.cache = VolumeCache(run_config.data.cache_dir, run_config.imaging, self.sequences,
@@ -155,8 +172,8 @@ class FoldContext:
             table = build_tabular_encoder(config.model, len(preprocessor.continuous), preprocessor.category_sizes)
         image = image if settings.branches != "table" else None
         table = table if settings.branches != "image" else None
-        model = FusionClassifier(image, table, fusion=settings.fusion, hidden=settings.hidden,
-                                 dropout=settings.dropout, head_layers=settings.head_layers)
+        model = build_classifier(image, table, settings, len(preprocessor.continuous), preprocessor.category_sizes,
+                                 table_embedding=self.probe_table_embedding)
         return set_mode(model, settings.mode).to(self.device)
 
 
@@ -164,28 +181,20 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     cohort, settings = ctx.cohort, ctx.settings
     label_of = dict(zip(cohort.ids, cohort.labels, strict=True))
     labels = lambda ids: np.array([label_of[s] for s in ids])  # noqa: E731 - local shorthand
-    inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
     preprocessor = ctx.preprocessor or TabularPreprocessor(cohort.continuous, cohort.categorical).fit(
         cohort.features.loc[train_ids])  # scratch: one preprocessor per training fold (labels unused)
     seed_everything(seed)
     model = ctx.model(preprocessor)
-    frozen = settings.mode == "frozen"
-    parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen))
-             for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
-    if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
-        data = {name: LabeledDataset(None, labels(ids), precompute_embeddings(
-                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device))
-                for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
+    if settings.head == "probe":
+        history, val_ids, raw_val_prob, test_prob = _fit_probe_fold(ctx, model, preprocessor, train_ids, test_ids,
+                                                                    labels, seed)
     else:
-        data = {name: LabeledDataset(parts[name], labels(ids))
-                for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
-    history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
-    raw_val_prob = predict_probabilities(model, data["val"], settings.batch_size, ctx.device)
-    recalibration = fit_recalibration(settings.recalibration, labels(inner_val), raw_val_prob)
+        history, val_ids, raw_val_prob, test_prob = _train_fold(ctx, model, preprocessor, train_ids, test_ids,
+                                                                labels, seed)
+    recalibration = fit_recalibration(settings.recalibration, labels(val_ids), raw_val_prob)
     val_prob = apply_recalibration(raw_val_prob, recalibration)
-    threshold = choose_threshold(labels(inner_val), val_prob, settings.threshold, settings.target_sensitivity)
-    test_prob = apply_recalibration(predict_probabilities(model, data["test"], settings.batch_size, ctx.device),
-                                    recalibration)
+    threshold = choose_threshold(labels(val_ids), val_prob, settings.threshold, settings.target_sensitivity)
+    test_prob = apply_recalibration(test_prob, recalibration)
     frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
               for split, ids in (("train", train_ids), ("test", test_ids))}
     baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
@@ -193,11 +202,53 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     result = {
         "preprocessor": preprocessor.to_dict(),  # predict rebuilds each fold model with its own state
         "test_ids": test_ids, "probabilities": test_prob.tolist(), "threshold": threshold,
-        "recalibration": recalibration, "validation": {"ids": inner_val, "raw_probabilities": raw_val_prob.tolist()},
+        "recalibration": recalibration, "validation": {"ids": val_ids, "raw_probabilities": raw_val_prob.tolist()},
         "metrics": classification_metrics(labels(test_ids), test_prob, threshold), "history": history,
         "baselines": baselines,
     }
     return result, model
+
+
+def _train_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor, train_ids: list[str],
+                test_ids: list[str], labels: Any, seed: int) -> tuple[list[dict[str, float]], list[str], np.ndarray,
+                                                                      np.ndarray]:
+    """MLP head (and encoders unless frozen) by SGD on inner-train, early-stopped on inner validation.
+    Returns the history, the inner-validation ids and their raw probabilities, and the test probabilities."""
+    settings = ctx.settings
+    inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
+    frozen = settings.mode == "frozen"
+    splits = (("train", inner_train), ("val", inner_val), ("test", test_ids))
+    parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen)) for name, ids in splits}
+    if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
+        data = {name: LabeledDataset(None, labels(ids), precompute_embeddings(
+                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device))
+                for name, ids in splits}
+    else:
+        data = {name: LabeledDataset(parts[name], labels(ids)) for name, ids in splits}
+    history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
+    return (history, inner_val, predict_probabilities(model, data["val"], settings.batch_size, ctx.device),
+            predict_probabilities(model, data["test"], settings.batch_size, ctx.device))
+
+
+def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor,
+                    train_ids: list[str], test_ids: list[str], labels: Any,
+                    seed: int) -> tuple[list[dict[str, float]], list[str], np.ndarray, np.ndarray]:
+    """Linear probe on the whole training fold (its inner CV picks C, so no subject is held back);
+    the threshold and recalibration use the probe's out-of-fold probabilities within the fold."""
+    batch_size = ctx.settings.batch_size
+    embedded = {name: precompute_embeddings(model, DataLoader(ctx.dataset(ids, preprocessor, augment=False),
+                                                              batch_size=batch_size), ctx.device)
+                for name, ids in (("train", train_ids), ("test", test_ids))}
+
+    def features(emb: dict[str, torch.Tensor | None]) -> np.ndarray:  # (N, Di + Dt), image first
+        return torch.cat([e for e in (emb["image"], emb["table"]) if e is not None], dim=1).numpy()
+
+    fit = fit_linear_probe(features(embedded["train"]), labels(train_ids), seed)
+    load_probe(model.head[-1], fit)
+    test = LabeledDataset(None, labels(test_ids), embedded["test"])
+    history = [{"C": fit["C"], "features": int(fit["weight"].shape[0])}]
+    return (history, train_ids, np.asarray(fit["oof_probabilities"]),
+            predict_probabilities(model, test, batch_size, ctx.device))
 
 
 # --------------------------------------------------------------------------- the run
@@ -265,6 +316,7 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     atomic_write_text(run_dir / "model.json", json.dumps({
         "image_model": to_dict(rebuild_config(image_from)), "table_model": to_dict(rebuild_config(table_from)),
         "sequences": ctx.sequences, "init": str(init) if init is not None else None,
+        "probe_table_embedding": ctx.probe_table_embedding,
     }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
@@ -341,6 +393,7 @@ def _summarise(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Cohor
     plot_pr(y, curves, report / "pr.png")
     plot_calibration(y, p, report / "calibration.png")
     plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
+    atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return run_dir
 
@@ -363,9 +416,38 @@ def _metric_table(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+_BASELINE_NAMES = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
+
+
+def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
+    """Plain words: does the model beat each tabular baseline? One line per baseline, from the
+    paired bootstrap ΔAUROC (model − baseline); "beats" only when the whole 95 % CI is above 0."""
+    model = section["model"]["auroc"]
+    lines = [f"Model AUROC {where}: {model['estimate']:.3f} [{model['lower']:.3f}, {model['upper']:.3f}]"]
+    for name, delta in section.get("delta_auroc", {}).items():
+        base = section["baselines"][name]["auroc"]
+        label = _BASELINE_NAMES.get(name, name.replace("_", " "))
+        ci = f"{delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}]"
+        if delta["lower"] > 0:
+            words = f"the model beats {label} by {ci}"
+        elif delta["upper"] < 0:
+            words = f"the model does not beat {label}: it is worse by {ci}"
+        else:
+            words = f"the model does not beat {label}: ΔAUROC {ci}, the interval includes 0"
+        lines.append(f"  {words} ({label} alone: {base['estimate']:.3f} [{base['lower']:.3f}, {base['upper']:.3f}])")
+    deltas = list(section.get("delta_auroc", {}).values())
+    if deltas:
+        paid = all(d["lower"] > 0 for d in deltas)
+        lines.append("  Verdict: multimodal learning " + ("paid off: the model beats every tabular baseline."
+                     if paid else "did not pay off here: the model does not beat every tabular baseline."))
+    return lines
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """Tables of pooled out-of-fold (and fixed test cohort) metrics with 95 % CIs, model and baselines."""
-    lines = [f"pooled out-of-fold: {metrics['n']} subjects, {metrics['positives']} positive, "
+    """The verdict against the tabular baselines first, then tables of pooled out-of-fold (and fixed
+    test cohort) metrics with 95 % CIs, model and baselines."""
+    lines = [*verdict(metrics), "",
+             f"pooled out-of-fold: {metrics['n']} subjects, {metrics['positives']} positive, "
              f"threshold {metrics['threshold']:.3f}", *_metric_table(metrics)]
     folds = metrics.get("fold_summary", {}).get("auroc")
     if folds:
@@ -373,5 +455,5 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     test = metrics.get("test")
     if test:
         lines += ["", f"fixed test cohort {test['cohort']}: {test['n']} subjects, {test['positives']} positive",
-                  *_metric_table(test)]
+                  *_metric_table(test), *verdict(test, "on the fixed test cohort")]
     return "\n".join(lines)

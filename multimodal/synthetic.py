@@ -187,14 +187,17 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15) -> tuple[pd.D
     z = (_raw_components(truth) - mean[:, None]) / sd[:, None]
     parts = np.asarray(WEIGHTS)[:, None] * z
     logit = intercept + parts.sum(0)
-    risk = truth[["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"]].copy()
+    latent = ["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"]
+    risk = truth[latent].copy()
     risk["image_component"], risk["tabular_component"], risk["interaction_component"] = parts.round(6)
     risk["intercept"] = round(intercept, 6)
     risk["logit"] = logit.round(6)
     risk["true_risk"] = expit(logit).round(6)
     risk["recurrence_12m"] = (rng.random(n) < expit(logit)).astype(int)
 
-    table = truth.drop(columns=list(risk.columns[:4])).astype(object)
+    # Latent image quantities stay out of the clinical table (head_scale once leaked in: a shortcut
+    # that let contrastive pretraining match images to records by head size alone).
+    table = truth.drop(columns=latent).astype(object)
     # Missing values: MCAR a few %, HbA1c mostly unmeasured in non-diabetics (MAR), D-dimer often not sent.
     def blank(columns: list[str], p: np.ndarray | float) -> None:
         table.loc[rng.random(n) < p, columns] = None

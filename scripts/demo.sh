@@ -31,3 +31,5 @@ else
     [ -f "$FINETUNE/folds.json" ] && flag="--resume"
     strokessl finetune configs/demo.yaml --init runs/demo $flag
 fi
+# The last word: did multimodal pretraining beat the tabular baselines (paired bootstrap ΔAUROC)?
+python -c "import json; from finetune.run import verdict; print(); print(chr(10).join(verdict(json.load(open('$FINETUNE/metrics.json')))))"

@@ -226,3 +226,30 @@ def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_
     predicted = pd.read_csv(out).set_index("subject_id")
     subject = fold["test_ids"][0]
     assert predicted.loc[subject, "probability_r0f0"] == pytest.approx(fold["probabilities"][0], abs=1e-5)
+
+
+def test_probe_head_from_a_pretraining_run_and_predict(config, tmp_path):
+    pretrained = tmp_path / "pre"
+    assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
+    run = tmp_path / "probe"
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", "finetune.mode=frozen",
+                 "--set", "finetune.head=probe", "--set", f"run.dir={run}"]) == 0
+    fold = json.loads((run / "folds" / "r0f0.json").read_text())
+    assert fold["history"][0]["C"] > 0
+    assert len(fold["validation"]["ids"]) == 24  # the whole training fold: the probe's inner CV picks C
+    weights = load_file(str(run / "folds" / "r0f0.safetensors"))
+    assert weights["head.0.weight"].shape[0] == 1 and "head.1.weight" not in weights
+    # predict rebuilds the probe fold model: a subject gets its out-of-fold probability back
+    cohort_yaml = yaml.safe_load(config.read_text())["cohort"]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--cohort", cohort_yaml, "--out", str(out)]) == 0
+    predictions = pd.read_csv(out).set_index("subject_id")
+    oof = pd.read_csv(run / "predictions.csv").set_index("subject_id")
+    for subject in oof.index[:3]:
+        column = f"probability_{oof.loc[subject, 'fold']}"
+        assert predictions.loc[subject, column] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
+
+
+def test_probe_needs_frozen_mode(config, capsys):
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.head=probe"]) == 2
+    assert "finetune.mode: frozen" in capsys.readouterr().err

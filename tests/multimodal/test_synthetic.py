@@ -179,3 +179,12 @@ def test_refuses_to_overwrite_a_cohort(tmp_path: Path) -> None:
     (tmp_path / "cohort.csv").write_text("subject_id\n")
     with pytest.raises(StrokeSSLError, match="choose an empty"):
         write_synthetic_cohort(tmp_path, n=2, grid=10)
+
+
+def test_latent_image_quantities_stay_out_of_the_clinical_table(cohort_dir: Path) -> None:
+    # The generator's hidden image quantities (risk.csv) must not be clinical features: one that
+    # leaked (head_scale) let contrastive pretraining match images to records by head size.
+    header = set(pd.read_csv(cohort_dir / "cohort.csv", nrows=0).columns)
+    latent = {"infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"}
+    assert latent <= set(pd.read_csv(cohort_dir / "risk.csv", nrows=0).columns)
+    assert not header & latent

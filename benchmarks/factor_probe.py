@@ -1,0 +1,249 @@
+"""Which generator factors a frozen image encoder's embedding holds (issue 8 item 2's diagnosis).
+
+    python benchmarks/factor_probe.py RUN_CONFIG COHORT_DIR [--init PRETRAIN_RUN_DIR] [--out OUT.json]
+        [--seed 0] [--label NAME] [--set KEY=VALUE ...] [--columns age nihss ...]
+
+Every subject of ``COHORT_DIR`` (labeled or not) is embedded once, in ``eval()`` mode and without
+augmentation, by the image encoder of a finished pretraining run (``--init``) or, without it, by a
+random one built from ``RUN_CONFIG`` (``--seed``): the "random features" reference. A linear probe
+then measures what the embedding holds of each generator factor: cross-validated R² (ridge) for
+the continuous latents of ``COHORT_DIR/risk.csv`` (``strokessl synth``) and clinical columns,
+cross-validated AUROC (logistic) for binary ones (sex, atrial fibrillation, the drawn label).
+Compared across pretraining objectives and with random features, it shows which factors (infarct
+or WMH volume, atrophy, head size, ...) each objective makes linearly readable. Writes ``{"encoder",
+"n", "embedding_dim", "r2", "auroc", ...}`` to ``--out`` (default ``benchmarks/results/
+factor_probe_<label>.json``) and logs a table. ``probe_factors`` is the pure part: import it as
+``factor_probe`` with ``benchmarks/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from tqdm.auto import tqdm
+
+# torch, MONAI and the project load lazily (~5 s on 2 busy cores): ``probe_factors`` needs none.
+if TYPE_CHECKING:
+    import torch
+
+    from multimodal.cohort import Cohort
+    from multimodal.config import CohortConfig, RunConfig
+
+logger = logging.getLogger("factor_probe")
+
+RESULTS = Path(__file__).parent / "results"
+FOLDS = 5
+ALPHAS = np.logspace(-3, 4, 15)  # ridge penalties
+CS = np.logspace(-4, 3, 8)  # inverse logistic penalties
+Z_CLIP = 10.0  # standardised features are clipped to ±Z_CLIP (see _scaled)
+# risk.csv columns probed (absent ones are skipped with a log line); drawn_label is binary (AUROC).
+RISK_COLUMNS = ["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale",
+                "image_component", "tabular_component", "logit", "drawn_label"]
+TRANSFORMS = {"infarct_volume_ml": ("log1p_infarct_volume_ml", np.log1p), "wmh_volume_ml": ("log_wmh_volume_ml", np.log)}
+DEFAULT_COLUMNS = ["age", "nihss", "systolic_bp", "bmi", "sex", "atrial_fibrillation"]
+
+
+# --------------------------------------------------------------------------- probes (pure)
+def _binary(values: pd.Series) -> np.ndarray | None:
+    """0/1 array when ``values`` take exactly two distinct values, else None. Which one is 1 (the
+    larger as text: 1, "yes", "M") does not change the AUROC: the probe learns the sign."""
+    levels = values.unique().tolist()
+    return (values == max(levels, key=str)).to_numpy(int) if len(levels) == 2 else None
+
+
+def _scaled() -> list[Any]:
+    """``StandardScaler``, then a clip to ±``Z_CLIP``: a near-dead ReLU channel (non-zero in a few
+    subjects), scaled by a fold's tiny std, put a held-out subject at z ≈ 230, R² -13.6, unclipped."""
+    return [StandardScaler(), FunctionTransformer(np.clip, kw_args={"a_min": -Z_CLIP, "a_max": Z_CLIP})]
+
+
+def probe_r2(x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Pooled out-of-fold R² of ``StandardScaler (+ clip) + RidgeCV`` on ``x (n, D)`` for ``y (n,)``."""
+    model = make_pipeline(*_scaled(), RidgeCV(alphas=ALPHAS))
+    predictions = cross_val_predict(model, x, y, cv=KFold(FOLDS, shuffle=True, random_state=seed))
+    return float(r2_score(y, predictions))
+
+
+def probe_auroc(x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Pooled out-of-fold AUROC of ``StandardScaler (+ clip) + LogisticRegressionCV`` on ``x (n, D)`` for
+    0/1 ``y`` whose smaller class has at least 3 rows."""
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    k = min(FOLDS, minority)
+    # No more inner folds than an outer training part has rows of the smaller class (>= this).
+    inner = max(2, min(FOLDS, minority * (k - 1) // k))
+    # liblinear: lbfgs took ~20x longer on separable (n, D) data, creeping towards large C.
+    model = make_pipeline(*_scaled(), LogisticRegressionCV(
+        Cs=CS, cv=StratifiedKFold(inner, shuffle=True, random_state=seed), solver="liblinear"))
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # sklearn >= 1.8 warns of a change to LogisticRegressionCV's attributes
+        for category in (ConvergenceWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        scores = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, scores))
+
+
+def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Cross-validated linear-probe scores of each target column from ``embedding (N, D)``.
+
+    ``targets``: N rows in the same order; each column uses its non-missing rows. Two distinct
+    values: binary (AUROC); otherwise numeric: continuous (R²); a constant, non-numeric or too
+    small column (a class under 3 rows, under 10 rows) is skipped with a log line. Returns
+    ``{"r2": {column: R²}, "auroc": {...}, "rows": {column: rows used}, "skipped": {column: why}}``.
+    """
+    if len(embedding) != len(targets):
+        raise ValueError(f"embedding has {len(embedding)} rows but targets has {len(targets)}")
+    out: dict[str, dict[str, Any]] = {"r2": {}, "auroc": {}, "rows": {}, "skipped": {}}
+    for column in targets.columns:
+        keep = targets[column].notna().to_numpy()
+        values, x = targets[column][keep], embedding[keep]
+        binary = _binary(values)
+        numeric = pd.to_numeric(values, errors="coerce")
+        if binary is not None and min(binary.sum(), len(binary) - binary.sum()) >= 3:
+            out["auroc"][column] = probe_auroc(x, binary, seed)
+        elif binary is None and numeric.notna().all() and numeric.nunique() > 1 and len(values) >= 2 * FOLDS:
+            out["r2"][column] = probe_r2(x, numeric.to_numpy(float), seed)
+        else:
+            why = ("a class has fewer than 3 rows" if binary is not None else "not numeric"
+                   if numeric.isna().any() else f"constant or under {2 * FOLDS} rows")
+            out["skipped"][column] = why
+            logger.info("skipping target %s: %s (%d rows)", column, why, len(values))
+            continue
+        out["rows"][column] = len(values)
+    return out
+
+
+# --------------------------------------------------------------------------- embedding
+def build_encoder(run_config: RunConfig, cohort: Cohort, init: Path | None,
+                  seed: int) -> tuple[torch.nn.Module, list[str]]:
+    """``(image encoder, sequences)``: the pretraining run's image encoder, or a random one."""
+    import torch
+
+    from finetune.init import build_finetune_encoders, load_pretraining_run, reconcile_sequences
+    from multimodal.encoders import build_image_encoder
+    from multimodal.errors import StrokeSSLError
+    from pretrain.data import resolve_sequences
+
+    if init is None:
+        sequences = resolve_sequences(run_config, cohort)
+        torch.manual_seed(seed)
+        return build_image_encoder(run_config.model, len(sequences)), sequences
+    run = load_pretraining_run(init)
+    if run.image_weights is None:
+        raise StrokeSSLError(f"pretraining run {init} trained no image encoder: nothing to probe")
+    sequences = reconcile_sequences(run.sequences, cohort.sequences, cohort.config.missing_images)
+    ours, theirs = run_config.imaging, run.config.imaging
+    if (tuple(ours.spacing), tuple(ours.spatial_size)) != (tuple(theirs.spacing), tuple(theirs.spatial_size)):
+        logger.warning("imaging grid %s at %s mm differs from pretraining run %s (%s at %s mm)",
+                       ours.spatial_size, ours.spacing, init, theirs.spatial_size, theirs.spacing)
+    image, _ = build_finetune_encoders(run, None, len(sequences))
+    return image, sequences
+
+
+def embed(encoder: torch.nn.Module, loader: torch.utils.data.DataLoader,
+          device: torch.device) -> tuple[list[str], np.ndarray]:
+    """Subject ids and their embeddings ``(N, D)`` from batches of ``image (B, C, H, W, D)``."""
+    import torch
+
+    encoder.eval().to(device)
+    ids, chunks = [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="embedding", unit="batch"):
+            chunks.append(encoder(batch["image"].to(device)).float().cpu())  # (B, D)
+            ids.extend(batch["subject_id"])
+    return ids, torch.cat(chunks).numpy()
+
+
+def _present(wanted: list[str], have: pd.Index, where: str) -> list[str]:
+    """``wanted`` columns that ``have`` holds; the others are logged as skipped."""
+    if absent := [c for c in wanted if c not in have]:
+        logger.info("%s has no column(s) %s: skipped", where, absent)
+    return [c for c in wanted if c in have]
+
+
+def load_targets(cohort_dir: Path, cohort_config: CohortConfig, ids: list[str], columns: list[str]) -> pd.DataFrame:
+    """Targets for ``ids`` (rows in that order): transformed risk.csv factors + cohort columns."""
+    frames, risk_path = [], cohort_dir / "risk.csv"
+    if risk_path.is_file():
+        risk = pd.read_csv(risk_path, dtype={"subject_id": str}).set_index("subject_id")
+        chosen = {}
+        for column in _present(RISK_COLUMNS, risk.columns, "risk.csv"):
+            name, transform = TRANSFORMS.get(column, (column, None))
+            chosen[name] = transform(risk[column]) if transform is not None else risk[column]
+        frames.append(pd.DataFrame(chosen).reindex(ids))
+    else:
+        logger.warning("%s not found: probing the cohort columns only", risk_path)
+    table = pd.read_csv(cohort_config.csv, dtype={cohort_config.id: str},
+                        na_values=cohort_config.na_values or None).set_index(cohort_config.id)
+    frames.append(table[_present(columns, table.columns, "the cohort table")].reindex(ids))
+    return pd.concat(frames, axis=1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", type=Path, help="run config YAML, e.g. configs/demo.yaml")
+    parser.add_argument("cohort_dir", type=Path, help="folder with cohort.yaml (+ risk.csv from strokessl synth)")
+    parser.add_argument("--init", type=Path, default=None, help="finished pretraining run folder (else random)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default results/factor_probe_<label>.json)")
+    parser.add_argument("--seed", type=int, default=0, help="random-encoder seed and CV shuffling")
+    parser.add_argument("--label", default=None, help="results name (default: the run folder's name or random)")
+    parser.add_argument("--columns", nargs="*", default=DEFAULT_COLUMNS,
+                        help=f"cohort.csv columns to probe (default: {' '.join(DEFAULT_COLUMNS)})")
+    parser.add_argument("--batch-size", type=int, default=8)  # volumes per encoder forward
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="run-config override, repeatable")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Embed the cohort, probe every target, write the JSON; returns what it wrote."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from multimodal.cohort import load_cohort
+    from multimodal.config import load_cohort_config, load_run_config
+    from multimodal.imaging import ImageDataset, VolumeCache
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    run_config = load_run_config(args.config, [f"cohort={args.cohort_dir}/cohort.yaml", *args.overrides])
+    cohort_config = load_cohort_config(run_config.cohort)
+    cohort = load_cohort(cohort_config)
+    encoder, sequences = build_encoder(run_config, cohort, args.init, args.seed)
+    cache = VolumeCache(run_config.data.cache_dir, run_config.imaging, sequences, cohort_config.missing_images,
+                        cohort_config.volume_index, run_config.data.cache_dtype)
+    records = cohort.records()  # every subject, labeled or not
+    cache.warm(records, workers=run_config.data.workers)
+    loader = DataLoader(ImageDataset(records, cache, None, seed=run_config.seed), batch_size=args.batch_size,
+                        num_workers=run_config.data.workers)
+    ids, embedding = embed(encoder, loader, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    targets = load_targets(args.cohort_dir, cohort_config, ids, args.columns)
+    scores = probe_factors(embedding, targets, seed=args.seed)
+    label = args.label or (args.init.name if args.init is not None else "random")
+    result = {"encoder": str(args.init) if args.init is not None else "random", "label": label,
+              "n": len(ids), "embedding_dim": int(embedding.shape[1]), "seed": args.seed, **scores}
+    out = args.out or RESULTS / f"factor_probe_{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = [f"{name:<26} {metric:<6} {value:7.3f} {scores['rows'][name]:5d}"
+             for metric in ("r2", "auroc") for name, value in scores[metric].items()]
+    logger.info("%s: %d subjects, embedding dim %d, wrote %s\n%-26s %-6s %7s %5s\n%s", result["encoder"], len(ids),
+                embedding.shape[1], out, "target", "metric", "value", "n", "\n".join(table))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Quality benchmark: does pretraining pay off when labels are few? (JSON + a Markdown table)
+
+    python benchmarks/quality.py [--quick] [--runs DIR] [--cohort-seed S] [--methods a,b,...]
+
+One synthetic cohort (``strokessl synth``) is split three ways: the unlabeled subjects (every
+pretraining run reads only these), a labeled training pool, and a fixed labeled test cohort. Each
+pretraining objective runs once. For every label budget (a stratified share of the training pool)
+and seed, every method is fine-tuned with cross-validation on the budget's subjects, and its fold
+ensemble is scored on the same fixed test cohort, beside logistic regression and gradient
+boosting refitted on the same subjects (``finetune.test_cohort``). The table reports test AUROC,
+AUPRC and balanced accuracy as mean ± sd over seeds, each AUROC as a fraction of the generator's
+Bayes, image-part and tabular-part oracle AUROCs (``risk.csv``), the paired ΔAUROC against
+logistic regression, and pairwise gaps between methods at the smallest budget; plus linear
+probes of the generator factors from each frozen image embedding (``factor_probe.py``).
+
+Everything resumes: a finished pretraining or fine-tuning run is reused, so a killed benchmark
+goes on where it stopped. Report on a cohort seed other than the one settings were tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # factor_probe.py beside this file
+sys.path.insert(0, str(HERE.parent))  # the project, when run from a checkout
+
+from finetune.metrics import paired_bootstrap_delta_auroc  # noqa: E402
+from finetune.run import run_finetune  # noqa: E402
+from multimodal.synthetic import write_synthetic_cohort  # noqa: E402
+from pretrain.run import run_pretrain  # noqa: E402
+
+logger = logging.getLogger("quality")
+CONFIG = HERE / "quality.yaml"
+
+# Pretraining objectives the methods draw on (name -> pretrain.objectives).
+PRETRAININGS = {
+    "clip_itm": {"clip": 1.0, "itm": 1.0},
+    "clip": {"clip": 1.0},
+    "clip_masked": {"clip": 1.0, "masked_tabular": 1.0},
+    "simclr": {"simclr": 1.0},
+    "scarf": {"scarf": 1.0},
+}
+_PROBE = {"mode": "frozen", "head": "probe"}
+# Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
+# configs/*.yaml: keep the two in step.
+METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "default": ("clip", _PROBE),
+    "clip_itm_probe": ("clip_itm", _PROBE),
+    "clip_itm_frozen": ("clip_itm", {"mode": "frozen", "head": "mlp"}),
+    "clip_itm_trainable": ("clip_itm", {"mode": "trainable", "head": "mlp"}),
+    "masked_tabular": ("clip_masked", _PROBE),
+    "simclr": ("simclr", _PROBE),
+    "scarf": ("scarf", {**_PROBE, "branches": "table"}),
+    "scratch": (None, {"mode": "scratch", "head": "mlp"}),
+}
+BASELINES = ("logistic_regression", "gradient_boosting")
+MULTIMODAL, UNIMODAL = ("default", "clip_itm_probe", "masked_tabular"), ("simclr", "scarf")
+
+
+@dataclass
+class Profile:
+    n: int  # subjects in the cohort
+    labeled_fraction: float  # labeled share; half of it becomes the fixed test cohort
+    budgets: tuple[float, ...]  # shares of the labeled training pool
+    seeds: tuple[int, ...]
+    pretrain: dict[str, Any] = field(default_factory=dict)  # --set overrides of pretrain.*
+    finetune: dict[str, Any] = field(default_factory=dict)  # --set overrides of finetune.*
+    grid: int = 32
+    test_share: float = 0.5
+
+
+PROFILES = {
+    "full": Profile(n=3200, labeled_fraction=0.5, budgets=(0.1, 0.25, 1.0), seeds=(0, 1, 2),
+                    pretrain={"epochs": 30}, finetune={"folds": 5, "bootstrap": 2000}),
+    "quick": Profile(n=320, labeled_fraction=0.5, budgets=(0.25, 1.0), seeds=(0,),
+                     pretrain={"epochs": 3, "val_fraction": 0.2}, finetune={"folds": 3, "epochs": 3, "bootstrap": 200}),
+}
+
+
+def _sets(section: str, values: dict[str, Any]) -> list[str]:
+    return [f"{section}.{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+# --------------------------------------------------------------------------- cohort and splits
+def prepare_cohort(root: Path, profile: Profile, seed: int) -> dict[str, Any]:
+    """Synthesise once; split the labeled subjects into a training pool and a fixed test cohort."""
+    cohort_yaml = root / "cohort" / "cohort.yaml"
+    if not (root / "cohort" / "cohort.csv").is_file():
+        write_synthetic_cohort(root / "cohort", n=profile.n, grid=profile.grid,
+                               labeled_fraction=profile.labeled_fraction, seed=seed)
+    table = pd.read_csv(root / "cohort" / "cohort.csv", dtype=str, keep_default_na=False)
+    labeled = table[table["recurrence_12m"] != ""]
+    pool, test = train_test_split(labeled, test_size=profile.test_share, stratify=labeled["recurrence_12m"],
+                                  random_state=seed)
+    _write_subset(cohort_yaml, test, "test")
+    return {"cohort": cohort_yaml, "pool": pool, "test": root / "cohort" / "test.yaml",
+            "test_ids": list(test["subject_id"])}
+
+
+def _write_subset(cohort_yaml: Path, rows: pd.DataFrame, name: str) -> Path:
+    """``<name>.csv`` + ``<name>.yaml`` beside the cohort (image paths stay relative to it)."""
+    folder = cohort_yaml.parent
+    config = yaml.safe_load(cohort_yaml.read_text())
+    if not (folder / f"{name}.csv").is_file():
+        rows.to_csv(folder / f"{name}.csv.tmp", index=False)
+        (folder / f"{name}.csv.tmp").replace(folder / f"{name}.csv")
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({**config, "csv": f"{name}.csv"}, sort_keys=False))
+    return folder / f"{name}.yaml"
+
+
+def budget_cohort(cohort_yaml: Path, pool: pd.DataFrame, budget: float, seed: int) -> Path:
+    """The stratified ``budget`` share of the training pool, as its own cohort.yaml."""
+    if budget >= 1.0:
+        chosen = pool
+    else:
+        chosen, _ = train_test_split(pool, train_size=budget, stratify=pool["recurrence_12m"], random_state=seed)
+    return _write_subset(cohort_yaml, chosen, f"budget{round(budget * 100)}_seed{seed}")
+
+
+# --------------------------------------------------------------------------- runs
+def pretrain(root: Path, name: str, cohort: Path, profile: Profile) -> Path:
+    run = root / f"pretrain-{name}"
+    if not (run / "metrics.json").is_file():
+        overrides = [f"cohort={cohort}", f"run.dir={run}", f"pretrain.objectives={json.dumps(PRETRAININGS[name])}",
+                     *_sets("pretrain", profile.pretrain)]
+        run_pretrain(CONFIG, overrides, resume=True)
+    return run
+
+
+def finetune(root: Path, method: str, budget: float, seed: int, cohort: Path, test: Path, init: Path | None,
+             profile: Profile) -> dict[str, Any]:
+    run = root / f"{method}-b{round(budget * 100)}-s{seed}"
+    if not (run / "metrics.json").is_file():
+        overrides = [f"cohort={cohort}", f"run.dir={run}", f"seed={seed}", f"finetune.test_cohort={test}",
+                     *_sets("finetune", {**profile.finetune, **METHODS[method][1]})]
+        run_finetune(CONFIG, overrides, init=init, resume=(run / "folds.json").is_file())
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = pd.read_csv(run / "test_predictions.csv").set_index("subject_id")
+    return {"metrics": metrics["test"], "cv": metrics["model"]["auroc"]["estimate"], "scores": scores}
+
+
+# --------------------------------------------------------------------------- summary
+def oracles(cohort_dir: Path, ids: list[str]) -> dict[str, float]:
+    """AUROC of the generator's true risk and of its image / tabular parts on the test subjects."""
+    risk = pd.read_csv(cohort_dir / "risk.csv").set_index("subject_id").loc[ids]
+    y = risk["drawn_label"].to_numpy()
+    return {"bayes": float(roc_auc_score(y, risk["true_risk"])),
+            "image": float(roc_auc_score(y, risk["image_component"])),
+            "tabular": float(roc_auc_score(y, risk["tabular_component"]))}
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(results: dict[tuple[str, float, int], dict[str, Any]], oracle: dict[str, float],
+              budgets: tuple[float, ...], bootstrap: int) -> dict[str, Any]:
+    """Per budget and method: mean ± sd over seeds of test AUROC / AUPRC / balanced accuracy,
+    AUROC as fractions of the oracles, paired ΔAUROC vs each baseline; gaps between methods."""
+    table: dict[str, dict[str, Any]] = {}
+    for budget in budgets:
+        rows: dict[str, Any] = {}
+        runs = {(m, s): r for (m, b, s), r in results.items() if b == budget}
+        for method in dict.fromkeys(m for m, _ in runs):
+            seeds = [r for (m, _), r in runs.items() if m == method]
+            entry = {k: _mean_sd([r["metrics"]["model"][k]["estimate"] for r in seeds])
+                     for k in ("auroc", "auprc", "balanced_accuracy")}
+            entry["cv_auroc"] = _mean_sd([r["cv"] for r in seeds])
+            entry["auroc_fraction"] = {k: entry["auroc"]["mean"] / v for k, v in oracle.items()}
+            entry["delta_auroc"] = {b: [r["metrics"]["delta_auroc"][b] for r in seeds] for b in BASELINES}
+            rows[method] = entry
+        for baseline in BASELINES:  # refit on the same subjects in every run: take each seed's first
+            seeds = {s: r for (m, s), r in runs.items()}
+            rows[baseline] = {k: _mean_sd([r["metrics"]["baselines"][baseline][k]["estimate"] for r in seeds.values()])
+                              for k in ("auroc", "auprc", "balanced_accuracy")}
+            rows[baseline]["auroc_fraction"] = {k: rows[baseline]["auroc"]["mean"] / v for k, v in oracle.items()}
+        table[f"{round(budget * 100)}%"] = rows
+    return {"oracles": oracle, "by_budget": table,
+            "gaps": _gaps(results, min(budgets), bootstrap)}
+
+
+def _gaps(results: dict[tuple[str, float, int], dict[str, Any]], budget: float, bootstrap: int) -> dict[str, Any]:
+    """Paired bootstrap ΔAUROC on the test cohort at ``budget``: best multimodal − best unimodal SSL
+    − scratch, per seed (the methods' test predictions share subjects)."""
+    def best(methods: tuple[str, ...]) -> str | None:
+        present = [m for m in methods if any(k[0] == m and k[1] == budget for k in results)]
+        means = {m: np.mean([r["metrics"]["model"]["auroc"]["estimate"] for k, r in results.items()
+                             if k[0] == m and k[1] == budget]) for m in present}
+        return max(means, key=means.get) if means else None
+
+    chain = [best(MULTIMODAL), best(UNIMODAL), "scratch"]
+    gaps: dict[str, Any] = {"budget": budget, "chain": chain}
+    for a, b in itertools.pairwise(chain):
+        if a is None or b is None:
+            continue
+        per_seed = []
+        for (m, bud, seed), r in results.items():
+            other = results.get((b, bud, seed))
+            if m == a and bud == budget and other is not None:
+                y = r["scores"]["label"].to_numpy()
+                per_seed.append(paired_bootstrap_delta_auroc(
+                    y, r["scores"]["probability"].to_numpy(),
+                    other["scores"].loc[r["scores"].index, "probability"].to_numpy(), bootstrap, seed))
+        gaps[f"{a} - {b}"] = per_seed
+    return gaps
+
+
+def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, Any]) -> str:
+    o = summary["oracles"]
+    lines = [f"Test cohort: {info['test_n']} subjects ({info['test_positives']} positive); oracle AUROCs: "
+             f"Bayes {o['bayes']:.3f}, image part {o['image']:.3f}, tabular part {o['tabular']:.3f}.", ""]
+    head = "| budget | method | test AUROC | AUPRC | bal. acc. | ×Bayes | ×image | ×tabular | ΔAUROC vs LR per seed | CV AUROC |"
+    lines += [head, "|" + " --- |" * 10]
+    for budget, rows in summary["by_budget"].items():
+        for method, e in rows.items():
+            def cell(k: str, e: dict[str, Any] = e) -> str:
+                return f"{e[k]['mean']:.3f} ± {e[k]['sd']:.3f}"
+
+            f = e["auroc_fraction"]
+            deltas = "; ".join(f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
+                               for d in e.get("delta_auroc", {}).get("logistic_regression", []))
+            cv = cell("cv_auroc") if "cv_auroc" in e else ""
+            lines.append(f"| {budget} | {method} | {cell('auroc')} | {cell('auprc')} | {cell('balanced_accuracy')} | "
+                         f"{f['bayes']:.3f} | {f['image']:.3f} | {f['tabular']:.3f} | {deltas} | {cv} |")
+    gaps = summary["gaps"]
+    lines += ["", f"Gaps at {round(gaps['budget'] * 100)}% labels (paired bootstrap on the test cohort, per seed):"]
+    for key, per_seed in gaps.items():
+        if key not in ("budget", "chain"):
+            lines.append(f"- {key}: " + "; ".join(f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
+                                                  for d in per_seed))
+    if probes:
+        names = sorted({k for p in probes.values() for k in p.get("r2", {})})
+        lines += ["", "Linear probes of generator factors from the frozen image embedding (CV R²; AUROC for the label):",
+                  "", "| encoder | " + " | ".join(names) + " | label AUROC |", "|" + " --- |" * (len(names) + 2)]
+        for encoder, p in probes.items():
+            r2 = " | ".join(f"{p['r2'].get(k, float('nan')):.2f}" for k in names)
+            lines.append(f"| {encoder} | {r2} | {p.get('auroc', {}).get('drawn_label', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[str, Any]:
+    import factor_probe  # benchmarks/factor_probe.py
+
+    probes = {}
+    for name, run in {"random": None, **runs}.items():
+        out = root / f"factor_probe-{name}.json"
+        if not out.is_file():
+            factor_probe.main([str(CONFIG), str(cohort_dir), "--out", str(out), "--label", name,
+                               *(["--init", str(run)] if run is not None else [])])
+        probes[name] = json.loads(out.read_text())
+    return probes
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a < 15-minute run on 2 cores (small cohort, 1 seed)")
+    parser.add_argument("--runs", type=Path, help="working folder (default runs/quality[-quick])")
+    parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
+    parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick].json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    profile = PROFILES["quick" if args.quick else "full"]
+    suffix = "_quick" if args.quick else ""
+    root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
+    out = args.out or HERE / "results" / f"quality{suffix}.json"
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    start = time.time()
+    data = prepare_cohort(root, profile, args.cohort_seed)
+    pretrained = {name: pretrain(root, name, data["cohort"], profile)
+                  for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None}
+    results = {}
+    for budget in profile.budgets:
+        for seed in profile.seeds:
+            cohort = budget_cohort(data["cohort"], data["pool"], budget, seed)
+            for method in methods:
+                source = METHODS[method][0]
+                results[(method, budget, seed)] = finetune(root, method, budget, seed, cohort, data["test"],
+                                                           pretrained.get(source) if source else None, profile)
+    images = {k: v for k, v in pretrained.items() if k != "scarf"}
+    probes = factor_probes(root, data["cohort"].parent, images)
+    summary = summarise(results, oracles(data["cohort"].parent, data["test_ids"]), profile.budgets,
+                        profile.finetune.get("bootstrap", 2000))
+    first = next(iter(results.values()))["metrics"]
+    info = {"profile": "quick" if args.quick else "full", "settings": asdict(profile), "cohort_seed": args.cohort_seed,
+            "test_n": first["n"], "test_positives": first["positives"], "methods": {m: METHODS[m] for m in methods},
+            "wall_clock_s": round(time.time() - start, 1)}
+    report = {"info": info, **summary, "factor_probes": probes}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    out.with_suffix(".md").write_text(markdown(summary, {k: v for k, v in probes.items()}, info))
+    logger.info("wrote %s and %s (%.0f s)", out, out.with_suffix(".md"), info["wall_clock_s"])
+    return report
+
+
+if __name__ == "__main__":
+    main()

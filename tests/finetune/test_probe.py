@@ -1,0 +1,73 @@
+"""Linear probe head: the table design against a hand-built one, the fit against scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from finetune.model import build_classifier
+from finetune.probe import ProbeTable, TableDesign, fit_linear_probe, load_probe
+
+
+def test_table_design_matches_a_hand_built_matrix():
+    table = {
+        "continuous": torch.tensor([[0.5, 0.0], [-1.0, 2.0]]),
+        "categorical": torch.tensor([[2, 0], [1, 3]]),  # sizes 3 and 4 (bucket 0 = missing)
+        "missing": torch.tensor([[False, True, False, True], [False, False, False, False]]),
+    }
+    expected = torch.tensor([
+        [0.5, 0.0, 0, 1, 0, 1, 0, 1, 0, 0, 0],
+        [-1.0, 2.0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+    ])
+    design = TableDesign(2, [3, 4])
+    assert design.num_features == 11
+    assert torch.equal(design(table), expected.float())
+
+
+def test_probe_folds_standardisation_into_raw_weights():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, [1.0, 5.0, 0.1], size=(300, 3))
+    y = (x[:, 0] - 3 + 0.5 * rng.normal(size=300) > 0.8).astype(int)
+    fit = fit_linear_probe(x, y, seed=0)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=fit["C"], class_weight="balanced",
+                                                                   max_iter=5000)).fit(x, y)
+    ours = 1 / (1 + np.exp(-(x @ fit["weight"] + fit["bias"])))
+    np.testing.assert_allclose(ours, reference.predict_proba(x)[:, 1], atol=2e-3)  # solver tolerance
+    assert fit["oof_probabilities"].shape == (300,)
+
+
+def test_probe_regularises_noise_harder_than_signal():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 40))
+    y = (rng.random(200) < 0.2).astype(int)
+    noise_c = fit_linear_probe(x, y, seed=0)["C"]
+    signal = x.copy()
+    signal[:, 0] += 3 * y
+    signal_c = fit_linear_probe(signal, y, seed=0)["C"]
+    assert noise_c < signal_c
+    with pytest.raises(ValueError, match="2 positives"):
+        fit_linear_probe(x[:10], np.r_[1, np.zeros(9, int)], seed=0)
+
+
+class _Encoder(torch.nn.Module):
+    num_features = 3
+
+    def forward(self, x):
+        return x.flatten(1)[:, :3]
+
+
+def test_probe_classifier_computes_the_fitted_logit():
+    class Settings:
+        head, branches, probe_table_embedding, hidden, dropout = "probe", "both", False, 8, 0.0
+
+    model = build_classifier(_Encoder(), torch.nn.Identity(), Settings, 1, [2]).eval()
+    assert isinstance(model.table_encoder, ProbeTable) and model.head[-1].in_features == 3 + 1 + 2 + 1
+    fit = {"weight": np.arange(7, dtype=float), "bias": -1.0}
+    load_probe(model.head[-1], fit)
+    image = torch.randn(2, 1, 2, 2, 2)
+    table = {"continuous": torch.tensor([[0.3], [1.0]]), "categorical": torch.tensor([[1], [0]]),
+             "missing": torch.tensor([[False, False], [False, True]])}
+    rows = np.c_[image.flatten(1)[:, :3].numpy(), [[0.3, 0, 0, 1], [1.0, 0, 1, 0]]]
+    np.testing.assert_allclose(model(image, table).detach().numpy(), rows @ fit["weight"] - 1.0, atol=1e-5)
