@@ -56,12 +56,13 @@ class PretrainConfig:
             if weight < 0:
                 raise ConfigError(f"pretrain.objectives.{name} weight must be >= 0, got {weight}")
         multimodal = {"clip", "itm", "masked_tabular"} & set(self.objectives)
-        unimodal = {"simclr", "scarf"} & set(self.objectives)
-        if unimodal and (multimodal or len(unimodal) > 1):
+        if "scarf" in self.objectives and len(self.objectives) > 1:
             raise ConfigError(
-                f"pretrain.objectives {sorted(self.objectives)}: simclr and scarf are single-modality "
-                "baselines; run each alone (e.g. {simclr: 1.0}) or use clip / itm / masked_tabular"
+                f"pretrain.objectives {sorted(self.objectives)}: scarf is the record-only baseline; run it "
+                "alone ({scarf: 1.0}); simclr may run alone or beside clip / itm / masked_tabular"
             )
+        if "simclr" in self.objectives and multimodal and "clip" not in self.objectives:
+            raise ConfigError("pretrain.objectives: simclr beside the image-table objectives needs clip too")
         if "itm" in self.objectives and "clip" not in self.objectives:
             raise ConfigError("pretrain.objectives: itm mines its negatives from the clip similarities; add clip")
         if not 0.0 <= self.clip_image_weight <= 1.0:
@@ -81,11 +82,11 @@ class PretrainConfig:
     @property
     def modalities(self) -> tuple[str, ...]:
         """The branches the objectives train: ("image", "table"), ("image",) or ("table",)."""
+        if {"clip", "itm", "masked_tabular"} & set(self.objectives):
+            return ("image", "table")
         if "simclr" in self.objectives:
             return ("image",)
-        if "scarf" in self.objectives:
-            return ("table",)
-        return ("image", "table")
+        return ("table",)
 
 
 def pretrain_config(run_config: RunConfig) -> PretrainConfig:

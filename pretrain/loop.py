@@ -67,7 +67,7 @@ class PretrainStep(nn.Module):
 
     def forward(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        if "simclr" in self.weights:
+        if "simclr" in self.weights and self.pretrain.modalities == ("image",):
             views = batch["image"]  # (B, 2, C, H, W, D)
             # One encoder pass over both views (B*2 volumes); no BatchNorm, so nothing leaks between them.
             z = self.model.encode_image(torch.cat([views[:, 0], views[:, 1]]))
@@ -100,6 +100,9 @@ class PretrainStep(nn.Module):
                          image_weight=self.pretrain.clip_image_weight, gather=True, queue=queue,
                          row_ids=batch["index"])
         terms["clip_loss"] = clip["clip_loss"]
+        if "image_view_features" in out:  # simclr beside clip: two views, the first one met the table
+            first, second = out["image_view_features"].chunk(2)
+            terms.update(simclr_loss(first, second, self.pretrain.simclr_temperature))
         if "itm" in self.weights:
             # Gumbel noise for the whole global N x N matrix from a seed every rank shares.
             noise_i2t, noise_t2i = itm_noise(len(batch["index"]), self.seed, step,

@@ -143,6 +143,9 @@ class PretrainModel(nn.Module):
         matching: give the fusion its 2-way head (off for ``masked_tabular`` without ``itm``).
         reconstruction: ``(n_cont, category_sizes)`` adds a ``TabularReconstructionHead``
             (needs fusion); the counts must match the tabular encoder's.
+        image_ssl: with both encoders, a second image projection head for SimCLR between two
+            augmented views beside the image–table objectives (SLIP, Mu et al. 2022: a separate
+            head, so the instance task does not fight the cross-modal one in one space).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class PretrainModel(nn.Module):
         fusion_heads: int = 4,
         matching: bool = True,
         reconstruction: tuple[int, list[int]] | None = None,
+        image_ssl: bool = False,
     ) -> None:
         super().__init__()
         if image_encoder is None and table_encoder is None:
@@ -194,6 +198,11 @@ class PretrainModel(nn.Module):
         # that no parameter goes without gradient under DDP.
         self.log_logit_scale = (
             nn.Parameter(torch.tensor(math.log(1.0 / temperature_init))) if both else None
+        )
+        if image_ssl and not both:
+            raise ValueError("image_ssl adds SimCLR beside the image-table objectives; it needs both encoders")
+        self.simclr_projection = (
+            projection_head(image_encoder.num_features, projection_hidden, projection_dim) if image_ssl else None
         )
         self.image_token_projection = self.table_token_projection = self.fusion = None
         if fusion:
@@ -260,11 +269,25 @@ class PretrainModel(nn.Module):
         - ``image_features (B, P)`` / ``table_features (B, P)``: L2-normalised projections;
         - ``logit_scale ()`` in [1, 100], with both encoders;
         - ``image_tokens (B, Ti, Df)`` / ``table_tokens (B, Tt, Df)``: projected tokens, with fusion;
+        - ``image_view_features (2B, P)``: with ``image (B, 2, C, H, W, D)`` (two augmented views,
+          ``image_ssl``), the SimCLR projections of view 1 then view 2; the image outputs above
+          come from view 1;
         - ``masked_table_tokens (B, Tt, Df)``: the tokens of ``masked_table`` (the table with the
           masked features flagged missing) for ``reconstruct``, so ``masked_tabular`` needs no
           second call of the (DDP-wrapped) model.
         """
         out: dict[str, torch.Tensor] = {}
+        if image is not None and image.ndim == 6:  # (B, 2, C, H, W, D): two views, one encoder pass
+            if self.simclr_projection is None:
+                raise ValueError("two image views need a model built with image_ssl=True (objective simclr)")
+            batch = image.shape[0]
+            feats = self._image_features(torch.cat([image[:, 0], image[:, 1]]))  # (2B, ...)
+            out["image_view_features"] = F.normalize(self.simclr_projection(feats["embedding"]), dim=-1)  # (2B, P)
+            feats = {key: value[:batch] for key, value in feats.items()}  # the first view meets the table
+            image = None
+            out["image_features"] = F.normalize(self.image_projection(feats["embedding"]), dim=-1)
+            if self.fusion is not None:
+                out["image_tokens"] = self.image_token_projection(feats["tokens"])
         if image is not None:
             feats = self._image_features(image)
             out["image_features"] = F.normalize(self.image_projection(feats["embedding"]), dim=-1)
@@ -348,6 +371,7 @@ def build_pretrain_model(
         fusion_heads=pretrain.fusion_heads,
         matching="itm" in objectives,
         reconstruction=(num_continuous, list(category_sizes)) if reconstruct else None,
+        image_ssl="simclr" in objectives and modalities == ("image", "table"),
     )
 
 

@@ -288,3 +288,16 @@ def test_build_refuses_mlp_with_itm_and_data_arguments_in_config() -> None:
         build_pretrain_model(
             ModelConfig(image_encoder="ft_transformer"), pretrain, 2, N_CONT, SIZES
         )
+
+
+def test_image_ssl_encodes_two_views_in_one_pass() -> None:
+    image_encoder, table_encoder = _encoders()
+    model = PretrainModel(image_encoder, table_encoder, image_ssl=True, **SMALL).eval()
+    first, second = _image(), torch.flip(_image(), dims=[-1])
+    out = model(image=torch.stack([first, second], dim=1), table=_table())
+    assert out["image_view_features"].shape == (2 * B, SMALL["projection_dim"])
+    # the first view is the one that meets the table, through the CLIP head (not the SimCLR head)
+    torch.testing.assert_close(out["image_features"], model.encode_image(first), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out["image_view_features"][:B], out["image_features"])
+    with pytest.raises(ValueError, match="both encoders"):
+        PretrainModel(image_encoder, None, fusion=False, image_ssl=True, **SMALL)

@@ -19,7 +19,8 @@ def test_defaults_are_clip_plus_itm():
     [
         ({"epoch": 3}, "did you mean 'epochs'"),
         ({"objectives": {"clipp": 1.0}}, "did you mean 'clip'"),
-        ({"objectives": {"clip": 1.0, "simclr": 1.0}}, "single-modality"),
+        ({"objectives": {"scarf": 1.0, "simclr": 1.0}}, "scarf is the record-only baseline"),
+        ({"objectives": {"masked_tabular": 1.0, "simclr": 1.0}}, "needs clip too"),
         ({"objectives": {"itm": 1.0}}, "add clip"),
         ({"precision": "fp8"}, "pretrain.precision"),
         ({"rows": "labeled"}, "pretrain.rows"),
@@ -34,3 +35,4 @@ def test_bad_pretrain_sections(section, message):
 def test_unimodal_baselines_train_one_branch():
     assert pretrain_config(config(objectives={"simclr": 1.0})).modalities == ("image",)
     assert pretrain_config(config(objectives={"scarf": 1.0})).modalities == ("table",)
+    assert pretrain_config(config(objectives={"clip": 1.0, "simclr": 1.0})).modalities == ("image", "table")

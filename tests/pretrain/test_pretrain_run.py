@@ -65,8 +65,9 @@ def test_clip_itm_run_writes_the_run_folder(tmp_path, cohort):
         {"clip": 1.0, "itm": 0.5, "masked_tabular": 0.5},
         {"simclr": 1.0},
         {"scarf": 1.0},
+        {"clip": 1.0, "simclr": 0.5},
     ],
-    ids=["clip", "clip+itm+masked", "simclr", "scarf"],
+    ids=["clip", "clip+itm+masked", "simclr", "scarf", "clip+simclr"],
 )
 def test_each_objective_runs_end_to_end(tmp_path, cohort, objectives):
     config = write_config(tmp_path, cohort, epochs=1, objectives=objectives,
