@@ -37,7 +37,9 @@ class FinetuneConfig:
     loss_args: dict[str, Any] = field(default_factory=dict)  # e.g. {gamma: 2.0} for focal
     balanced_sampler: bool = False
     folds: int = 5  # stratified, patient-level K-fold cross-validation
-    repeats: int = 1  # repeated CV with other fold seeds, for small cohorts
+    # repeated CV with other fold seeds; null = auto: 3 repeats when the labeled cohort holds
+    # <= SMALL_COHORT_POSITIVES positives (one split of ~10 positives per fold is noisy), else 1
+    repeats: int | None = None
     inner_val_fraction: float = 0.2  # of each training fold: early stopping and the threshold
     patience: int = 10  # epochs without inner-validation improvement before stopping
     # loss: the inner-validation loss picks the epoch (smooth; AUROC over ~10 positives is noisy)
@@ -61,7 +63,7 @@ class FinetuneConfig:
         if self.head == "probe" and self.mode != "frozen":
             raise ConfigError(f"finetune.head: probe fits a linear model on frozen embeddings; it needs "
                               f"finetune.mode: frozen (got {self.mode}), or use head: mlp")
-        if self.folds < 2 or self.repeats < 1:
+        if self.folds < 2 or (self.repeats is not None and self.repeats < 1):
             raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
         if not 0.0 < self.inner_val_fraction < 1.0:
             raise ConfigError(f"finetune.inner_val_fraction must be between 0 and 1, got {self.inner_val_fraction}")
@@ -69,6 +71,18 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.head_layers must be >= 0 (0 = linear head), got {self.head_layers}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
+
+
+SMALL_COHORT_POSITIVES = 50
+AUTO_REPEATS = 3
+
+
+def resolved_repeats(settings: FinetuneConfig, positives: int) -> int:
+    """``finetune.repeats``, or for ``null`` (auto): ``AUTO_REPEATS`` on a small labeled cohort
+    (<= ``SMALL_COHORT_POSITIVES`` positives, DESIGN.md §6), 1 otherwise."""
+    if settings.repeats is not None:
+        return settings.repeats
+    return AUTO_REPEATS if positives <= SMALL_COHORT_POSITIVES else 1
 
 
 def finetune_config(run_config: RunConfig) -> FinetuneConfig:

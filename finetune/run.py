@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
-from finetune.config import FinetuneConfig, finetune_config
+from finetune.config import FinetuneConfig, finetune_config, resolved_repeats
 from finetune.inference import LabeledDataset, classifier_logits, predict_probabilities
 from finetune.init import (
     build_finetune_encoders,
@@ -320,8 +320,12 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
+    repeats = resolved_repeats(settings, int(np.sum(cohort.labels)))
+    if settings.repeats is None and repeats > 1:
+        logger.info("%d positives: %d-times repeated %d-fold CV (finetune.repeats: auto)", int(np.sum(cohort.labels)),
+                    repeats, settings.folds)
     splits = {f"r{r}f{f}": {"train": train, "test": test}
-              for r in range(settings.repeats)
+              for r in range(repeats)
               for f, (train, test) in enumerate(stratified_folds(cohort.ids, cohort.labels, settings.folds,
                                                                  run_config.seed + r))}
     atomic_write_text(run_dir / "folds.json", json.dumps(splits))

@@ -27,7 +27,8 @@ TINY = {
     },
     "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.25, "projection_dim": 16,
                  "projection_hidden": 32, "fusion_dim": 16, "fusion_depth": 1, "fusion_heads": 2},
-    "finetune": {"epochs": 2, "batch_size": 8, "folds": 2, "bootstrap": 200, "patience": 1, "hidden": 16},
+    "finetune": {"epochs": 2, "batch_size": 8, "folds": 2, "repeats": 1, "bootstrap": 200, "patience": 1,
+                 "hidden": 16},
 }
 
 

@@ -71,3 +71,27 @@ def test_probe_classifier_computes_the_fitted_logit():
              "missing": torch.tensor([[False, False], [False, True]])}
     rows = np.c_[image.flatten(1)[:, :3].numpy(), [[0.3, 0, 0, 1], [1.0, 0, 1, 0]]]
     np.testing.assert_allclose(model(image, table).detach().numpy(), rows @ fit["weight"] - 1.0, atol=1e-5)
+
+
+def test_auto_repeats_follow_the_positive_count():
+    from finetune.config import FinetuneConfig, resolved_repeats
+
+    assert resolved_repeats(FinetuneConfig(), 22) == 3  # small cohort: repeated CV by default
+    assert resolved_repeats(FinetuneConfig(), 120) == 1
+    assert resolved_repeats(FinetuneConfig(repeats=2), 22) == 2  # an explicit count wins
+
+
+@pytest.mark.parametrize(("lower", "upper", "words"), [
+    (0.01, 0.07, "beats logistic regression by +0.040 [+0.010, +0.070]"),
+    (-0.02, 0.10, "does not beat logistic regression: ΔAUROC +0.040 [-0.020, +0.100], the interval includes 0"),
+    (-0.09, -0.01, "is worse by -0.050 [-0.090, -0.010]"),
+])
+def test_verdict_says_whether_the_model_beats_the_baseline(lower, upper, words):
+    from finetune.run import verdict
+
+    ci = {"estimate": 0.7, "lower": 0.6, "upper": 0.8}
+    section = {"model": {"auroc": ci}, "baselines": {"logistic_regression": {"auroc": ci}},
+               "delta_auroc": {"logistic_regression": {"delta": (lower + upper) / 2, "lower": lower, "upper": upper, "p_value": 0.1}}}
+    text = "\n".join(verdict(section))
+    assert words in text
+    assert ("paid off" in text and "did not" not in text) == (lower > 0)
