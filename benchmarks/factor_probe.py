@@ -202,6 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--columns", nargs="*", default=DEFAULT_COLUMNS,
                         help=f"cohort.csv columns to probe (default: {' '.join(DEFAULT_COLUMNS)})")
     parser.add_argument("--batch-size", type=int, default=8)  # volumes per encoder forward
+    parser.add_argument("--save-embedding", type=Path, default=None, metavar="NPZ",
+                        help="also write the embedding (ids in cohort order + (N, D) array) to this .npz")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override, repeatable")
     return parser.parse_args(argv)
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loader = DataLoader(ImageDataset(records, cache, None, seed=run_config.seed), batch_size=args.batch_size,
                         num_workers=run_config.data.workers)
     ids, embedding = embed(encoder, loader, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.save_embedding is not None:
+        np.savez(args.save_embedding, ids=np.array(ids), embedding=embedding)
     targets = load_targets(args.cohort_dir, cohort_config, ids, args.columns)
     scores = probe_factors(embedding, targets, seed=args.seed)
     label = args.label or (args.init.name if args.init is not None else "random")

@@ -66,7 +66,7 @@ _PROBE = {"mode": "frozen", "head": "probe"}
 # Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
 # configs/*.yaml: keep the two in step.
 METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "default": ("clip", _PROBE),
+    "default": ("clip", _PROBE),  # the recipe of configs/*.yaml: clip, then a frozen linear probe
     "clip_itm_probe": ("clip_itm", _PROBE),
     "clip_itm_frozen": ("clip_itm", {"mode": "frozen", "head": "mlp"}),
     "clip_itm_trainable": ("clip_itm", {"mode": "trainable", "head": "mlp"}),
@@ -93,9 +93,11 @@ class Profile:
 
 PROFILES = {
     "full": Profile(n=3200, labeled_fraction=0.5, budgets=(0.1, 0.25, 1.0), seeds=(0, 1, 2),
-                    pretrain={"epochs": 30}, finetune={"folds": 5, "bootstrap": 2000}),
-    "quick": Profile(n=320, labeled_fraction=0.5, budgets=(0.25, 1.0), seeds=(0,),
-                     pretrain={"epochs": 3, "val_fraction": 0.2}, finetune={"folds": 3, "epochs": 3, "bootstrap": 200}),
+                    pretrain={"epochs": 30}, finetune={"folds": 5, "repeats": 1, "bootstrap": 2000}),
+    # A smoke run of the whole pipeline, not a measurement: 120 labeled training subjects.
+    "quick": Profile(n=480, labeled_fraction=0.5, budgets=(0.5, 1.0), seeds=(0,), grid=24,
+                     pretrain={"epochs": 3, "val_fraction": 0.2},
+                     finetune={"folds": 3, "repeats": 1, "epochs": 3, "bootstrap": 200}),
 }
 
 
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick].json)")
+    parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = PROFILES["quick" if args.quick else "full"]
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = prepare_cohort(root, profile, args.cohort_seed)
     pretrained = {name: pretrain(root, name, data["cohort"], profile)
                   for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None}
+    if args.pretrain_only:
+        return {"pretrained": {k: str(v) for k, v in pretrained.items()}}
     results = {}
     for budget in profile.budgets:
         for seed in profile.seeds:

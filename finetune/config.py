@@ -18,13 +18,14 @@ SELECTION = ("loss", "auroc")
 
 @dataclass
 class FinetuneConfig:
-    mode: str = "trainable"  # frozen | trainable | scratch (random init, supervised baseline)
+    mode: str = "frozen"  # frozen | trainable | scratch (random init, supervised baseline)
     branches: str = "both"  # both | image | table: image-only and tabular-only ablations
     fusion: str = "concat"  # concat | gated | attention
     hidden: int = 128
     # mlp: fusion + MLP head trained by SGD with early stopping; probe (frozen only): L2 logistic
-    # regression on [frozen embeddings + the baseline's table features], C by inner CV
-    head: str = "mlp"
+    # regression on [frozen embeddings + the baseline's table features], C by inner CV;
+    # null = probe when frozen, mlp otherwise (set by __post_init__)
+    head: str | None = None
     probe_table_embedding: bool = True  # probe: add the frozen table encoder's embedding to the table features
     head_layers: int = 2  # hidden layers of the MLP head; 0 = a linear head (a linear probe when frozen)
     dropout: float = 0.3
@@ -58,6 +59,8 @@ class FinetuneConfig:
         check_choice("finetune.branches", self.branches, BRANCHES)
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
         check_choice("finetune.recalibration", self.recalibration, RECALIBRATIONS)
+        if self.head is None:
+            self.head = "probe" if self.mode == "frozen" else "mlp"
         check_choice("finetune.head", self.head, HEADS)
         check_choice("finetune.select_on", self.select_on, SELECTION)
         if self.head == "probe" and self.mode != "frozen":

@@ -19,6 +19,7 @@ ordinary ``FusionClassifier`` with ``head_layers=0``: saved as safetensors, relo
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -32,6 +33,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _CS = np.logspace(-4, 2, 13)  # the L2 grid of the logistic-regression baseline
+GROUP_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # per embedding block, searched with C (see fit_linear_probe)
 _INNER_FOLDS = 5
 
 
@@ -76,40 +78,90 @@ class ProbeTable(nn.Module):
         return design if self.encoder is None else torch.cat([self.encoder(table), design], dim=1)
 
 
-def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups: np.ndarray | None = None,
+                     components: int | None = 16) -> dict[str, Any]:
     """Fit the probe on one training fold.
 
     Args:
         features: (N, F) frozen embeddings and table design of the training fold.
         labels: (N,) 0/1.
         seed: drives the inner CV splits.
+        groups: (F,) int, 0 for the table design and 1, 2, ... for each embedding block. Each
+            embedding block is reduced to its ``components`` leading principal components (fitted
+            on this fold, no labels) and weighted by its own α ∈ ``GROUP_WEIGHTS`` (α scales the
+            standardised block, so its L2 penalty is 1/α² of the design's), chosen with ``C`` on the
+            inner CV's log loss. With one shared penalty over hundreds of raw embedding columns the
+            probe lost to logistic regression on the table alone (measured, benchmarks/README.md);
+            α = 0 drops a block, so the probe can always fall back to the baseline. None = one group.
+        components: principal components kept per embedding block (None = all columns).
 
     Returns:
-        ``weight (F,)`` and ``bias`` acting on the *raw* features (standardisation folded in),
-        ``C`` (the chosen L2 strength) and ``oof_probabilities (N,)``: each training subject's
-        probability from a model fitted without its inner fold at that ``C``, for the decision
-        threshold and recalibration (in-sample probabilities would be optimistic).
+        ``weight (F,)`` and ``bias`` acting on the *raw* features (projection, standardisation
+        and α folded in), ``C`` and ``group_weights`` (the chosen values), and
+        ``oof_probabilities (N,)``: each training subject's probability from a model fitted
+        without its inner fold at those values, for the decision threshold and recalibration
+        (in-sample probabilities would be optimistic).
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale < 1e-8] = 1.0  # a constant column (an absent category) gets weight 0 anyway
-    z = (x - mean) / scale
+    groups = np.zeros(x.shape[1], dtype=int) if groups is None else np.asarray(groups, dtype=int)
+    if groups.shape != (x.shape[1],):
+        raise ValueError(f"groups must have one entry per feature ({x.shape[1]}), got shape {groups.shape}")
     folds = min(_INNER_FOLDS, int(min(y.sum(), len(y) - y.sum())))
     if folds < 2:
         raise ValueError("the linear probe needs at least 2 positives and 2 negatives in the training fold")
+    mean = x.mean(0)
+    projection, reduced_groups = _reduction(x - mean, groups, components)  # (F, F'), (F',)
+    reduced = (x - mean) @ projection  # (N, F')
+    scale = reduced.std(0)
+    scale[scale < 1e-8] = 1.0  # a constant column (an absent category) gets weight 0 anyway
+    z = reduced / scale
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
-                                  max_iter=5000, random_state=seed)
-    _pure_l2(search)
-    search.fit(z, y)
+    blocks = sorted(set(reduced_groups.tolist()) - {0})
+    best: tuple[float, np.ndarray, LogisticRegressionCV] | None = None
+    for alphas in itertools.product(GROUP_WEIGHTS, repeat=len(blocks)):
+        weight = np.ones(z.shape[1])
+        for block, alpha in zip(blocks, alphas, strict=True):
+            weight[reduced_groups == block] = alpha
+        if not weight.any():
+            continue  # every column dropped: nothing to fit
+        search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
+                                      max_iter=5000, random_state=seed)
+        _pure_l2(search)
+        search.fit(z * weight, y)
+        scores = search.scores_  # (folds, [l1_ratios,] Cs); a dict by class before scikit-learn 1.8
+        scores = np.asarray(next(iter(scores.values())) if isinstance(scores, dict) else scores)
+        score = float(scores.reshape(scores.shape[0], -1).mean(0).max())
+        if best is None or score > best[0] + 1e-9:  # ties keep the earlier, sparser choice
+            best = (score, weight, search)
+    assert best is not None
+    _, weight, search = best
     c = float(np.atleast_1d(search.C_)[0])
-    oof = cross_val_predict(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), z, y, cv=cv,
+    oof = cross_val_predict(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), z * weight, y, cv=cv,
                             method="predict_proba")[:, 1]
-    coef = search.coef_[0] / scale
+    coef = projection @ (search.coef_[0] * weight / scale)  # (F,) on the raw features
     bias = float(search.intercept_[0] - (coef * mean).sum())
-    logger.debug("linear probe: C %.4g over %d features", c, x.shape[1])
-    return {"weight": coef, "bias": bias, "C": c, "oof_probabilities": oof}
+    chosen = {int(b): float(weight[reduced_groups == b][0]) for b in blocks}
+    logger.debug("linear probe: C %.4g, group weights %s over %d features", c, chosen, x.shape[1])
+    return {"weight": coef, "bias": bias, "C": c, "group_weights": chosen, "oof_probabilities": oof}
+
+
+def _reduction(centred: np.ndarray, groups: np.ndarray, components: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(F, F')`` projection keeping group-0 columns as they are and each embedding block's leading
+    principal components of the centred ``(N, F)`` rows, and the ``(F',)`` group of each output."""
+    columns, out_groups = [], []
+    for block in sorted(set(groups.tolist())):
+        index = np.flatnonzero(groups == block)
+        keep = len(index) if block == 0 or components is None else min(components, len(index), len(centred) - 1)
+        if keep == len(index):
+            part = np.eye(len(index))
+        else:  # principal axes of the block: right singular vectors, largest first
+            part = np.linalg.svd(centred[:, index], full_matrices=False)[2][:keep].T  # (d, k)
+        block_projection = np.zeros((len(groups), part.shape[1]))
+        block_projection[index] = part
+        columns.append(block_projection)
+        out_groups.append(np.full(part.shape[1], block))
+    return np.concatenate(columns, axis=1), np.concatenate(out_groups)
 
 
 def _pure_l2(classifier: LogisticRegressionCV) -> None:
@@ -119,6 +171,20 @@ def _pure_l2(classifier: LogisticRegressionCV) -> None:
         classifier.set_params(l1_ratios=(0.0,))
     if "use_legacy_attributes" in available:
         classifier.set_params(use_legacy_attributes=False)
+
+
+def probe_groups(model: nn.Module) -> np.ndarray:
+    """``(F,)`` groups of a probe classifier's head inputs, in ``forward_from_embeddings`` order:
+    1 = image embedding, 2 = frozen table embedding, 0 = table design (see ``fit_linear_probe``)."""
+    parts = []
+    if model.image_encoder is not None:
+        parts.append(np.full(model.image_encoder.num_features, 1))
+    table = model.table_encoder
+    if table is not None:
+        if table.encoder is not None:
+            parts.append(np.full(table.encoder.num_features, 2))
+        parts.append(np.zeros(table.design.num_features, dtype=int))
+    return np.concatenate(parts)
 
 
 @torch.no_grad()

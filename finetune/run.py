@@ -55,7 +55,7 @@ from finetune.model import (
     set_mode,
 )
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
-from finetune.probe import fit_linear_probe, load_probe
+from finetune.probe import fit_linear_probe, load_probe, probe_groups
 from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.test_cohort import check_test_cohort, evaluate_test_cohort, load_test_cohort
 from finetune.thresholds import choose_threshold
@@ -243,10 +243,10 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     def features(emb: dict[str, torch.Tensor | None]) -> np.ndarray:  # (N, Di + Dt), image first
         return torch.cat([e for e in (emb["image"], emb["table"]) if e is not None], dim=1).numpy()
 
-    fit = fit_linear_probe(features(embedded["train"]), labels(train_ids), seed)
+    fit = fit_linear_probe(features(embedded["train"]), labels(train_ids), seed, probe_groups(model))
     load_probe(model.head[-1], fit)
     test = LabeledDataset(None, labels(test_ids), embedded["test"])
-    history = [{"C": fit["C"], "features": int(fit["weight"].shape[0])}]
+    history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0])}]
     return (history, train_ids, np.asarray(fit["oof_probabilities"]),
             predict_probabilities(model, test, batch_size, ctx.device))
 

@@ -114,6 +114,7 @@ class PretrainStep(nn.Module):
                 clip["similarity"], clip["similarity_t2i"], signature,
                 noise_i2t.to(signature.device), noise_t2i.to(signature.device),
                 duplicate_threshold=self.pretrain.itm_duplicate_threshold,
+                hard_fraction=self.pretrain.itm_hard_fraction,
             ))
         if mask is not None:
             continuous, logits = self.model.reconstruct(out["masked_table_tokens"], out["image_tokens"])

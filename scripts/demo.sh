@@ -23,7 +23,7 @@ print(f"\nCross-modal retrieval on {n} held-out subjects (chance: R@1 {1/n:.3f},
 print(f"  image -> table   R@1 {final['recall@1_image_to_table']:.3f}   R@5 {final['recall@5_image_to_table']:.3f}")
 print(f"  table -> image   R@1 {final['recall@1_table_to_image']:.3f}   R@5 {final['recall@5_table_to_image']:.3f}")
 PY
-FINETUNE=runs/demo-finetune-trainable
+FINETUNE=runs/demo-finetune-frozen
 if [ -f "$FINETUNE/metrics.json" ]; then
     python -c "import json; from finetune.run import format_metrics; m = json.load(open('$FINETUNE/metrics.json')); print(); print(format_metrics(m))"
 else

@@ -5,6 +5,13 @@ For each local image one table negative is drawn from the softmax of its (detach
 similarity row, for each local table one image negative likewise; the fusion's matching head
 classifies 1 positive vs 2 negatives per subject (3B pairs, cross-entropy, class 1 = matched).
 
+Hard negatives only for a share ``hard_fraction`` of the rows; the others draw uniformly among
+their eligible columns. Mined negatives are drawn with the probability CLIP gives them of being
+the match, so by CLIP's own measure they look like positives (measured on synthetic cohorts: CLIP
+ranks positives above them with AUROC 0.50); the fusion, fed the same pooled image features, then
+has nothing to learn from them and settles on "no match" (accuracy 2/3, loss 0.636). Uniform
+negatives carry the signal it can learn first.
+
 Two guards against false negatives (identical clinical records stall ALBEF-style mining):
 a subject is never its own negative, and no column whose clinical row is a near-duplicate of
 the positive's (cosine of ``table_signature`` above a threshold) is drawn. A row left without
@@ -134,6 +141,7 @@ def itm_loss(
     noise_t2i: torch.Tensor,
     duplicate_threshold: float = 0.98,
     gather: bool = True,
+    hard_fraction: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Matching loss over B positives and up to 2B sampled hard negatives.
 
@@ -148,6 +156,8 @@ def itm_loss(
         noise_i2t, noise_t2i: (B, N) this rank's rows of the shared Gumbel noise (``itm_noise``).
         duplicate_threshold: cosine above which a clinical row counts as the positive's duplicate.
         gather: negatives from all ranks (identity when not distributed).
+        hard_fraction: share of rows (per direction) whose negative is mined from the
+            similarities; the rest draw uniformly among their eligible columns. 1.0 = ALBEF.
 
     Returns:
         ``itm_loss``: scalar, this rank's share: sum over its pairs · world / global pair count,
@@ -175,8 +185,16 @@ def itm_loss(
     with torch.no_grad():
         # column j is refused for row i when table j duplicates table i (own column included)
         eligible = ~near_duplicates(all_signature, duplicate_threshold)[own]  # (B, N)
-        negative_table = sample_negatives(similarity_i2t, eligible, noise_i2t)  # (B,) for each image
-        negative_image = sample_negatives(similarity_t2i, eligible, noise_t2i)  # (B,) for each table
+        # Mined or uniform, per row: decided by the row's own-column noise, which the draw never
+        # reads (a row is never its own negative) and every rank shares. Gumbel CDF -> U(0, 1).
+        rows = torch.arange(batch, device=noise_i2t.device)
+        own_noise = own.to(noise_i2t.device)
+        hard_i2t = torch.exp(-torch.exp(-noise_i2t[rows, own_noise])) < hard_fraction
+        hard_t2i = torch.exp(-torch.exp(-noise_t2i[rows, own_noise])) < hard_fraction
+        negative_table = sample_negatives(  # (B,) for each image
+            similarity_i2t.masked_fill(~hard_i2t.to(similarity_i2t.device)[:, None], 0.0), eligible, noise_i2t)
+        negative_image = sample_negatives(  # (B,) for each table
+            similarity_t2i.masked_fill(~hard_t2i.to(similarity_t2i.device)[:, None], 0.0), eligible, noise_t2i)
     has_table, has_image = negative_table >= 0, negative_image >= 0
 
     tables = torch.cat([table_tokens, all_table[negative_table[has_table]], table_tokens[has_image]])

@@ -80,7 +80,7 @@ def test_frozen_from_a_pretraining_run(config, tmp_path):
     assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
     run = tmp_path / "frozen"
     assert main(["finetune", str(config), "--init", str(pretrained), "--set", "finetune.mode=frozen",
-                 "--set", "finetune.head_layers=0", "--set", f"run.dir={run}"]) == 0
+                 "--set", "finetune.head=mlp", "--set", "finetune.head_layers=0", "--set", f"run.dir={run}"]) == 0
     assert json.loads((run / "metrics.json").read_text())["n"] == 48
     head = {k: v.shape for k, v in load_file(str(run / "folds" / "r0f0.safetensors")).items() if k.startswith("head.")}
     assert sorted(head) == ["head.0.bias", "head.0.weight"]
@@ -186,6 +186,7 @@ def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
     assert main(["pretrain", str(config), *model, "--set", f"run.dir={pretrained}"]) == 0
     run = tmp_path / "lstm"
     assert main(["finetune", str(config), "--init", str(pretrained), *model, "--set", "finetune.branches=image",
+                 "--set", "finetune.mode=trainable", "--set", "finetune.head=mlp",
                  "--set", "finetune.epochs=1", "--set", f"run.dir={run}"]) == 0
     weights = load_file(str(run / "folds" / "r0f0.safetensors"))
     assert "image_encoder.lstm.weight_ih_l0" in weights

@@ -95,3 +95,40 @@ def test_verdict_says_whether_the_model_beats_the_baseline(lower, upper, words):
     text = "\n".join(verdict(section))
     assert words in text
     assert ("paid off" in text and "did not" not in text) == (lower > 0)
+
+
+def test_probe_weighs_embedding_blocks_by_their_use():
+    rng = np.random.default_rng(2)
+    n = 400
+    design = rng.normal(size=(n, 3))
+    noise = rng.normal(size=(n, 120))  # an embedding block that knows nothing
+    useful = rng.normal(size=(n, 4))  # one that holds a risk factor the table lacks
+    logit = 1.2 * design[:, 0] + 1.2 * useful[:, 0] - 1.5
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    x = np.c_[noise, useful, design]
+    groups = np.r_[np.full(120, 1), np.full(4, 2), np.zeros(3, int)]
+    fit = fit_linear_probe(x, y, seed=0, groups=groups)
+    assert fit["group_weights"][1] < fit["group_weights"][2]
+    assert fit["group_weights"][2] > 0
+    # on raw inputs, the informative column outweighs a typical noise column many times over
+    assert abs(fit["weight"][120]) > 5 * np.abs(fit["weight"][:120]).mean()
+
+
+def test_probe_with_principal_components_matches_a_scikit_learn_pipeline(monkeypatch):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.decomposition import PCA
+
+    import finetune.probe
+
+    monkeypatch.setattr(finetune.probe, "GROUP_WEIGHTS", (1.0,))  # no block weighting: a plain pipeline
+    rng = np.random.default_rng(3)
+    embedding = rng.normal(size=(250, 30)) @ rng.normal(size=(30, 30))
+    design = rng.normal(size=(250, 2))
+    y = (embedding[:, 0] + design[:, 0] + rng.normal(size=250) > 1).astype(int)
+    x = np.c_[embedding, design]
+    fit = fit_linear_probe(x, y, seed=0, groups=np.r_[np.ones(30, int), 0, 0], components=5)
+    reference = make_pipeline(
+        ColumnTransformer([("design", "passthrough", [30, 31]), ("pca", PCA(5, svd_solver="full"), list(range(30)))]),
+        StandardScaler(), LogisticRegression(C=fit["C"], class_weight="balanced", max_iter=5000)).fit(x, y)
+    ours = 1 / (1 + np.exp(-(x @ fit["weight"] + fit["bias"])))
+    np.testing.assert_allclose(ours, reference.predict_proba(x)[:, 1], atol=2e-3)

@@ -267,7 +267,7 @@ def test_build_from_configs(image_encoder: str) -> None:
 
 
 def test_build_refuses_mlp_with_itm_and_data_arguments_in_config() -> None:
-    pretrain = PretrainConfig(**SMALL)  # clip + itm
+    pretrain = PretrainConfig(**SMALL, objectives={"clip": 1.0, "itm": 1.0})
     with pytest.raises(ConfigError, match="ft_transformer"):
         build_pretrain_model(
             ModelConfig(image_encoder="resnet3d_10", tabular_encoder="tabular_mlp"),

@@ -192,6 +192,32 @@ def test_sampler_frequencies_follow_the_softmax() -> None:
     assert counts[4] > counts[1] > counts[2] > counts[3]  # harder negatives drawn more often
 
 
+def test_itm_hard_fraction_mixes_mined_and_uniform_negatives() -> None:
+    batch, dim = 8, 4
+    image_tokens, table_tokens = torch.randn(batch, 2, dim), torch.randn(batch, 3, dim)
+    similarity = torch.full((batch, batch), -30.0)
+    similarity[torch.arange(batch), (torch.arange(batch) + 1) % batch] = 30.0  # one obvious hard column per row
+    picked: list[torch.Tensor] = []
+
+    def match(tables: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        picked.append(tables[batch:2 * batch, 0, 0])  # the negative tables drawn for the images
+        return torch.zeros(tables.shape[0], 2)
+
+    signature = torch.eye(batch)
+    hard_share = {}
+    for fraction in (1.0, 0.0, 0.5):
+        hits = 0
+        for step in range(100):
+            picked.clear()
+            itm_loss(image_tokens, table_tokens, match, similarity, similarity, signature,
+                     *itm_noise(batch, seed=0, step=step), gather=False, hard_fraction=fraction)
+            hits += int((picked[0] == table_tokens[(torch.arange(batch) + 1) % batch, 0, 0]).sum())
+        hard_share[fraction] = hits / (100 * batch)
+    assert hard_share[1.0] == 1.0  # every row mined: always the similar column
+    assert hard_share[0.0] < 0.3  # uniform over 7 eligible columns: ~1/7
+    assert 0.45 < hard_share[0.5] < 0.65  # half mined (1/2) + half uniform (1/14)
+
+
 def test_itm_noise_rank_rows_are_slices_of_the_global_noise() -> None:
     whole_i2t, whole_t2i = itm_noise(6, seed=3, step=11)
     for rank in range(2):

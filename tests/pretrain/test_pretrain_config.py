@@ -9,9 +9,9 @@ def config(**pretrain):
     return from_dict(RunConfig, {"cohort": "c.yaml", "pretrain": pretrain})
 
 
-def test_defaults_are_clip_plus_itm():
+def test_defaults_are_clip():
     cfg = pretrain_config(config())
-    assert cfg.objectives == {"clip": 1.0, "itm": 1.0} and cfg.modalities == ("image", "table")
+    assert cfg.objectives == {"clip": 1.0} and cfg.modalities == ("image", "table")
 
 
 @pytest.mark.parametrize(

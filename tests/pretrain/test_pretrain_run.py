@@ -32,6 +32,9 @@ def cohort(tmp_path_factory):
     return write_synthetic_cohort(folder / "c", n=36, grid=16, labeled_fraction=0.5, seed=2)
 
 
+WITH_ITM = {"clip": 1.0, "itm": 1.0}  # matching draws shared-seed noise: resume must replay it
+
+
 def write_config(tmp_path, cohort, **pretrain):
     data = json.loads(json.dumps(TINY))
     data["cohort"] = str(cohort)
@@ -43,7 +46,7 @@ def write_config(tmp_path, cohort, **pretrain):
 
 
 def test_clip_itm_run_writes_the_run_folder(tmp_path, cohort):
-    config = write_config(tmp_path, cohort)
+    config = write_config(tmp_path, cohort, objectives=WITH_ITM)
     assert main(["pretrain", str(config)]) == 0
     run = tmp_path / "run"
     for name in ("config.yaml", "preprocessor.json", "metrics.json", "checkpoints/latest.json", "checkpoints/weights-0002.safetensors", "checkpoints/state-0002.pt",
@@ -82,7 +85,7 @@ def test_each_objective_runs_end_to_end(tmp_path, cohort, objectives):
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monkeypatch):
     straight = tmp_path / "straight"
     straight.mkdir()
-    assert main(["pretrain", str(write_config(straight, cohort, epochs=2))]) == 0
+    assert main(["pretrain", str(write_config(straight, cohort, epochs=2, objectives=WITH_ITM))]) == 0
 
     import pretrain.run
 
@@ -95,7 +98,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monk
 
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    config = write_config(stopped, cohort, epochs=2)
+    config = write_config(stopped, cohort, epochs=2, objectives=WITH_ITM)
     monkeypatch.setattr(pretrain.run, "train_one_epoch", killed_in_epoch_two)
     assert main(["pretrain", str(config)]) == 130
     assert not (stopped / "run" / "metrics.json").exists()  # an unfinished run is never presented as done
