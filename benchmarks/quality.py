@@ -232,7 +232,9 @@ def _gaps(results: dict[tuple[str, float, int], dict[str, Any]], budget: float, 
 
 def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, Any]) -> str:
     o = summary["oracles"]
-    lines = [f"Test cohort: {info['test_n']} subjects ({info['test_positives']} positive); oracle AUROCs: "
+    lines = [f"Profile {info['profile']}, cohort seed {info['cohort_seed']}, {info['runs_done']} fine-tuning runs, "
+             f"wall-clock {info['wall_clock_s'] / 60:.1f} min (this invocation).", "",
+             f"Test cohort: {info['test_n']} subjects ({info['test_positives']} positive); oracle AUROCs: "
              f"Bayes {o['bayes']:.3f}, image part {o['image']:.3f}, tabular part {o['tabular']:.3f}.", ""]
     head = "| budget | method | test AUROC | AUPRC | bal. acc. | ×Bayes | ×image | ×tabular | ΔAUROC vs LR per seed | CV AUROC |"
     lines += [head, "|" + " --- |" * 10]
@@ -300,7 +302,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None}
     if args.pretrain_only:
         return {"pretrained": {k: str(v) for k, v in pretrained.items()}}
-    results = {}
+    images = {k: v for k, v in pretrained.items() if k != "scarf"}
+    probes = factor_probes(root, data["cohort"].parent, images)
+    oracle = oracles(data["cohort"].parent, data["test_ids"])
+    results: dict[tuple[str, float, int], dict[str, Any]] = {}
+    report: dict[str, Any] = {}
     for budget in profile.budgets:
         for seed in profile.seeds:
             cohort = budget_cohort(data["cohort"], data["pool"], budget, seed)
@@ -308,19 +314,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 source = METHODS[method][0]
                 results[(method, budget, seed)] = finetune(root, method, budget, seed, cohort, data["test"],
                                                            pretrained.get(source) if source else None, profile)
-    images = {k: v for k, v in pretrained.items() if k != "scarf"}
-    probes = factor_probes(root, data["cohort"].parent, images)
-    summary = summarise(results, oracles(data["cohort"].parent, data["test_ids"]), profile.budgets,
-                        profile.finetune.get("bootstrap", 2000))
-    first = next(iter(results.values()))["metrics"]
-    info = {"profile": "quick" if args.quick else "full", "settings": asdict(profile), "cohort_seed": args.cohort_seed,
-            "test_n": first["n"], "test_positives": first["positives"], "methods": {m: METHODS[m] for m in methods},
-            "wall_clock_s": round(time.time() - start, 1)}
-    report = {"info": info, **summary, "factor_probes": probes}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown(summary, {k: v for k, v in probes.items()}, info))
-    logger.info("wrote %s and %s (%.0f s)", out, out.with_suffix(".md"), info["wall_clock_s"])
+            # Written after every budget and seed, so a stopped benchmark still leaves its table.
+            done = tuple(b for b in profile.budgets if any(k[1] == b for k in results))
+            summary = summarise(results, oracle, done, profile.finetune.get("bootstrap", 2000))
+            first = next(iter(results.values()))["metrics"]
+            info = {"profile": "quick" if args.quick else "full", "settings": asdict(profile),
+                    "cohort_seed": args.cohort_seed, "test_n": first["n"], "test_positives": first["positives"],
+                    "methods": {m: METHODS[m] for m in methods}, "runs_done": len(results),
+                    "wall_clock_s": round(time.time() - start, 1)}
+            report = {"info": info, **summary, "factor_probes": probes}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2, default=str))
+            out.with_suffix(".md").write_text(markdown(summary, probes, info))
+    logger.info("wrote %s and %s (%.0f s)", out, out.with_suffix(".md"), time.time() - start)
     return report
 
 
