@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (if needed), synthesise a 300-subject cohort, validate it, pretrain on it and fine-tune
-# the pretrained encoders with 3-fold cross-validation (CPU-sized). Explanation lands later.
+# Set up (if needed), synthesise a 300-subject cohort, validate it, pretrain on it, fine-tune on
+# the frozen pretrained encoders with repeated 3-fold cross-validation (CPU-sized), and end with
+# the plain-words verdict against the tabular baselines. Explanation lands later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
