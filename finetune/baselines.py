@@ -91,13 +91,7 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
     classifier = LogisticRegressionCV(
         Cs=list(np.logspace(-4, 2, 13)), cv=StratifiedKFold(5, shuffle=True, random_state=seed),
         scoring="neg_log_loss", class_weight="balanced", max_iter=5000, random_state=seed)
-    # Pure L2, stated the way scikit-learn >= 1.8 wants it (``penalty`` deprecated there); older
-    # releases take the default L2 and would warn about l1_ratios.
-    available = classifier.get_params(deep=False)
-    if available.get("penalty") == "deprecated":
-        classifier.set_params(l1_ratios=(0.0,))
-    if "use_legacy_attributes" in available:
-        classifier.set_params(use_legacy_attributes=False)
+    pure_l2(classifier)
     classifier.set_params(**params)
     return Pipeline([("features", features), ("classifier", classifier)])
 
@@ -137,6 +131,16 @@ def _gradient_boosting(seed: int, params: dict[str, Any]) -> Pipeline:
         ("as_category", FunctionTransformer(_encoded_as_category)),
         ("classifier", classifier),
     ])
+
+
+def pure_l2(classifier: LogisticRegressionCV) -> None:
+    """Ask ``classifier`` for pure L2 the way scikit-learn >= 1.8 wants it (``penalty`` is
+    deprecated there; older releases take the default L2 and would warn about l1_ratios)."""
+    available = classifier.get_params(deep=False)
+    if available.get("penalty") == "deprecated":
+        classifier.set_params(l1_ratios=(0.0,))
+    if "use_legacy_attributes" in available:
+        classifier.set_params(use_legacy_attributes=False)
 
 
 def _encoded_as_category(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,20 +1,22 @@
 """Linear probe head: L2 logistic regression on frozen embeddings + the baseline's tabular features.
 
 With a few dozen positives an MLP head trained by SGD and stopped on a handful of validation
-positives overfits and loses to plain logistic regression on the table (measured: issue 8). The
-probe is the evaluation MMCL and TIP use for their encoders, extended so that the multimodal
-model starts where the tabular baseline is: its inputs are
+positives overfits and loses to plain logistic regression on the table (benchmarks/README.md,
+"Learning quality"). The probe is the evaluation MMCL and TIP use for their encoders, extended
+so that the multimodal model starts where the tabular baseline is. Its inputs are
 
     [frozen image embedding (B, Di)] + [frozen table embedding (B, Dt)] + [table design (B, F)]
 
 where the design is what the logistic-regression baseline reads (robust z-scores with missing
-at 0, one missing indicator per feature, one-hot categoricals). Every column is standardised on
-the training fold and the L2 strength ``C`` is chosen by an inner stratified 5-fold CV on log
-loss (scikit-learn's ``LogisticRegressionCV``, ``class_weight="balanced"``), so pretrained
-features enter only as far as they lower held-out loss. The fitted coefficients are folded back
-into the classifier's final ``nn.Linear`` (standardisation included), so a probe fold model is an
-ordinary ``FusionClassifier`` with ``head_layers=0``: saved as safetensors, reloaded by
-``predict`` and attributed by Captum like any other.
+at 0, one missing indicator per feature, one-hot categoricals). On each training fold every
+embedding block is reduced to its leading principal components and weighted by its own α (0
+drops it), every column is standardised, and α with the L2 strength ``C`` is chosen by an inner
+stratified 5-fold CV on log loss (scikit-learn's ``LogisticRegressionCV``,
+``class_weight="balanced"``), so pretrained features enter only as far as they lower held-out
+loss. The fitted coefficients are folded back into the classifier's final ``nn.Linear``
+(projection and standardisation included), so a probe fold model is an ordinary
+``FusionClassifier`` with ``head_layers=0``: saved as safetensors, reloaded by ``predict`` and
+attributed by Captum like any other.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch import nn
+
+from finetune.baselines import pure_l2
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +131,7 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
             continue  # every column dropped: nothing to fit
         search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
                                       max_iter=5000, random_state=seed)
-        _pure_l2(search)
+        pure_l2(search)
         search.fit(z * weight, y)
         scores = search.scores_  # (folds, [l1_ratios,] Cs); a dict by class before scikit-learn 1.8
         scores = np.asarray(next(iter(scores.values())) if isinstance(scores, dict) else scores)
@@ -162,15 +166,6 @@ def _reduction(centred: np.ndarray, groups: np.ndarray, components: int | None) 
         columns.append(block_projection)
         out_groups.append(np.full(part.shape[1], block))
     return np.concatenate(columns, axis=1), np.concatenate(out_groups)
-
-
-def _pure_l2(classifier: LogisticRegressionCV) -> None:
-    # Pure L2 stated the way scikit-learn >= 1.8 wants it (``penalty`` deprecated there).
-    available = classifier.get_params(deep=False)
-    if available.get("penalty") == "deprecated":
-        classifier.set_params(l1_ratios=(0.0,))
-    if "use_legacy_attributes" in available:
-        classifier.set_params(use_legacy_attributes=False)
 
 
 def probe_groups(model: nn.Module) -> np.ndarray:
