@@ -67,6 +67,7 @@ _PROBE = {"mode": "frozen", "head": "probe"}
 # configs/*.yaml: keep the two in step.
 METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "default": ("clip", _PROBE),  # the recipe of configs/*.yaml: clip, then a frozen linear probe
+    "image_only": ("clip", {**_PROBE, "branches": "image"}),  # the frozen image embedding alone
     "clip_itm_probe": ("clip_itm", _PROBE),
     "clip_itm_frozen": ("clip_itm", {"mode": "frozen", "head": "mlp"}),
     "clip_itm_trainable": ("clip_itm", {"mode": "trainable", "head": "mlp"}),
@@ -152,8 +153,12 @@ def pretrain(root: Path, name: str, cohort: Path, profile: Profile) -> Path:
 
 
 def finetune(root: Path, method: str, budget: float, seed: int, cohort: Path, test: Path, init: Path | None,
-             profile: Profile) -> dict[str, Any]:
+             profile: Profile, run_missing: bool = True) -> dict[str, Any] | None:
+    """The test-cohort metrics of one method × budget × seed, fine-tuning it first unless it is
+    finished; None when it is not and ``run_missing`` is False."""
     run = root / f"{method}-b{round(budget * 100)}-s{seed}"
+    if not (run / "metrics.json").is_file() and not run_missing:
+        return None
     if not (run / "metrics.json").is_file():
         overrides = [f"cohort={cohort}", f"run.dir={run}", f"seed={seed}", f"finetune.test_cohort={test}",
                      *_sets("finetune", {**profile.finetune, **METHODS[method][1]})]
@@ -286,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick].json)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="train nothing: tabulate the finished runs in --runs (e.g. after a stopped benchmark)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = PROFILES["quick" if args.quick else "full"]
@@ -298,8 +305,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     start = time.time()
     data = prepare_cohort(root, profile, args.cohort_seed)
-    pretrained = {name: pretrain(root, name, data["cohort"], profile)
-                  for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None}
+    needed = [name for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None]
+    if args.summarise_only:
+        needed = [name for name in needed if (root / f"pretrain-{name}" / "metrics.json").is_file()]
+    pretrained = {name: pretrain(root, name, data["cohort"], profile) for name in needed}
     if args.pretrain_only:
         return {"pretrained": {k: str(v) for k, v in pretrained.items()}}
     images = {k: v for k, v in pretrained.items() if k != "scarf"}
@@ -312,8 +321,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cohort = budget_cohort(data["cohort"], data["pool"], budget, seed)
             for method in methods:
                 source = METHODS[method][0]
-                results[(method, budget, seed)] = finetune(root, method, budget, seed, cohort, data["test"],
-                                                           pretrained.get(source) if source else None, profile)
+                if source is not None and source not in pretrained:
+                    continue  # --summarise-only: its pretraining never finished
+                result = finetune(root, method, budget, seed, cohort, data["test"],
+                                  pretrained.get(source) if source else None, profile,
+                                  run_missing=not args.summarise_only)
+                if result is not None:
+                    results[(method, budget, seed)] = result
+            if not results:
+                continue
             # Written after every budget and seed, so a stopped benchmark still leaves its table.
             done = tuple(b for b in profile.budgets if any(k[1] == b for k in results))
             summary = summarise(results, oracle, done, profile.finetune.get("bootstrap", 2000))

@@ -428,6 +428,9 @@ def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
     paired bootstrap ΔAUROC (model − baseline); "beats" only when the whole 95 % CI is above 0."""
     model = section["model"]["auroc"]
     lines = [f"Model AUROC {where}: {model['estimate']:.3f} [{model['lower']:.3f}, {model['upper']:.3f}]"]
+    folds = section.get("fold_summary", {}).get("auroc")
+    if folds:  # pooling mixes folds whose scores sit on different scales: the mean of the folds beside it
+        lines[0] += f" pooled; mean of the {int(folds['n'])} folds {folds['mean']:.3f} (SD {folds['std']:.3f})"
     for name, delta in section.get("delta_auroc", {}).items():
         base = section["baselines"][name]["auroc"]
         label = _BASELINE_NAMES.get(name, name.replace("_", " "))
