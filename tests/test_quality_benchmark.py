@@ -1,0 +1,53 @@
+"""``summarise`` (benchmarks/quality.py): seed means, oracle fractions and the gap chain of the table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from quality import markdown, summarise
+
+
+def _run(auroc: float, lr: float, scores: pd.DataFrame) -> dict:
+    ci = lambda v: {"estimate": v, "lower": v - 0.05, "upper": v + 0.05}  # noqa: E731
+    model = {k: ci(auroc) for k in ("auroc", "auprc", "balanced_accuracy")}
+    baselines = {b: {k: ci(lr) for k in ("auroc", "auprc", "balanced_accuracy")}
+                 for b in ("logistic_regression", "gradient_boosting")}
+    delta = {"delta": auroc - lr, "lower": -0.01, "upper": 0.02, "p_value": 0.5}
+    return {"metrics": {"model": model, "baselines": baselines, "n": len(scores), "positives": 20,
+                        "delta_auroc": {"logistic_regression": delta, "gradient_boosting": delta}},
+            "cv": auroc - 0.02, "scores": scores}
+
+
+def test_summary_means_fractions_and_gap_chain():
+    rng = np.random.default_rng(0)
+    label = (rng.random(120) < 0.2).astype(int)
+    ids = [f"s{i}" for i in range(120)]
+
+    def scores(signal: float) -> pd.DataFrame:
+        p = 1 / (1 + np.exp(-(signal * label + rng.normal(size=120))))
+        return pd.DataFrame({"label": label, "probability": p}, index=pd.Index(ids, name="subject_id"))
+
+    results = {}
+    for seed, (a, b, c) in enumerate([(0.80, 0.74, 0.60), (0.78, 0.70, 0.62)]):
+        results[("default", 0.1, seed)] = _run(a, 0.75, scores(3.0))
+        results[("simclr", 0.1, seed)] = _run(b, 0.75, scores(1.5))
+        results[("scratch", 0.1, seed)] = _run(c, 0.75, scores(0.2))
+    oracle = {"bayes": 0.9, "image": 0.8, "tabular": 0.7}
+    summary = summarise(results, oracle, (0.1,), bootstrap=200)
+    row = summary["by_budget"]["10%"]["default"]
+    assert row["auroc"]["mean"] == pytest.approx(0.79)
+    assert row["auroc"]["sd"] == pytest.approx(np.std([0.80, 0.78], ddof=1))
+    assert row["auroc_fraction"]["bayes"] == pytest.approx(0.79 / 0.9)
+    assert summary["by_budget"]["10%"]["logistic_regression"]["auroc"]["mean"] == pytest.approx(0.75)
+    gaps = summary["gaps"]
+    assert gaps["chain"] == ["default", "simclr", "scratch"]  # best multimodal, best unimodal, scratch
+    assert all(d["delta"] > 0 for d in gaps["default - simclr"] + gaps["simclr - scratch"])
+    info = {"profile": "test", "cohort_seed": 0, "runs_done": 6, "wall_clock_s": 60, "test_n": 120,
+            "test_positives": 20}
+    assert "| 10% | default | 0.790 ± 0.014 |" in markdown(summary, {}, info)
