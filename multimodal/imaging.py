@@ -14,6 +14,7 @@ One subject record is ``{"subject_id", "image": {sequence: path | None}, "label"
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -50,7 +51,6 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import strokessl
 from multimodal.checkpoint import atomic_path
 from multimodal.config import (
     CACHE_DTYPES,
@@ -285,7 +285,7 @@ class VolumeCache:
             "missing_images": self.missing_images,
             "volume_index": sorted(self.volume_index.items()),
             "dtype": self.dtype,  # so switching to float16 really shrinks the cache
-            "strokessl": strokessl.__version__,
+            "strokessl": importlib.metadata.version("strokessl"),
             "monai": monai.__version__,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

@@ -17,6 +17,7 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-import strokessl
 from multimodal.checkpoint import atomic_path, atomic_write_text, load_weights, save_weights
 from multimodal.config import (
     RunConfig,
@@ -227,7 +227,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         if not resume:
             save_config(run_config, run_dir / "config.yaml")
         now = {
-            "strokessl": strokessl.__version__, "torch": torch.__version__,
+            "strokessl": importlib.metadata.version("strokessl"), "torch": torch.__version__,
             "git_commit": _git_commit(), "world_size": distributed.world_size(), "device": str(device),
             "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }

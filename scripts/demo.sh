@@ -26,11 +26,11 @@ print(f"  table -> image   R@1 {final['recall@1_table_to_image']:.3f}   R@5 {fin
 PY
 FINETUNE=runs/demo-finetune-frozen
 if [ -f "$FINETUNE/metrics.json" ]; then
-    python -c "import json; from finetune.run import format_metrics; m = json.load(open('$FINETUNE/metrics.json')); print(); print(format_metrics(m))"
+    python -c "import json; from finetune.summary import format_metrics; m = json.load(open('$FINETUNE/metrics.json')); print(); print(format_metrics(m))"
 else
     flag=""
     [ -f "$FINETUNE/folds.json" ] && flag="--resume"
     strokessl finetune configs/demo.yaml --init runs/demo $flag
 fi
 # The last word: did multimodal pretraining beat the tabular baselines (paired bootstrap ΔAUROC)?
-python -c "import json; from finetune.run import verdict; print(); print(chr(10).join(verdict(json.load(open('$FINETUNE/metrics.json')))))"
+python -c "import json; from finetune.summary import verdict; print(); print(chr(10).join(verdict(json.load(open('$FINETUNE/metrics.json')))))"

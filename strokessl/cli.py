@@ -143,8 +143,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     import json
 
-    from finetune.run import format_metrics
     from finetune.run import run_finetune as finetune
+    from finetune.summary import format_metrics
 
     overrides = [*(args.overrides or []), *([f"finetune.repeats={args.repeats}"] if args.repeats is not None else [])]
     run_dir = finetune(args.config, overrides, init=args.init, resume=args.resume)

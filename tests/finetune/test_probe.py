@@ -87,7 +87,7 @@ def test_auto_repeats_follow_the_positive_count():
     (-0.09, -0.01, "is worse by -0.050 [-0.090, -0.010]"),
 ])
 def test_verdict_says_whether_the_model_beats_the_baseline(lower, upper, words):
-    from finetune.run import verdict
+    from finetune.summary import verdict
 
     ci = {"estimate": 0.7, "lower": 0.6, "upper": 0.8}
     section = {"model": {"auroc": ci}, "baselines": {"logistic_regression": {"auroc": ci}},

@@ -1,0 +1,152 @@
+"""The end of a fine-tuning run: pooled out-of-fold metrics, the verdict against the baselines, plots.
+
+``summarise_run`` turns the finished folds into ``predictions.csv``, ``metrics.json`` (written
+last), ``report/*.png`` and ``report/summary.md``; ``format_metrics`` and ``verdict`` give the
+text the CLI prints and the demo ends with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finetune.config import FinetuneConfig
+from finetune.metrics import (
+    bootstrap_ci,
+    paired_bootstrap_delta_auroc,
+    risk_groups,
+    summarise_folds,
+)
+from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.test_cohort import evaluate_test_cohort
+from finetune.thresholds import choose_threshold
+from multimodal.checkpoint import atomic_write_text
+from multimodal.cohort import Cohort
+from multimodal.config import RunConfig
+
+
+def _per_fold_metrics(results: dict[str, Any], label_of: dict[str, float], n_resamples: int,
+                      seed: int) -> dict[str, Any]:
+    """Each fold's held-out metrics at its own threshold, with bootstrap intervals where both classes occur."""
+    per_fold = {}
+    for name, result in results.items():
+        y = np.array([int(label_of[s]) for s in result["test_ids"]])
+        p = np.asarray(result["probabilities"])
+        entry: dict[str, Any] = {"threshold": result["threshold"], "n": len(y), "positives": int(y.sum())}
+        if 0 < y.sum() < len(y):
+            entry.update(bootstrap_ci(y, p, result["threshold"], n_resamples, seed))
+        else:  # a one-class fold (tiny cohorts only): point estimates, no interval
+            entry.update({k: {"estimate": v, "lower": float("nan"), "upper": float("nan")}
+                          for k, v in result["metrics"].items() if k not in ("n", "prevalence")})
+        per_fold[name] = entry
+    return per_fold
+
+
+def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Cohort | None, settings: FinetuneConfig,
+               results: dict[str, Any], seed: int) -> Path:
+    """Pooled out-of-fold predictions (averaged over repeats) → metrics.json, predictions.csv, plots."""
+    rows = []
+    for name, result in results.items():
+        for i, subject in enumerate(result["test_ids"]):
+            rows.append({"subject_id": subject, "fold": name, "probability": result["probabilities"][i],
+                         **{b: p[i] for b, p in result["baselines"].items()}})
+    frame = pd.DataFrame(rows).groupby("subject_id", sort=False).agg(
+        {"probability": "mean", "fold": ",".join, **{b: "mean" for b in settings.baselines}})
+    label_of = dict(zip(cohort.ids, cohort.labels, strict=True))
+    frame.insert(0, "label", [int(label_of[s]) for s in frame.index])
+    y, p = frame["label"].to_numpy(), frame["probability"].to_numpy()
+    threshold = choose_threshold(y, p, settings.threshold, settings.target_sensitivity)
+    frame["risk_group"] = np.where(p >= threshold, "high", "low")
+    frame.to_csv(run_dir / "predictions.csv")
+    metrics: dict[str, Any] = {
+        "threshold": threshold, "n": len(y), "positives": int(y.sum()),
+        "model": bootstrap_ci(y, p, threshold, settings.bootstrap, seed),
+        "per_fold": _per_fold_metrics(results, label_of, settings.bootstrap, seed),
+        "fold_summary": summarise_folds([r["metrics"] for r in results.values()]),
+        "baselines": {}, "delta_auroc": {}, "risk_groups": risk_groups(y, p, threshold),
+    }
+    thresholds = {"model": threshold}
+    for name in settings.baselines:
+        q = frame[name].to_numpy()
+        thresholds[name] = choose_threshold(y, q, settings.threshold, settings.target_sensitivity)
+        metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
+        metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    if test is not None:
+        metrics["test"] = evaluate_test_cohort(run_dir, run_config, settings, cohort, test, thresholds, seed)
+    report = run_dir / "report"
+    curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
+    plot_roc(y, curves, report / "roc.png")
+    plot_pr(y, curves, report / "pr.png")
+    plot_calibration(y, p, report / "calibration.png")
+    plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
+    atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    return run_dir
+
+
+def _metric_table(section: dict[str, Any]) -> list[str]:
+    names = ["model", *section["baselines"]]
+    columns = {"model": section["model"], **section["baselines"]}
+    keys = ["auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
+    lines = [f"{'metric':<18}" + "".join(f"{n:>26}" for n in names)]
+    for key in keys:
+        cells = []
+        for name in names:
+            entry = columns[name].get(key, {})
+            cells.append(f"{entry.get('estimate', float('nan')):.3f} [{entry.get('lower', float('nan')):.3f}, "
+                         f"{entry.get('upper', float('nan')):.3f}]")
+        lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
+    for name, delta in section["delta_auroc"].items():
+        lines.append(f"ΔAUROC model − {name}: {delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}], "
+                     f"p = {delta['p_value']:.3f}")
+    return lines
+
+
+_BASELINE_NAMES = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
+
+
+def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
+    """Plain words: does the model beat each tabular baseline? One line per baseline, from the
+    paired bootstrap ΔAUROC (model − baseline); "beats" only when the whole 95 % CI is above 0."""
+    model = section["model"]["auroc"]
+    lines = [f"Model AUROC {where}: {model['estimate']:.3f} [{model['lower']:.3f}, {model['upper']:.3f}]"]
+    folds = section.get("fold_summary", {}).get("auroc")
+    if folds:  # pooling mixes folds whose scores sit on different scales: the mean of the folds beside it
+        lines[0] += f" pooled; mean of the {int(folds['n'])} folds {folds['mean']:.3f} (SD {folds['std']:.3f})"
+    for name, delta in section.get("delta_auroc", {}).items():
+        base = section["baselines"][name]["auroc"]
+        label = _BASELINE_NAMES.get(name, name.replace("_", " "))
+        ci = f"{delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}]"
+        if delta["lower"] > 0:
+            words = f"the model beats {label} by {ci}"
+        elif delta["upper"] < 0:
+            words = f"the model does not beat {label}: it is worse by {ci}"
+        else:
+            words = f"the model does not beat {label}: ΔAUROC {ci}, the interval includes 0"
+        lines.append(f"  {words} ({label} alone: {base['estimate']:.3f} [{base['lower']:.3f}, {base['upper']:.3f}])")
+    deltas = list(section.get("delta_auroc", {}).values())
+    if deltas:
+        paid = all(d["lower"] > 0 for d in deltas)
+        lines.append("  Verdict: multimodal learning " + ("paid off: the model beats every tabular baseline."
+                     if paid else "did not pay off here: the model does not beat every tabular baseline."))
+    return lines
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The verdict against the tabular baselines first, then tables of pooled out-of-fold (and fixed
+    test cohort) metrics with 95 % CIs, model and baselines."""
+    lines = [*verdict(metrics), "",
+             f"pooled out-of-fold: {metrics['n']} subjects, {metrics['positives']} positive, "
+             f"threshold {metrics['threshold']:.3f}", *_metric_table(metrics)]
+    folds = metrics.get("fold_summary", {}).get("auroc")
+    if folds:
+        lines.append(f"per-fold AUROC: mean {folds['mean']:.3f}, SD {folds['std']:.3f} over {int(folds['n'])} folds")
+    test = metrics.get("test")
+    if test:
+        lines += ["", f"fixed test cohort {test['cohort']}: {test['n']} subjects, {test['positives']} positive",
+                  *_metric_table(test), *verdict(test, "on the fixed test cohort")]
+    return "\n".join(lines)
