@@ -37,6 +37,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from multimodal.errors import CohortError
+from multimodal.synthetic_clinical import WEIGHTS, draw_clinical, radiology_report
 
 logger = logging.getLogger(__name__)
 
@@ -102,129 +103,6 @@ def load_anatomy() -> Anatomy:
     centre = (affine[:3, :3] @ ((idx.min(0) + idx.max(0)) / 2) + affine[:3, 3])
     logger.debug("anatomy ready: grid %s, ventricles %.0f ml", t1.shape, ventricles.sum() * 8e-3)
     return Anatomy(table.reshape(-1, table.shape[-1]), t1.shape, gm + wm, affine, centre, radius, volume)
-
-
-# --------------------------------------------------------------------------- clinical table and risk
-def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
-    """True (complete) clinical values and latent image quantities for ``n`` subjects."""
-    age = np.clip(rng.normal(70, 12, n), 30, 95).round()
-    male = rng.random(n) < 0.56
-    bmi = np.clip(rng.normal(27.5, 4.5, n), 17, 48).round(1)
-    hypertension = rng.random(n) < expit(0.8 + 0.05 * (age - 70) + 0.08 * (bmi - 27.5))
-    diabetes = rng.random(n) < expit(-1.2 + 0.12 * (bmi - 27.5) + 0.02 * (age - 70))
-    sbp = np.clip(rng.normal(132 + 16 * hypertension + 0.3 * (age - 70), 17), 90, 230).round()
-    dbp = np.clip(0.45 * sbp + rng.normal(18, 8, n), 45, 130).round()
-    glucose = np.exp(rng.normal(np.log(105) + 0.45 * diabetes, 0.2)).round()  # mg/dL
-    hba1c = np.clip(5.4 + 1.7 * diabetes + 0.01 * (glucose - 110) + rng.normal(0, 0.4, n), 4, 14).round(1)
-    ldl = np.clip(rng.normal(3.0 - 0.3 * diabetes, 0.9), 0.8, 7).round(2)  # mmol/L
-    hdl = np.clip(rng.normal(1.35 - 0.2 * male, 0.35), 0.5, 3).round(2)
-    af = rng.random(n) < expit(-1.9 + 0.08 * (age - 70))
-    u = rng.random(n)
-    p_current = expit(-1.3 - 0.04 * (age - 70) + 0.3 * male)
-    smoking = np.where(u < p_current, "current", np.where(u < p_current + 0.3, "former", "never"))
-    # Latent image quantities: AF (cardioembolism) makes bigger infarcts; WMH grows with age and SBP.
-    infarct = np.clip(np.exp(rng.normal(np.log(10) + 0.5 * af, 1.2)), 0.3, 150)
-    infarct[rng.random(n) < 0.08] = 0.0  # no visible lesion (TIA-like or DWI-negative)
-    wmh = np.clip(np.exp(rng.normal(np.log(5) + 0.045 * (age - 70) + 0.012 * (sbp - 140), 0.7)), 0.2, 80)
-    atrophy_excess = rng.normal(0, 0.5, n)  # mm of tissue lost beyond what age explains
-    atrophy = np.clip(0.05 * np.clip(age - 50, 0, None) + atrophy_excess, 0, 4)
-    nihss = np.clip(1 + 2.2 * np.log1p(infarct) + 0.03 * infarct + rng.normal(0, 2, n), 0, 42).round()
-    d_dimer = np.exp(rng.normal(np.log(500) + 0.5 * af + 0.15 * np.log1p(infarct), 0.7)).round()
-    # Head size: intracranial volume is ~15 % larger in men (~5 % per axis), plus individual spread.
-    head_scale = np.clip(1.0 + np.where(male, 0.025, -0.025) + rng.normal(0, 0.03, n), 0.9, 1.1)
-    return pd.DataFrame({
-        "age": age, "sex": np.where(male, "M", "F"), "bmi": bmi, "systolic_bp": sbp,
-        "diastolic_bp": dbp, "glucose": glucose, "hba1c": hba1c, "ldl": ldl, "hdl": hdl,
-        "atrial_fibrillation": np.where(af, "yes", "no"), "d_dimer": d_dimer, "smoking": smoking,
-        "nihss": nihss, "hypertension": hypertension.astype(int), "diabetes": diabetes.astype(int),
-        "infarct_volume_ml": infarct.round(2), "wmh_volume_ml": wmh.round(2),
-        "atrophy": atrophy.round(3), "atrophy_excess": (atrophy - 0.05 * np.clip(age - 50, 0, None)).round(3),
-        "head_scale": head_scale.round(4),
-    })
-
-
-def _raw_components(df: pd.DataFrame) -> np.ndarray:
-    """(3, N): image, tabular and interaction parts of the logit before standardisation."""
-    log_infarct = (np.log1p(df["infarct_volume_ml"]) - 2.2) / 1.1
-    af = (df["atrial_fibrillation"] == "yes").to_numpy(float)
-    image = 0.8 * log_infarct + 0.6 * (np.log(df["wmh_volume_ml"]) - 1.6) / 0.8 + 0.5 * df["atrophy_excess"] / 0.5
-    tabular = (0.6 * (df["age"] - 70) / 12 + 0.9 * af + 0.4 * (df["hba1c"] - 6) / 1 + 0.4 * df["hypertension"]
-               + 0.5 * (df["smoking"] == "current") + 0.2 * (df["smoking"] == "former")
-               + 0.3 * (df["systolic_bp"] - 140) / 20 + 0.25 * (df["ldl"] - 3) / 0.9 - 0.2 * (df["hdl"] - 1.3) / 0.35)
-    return np.stack([image.to_numpy(float), tabular.to_numpy(float), (af * log_infarct).to_numpy(float)])
-
-
-WEIGHTS = (0.5, 0.45, 1.0)  # logit weight of the standardised image, tabular and interaction parts
-
-
-@lru_cache(maxsize=8)
-def _population_constants(prevalence: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Component means and SDs on a fixed reference population, and the intercept hitting ``prevalence``.
-
-    Fixed constants (not the cohort's own) keep a subject's risk independent of the cohort size.
-    """
-    raw = _raw_components(_draw_population(20_000, np.random.default_rng(20240601)))
-    mean, sd = raw.mean(1), raw.std(1)
-    shift = (np.asarray(WEIGHTS)[:, None] * (raw - mean[:, None]) / sd[:, None]).sum(0)
-    low, high = -12.0, 12.0
-    for _ in range(60):  # bisection: mean risk is increasing in the intercept
-        mid = (low + high) / 2
-        low, high = (mid, high) if expit(mid + shift).mean() < prevalence else (low, mid)
-    return mean, sd, (low + high) / 2
-
-
-def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Draw the clinical table (with missing cells) and the true risk, without any image.
-
-    Returns ``(table, risk)``: ``table`` holds the clinical columns as the CSV stores them (no id,
-    label or report); ``risk`` holds the latent quantities, logit components, ``true_risk`` and the
-    drawn label ``recurrence_12m`` for every subject. ``write_synthetic_cohort`` uses exactly this,
-    so it is also the cheap way to check prevalence on thousands of subjects.
-    """
-    rng = np.random.default_rng([seed, 0])
-    truth = _draw_population(n, rng)
-    mean, sd, intercept = _population_constants(float(prevalence))
-    z = (_raw_components(truth) - mean[:, None]) / sd[:, None]
-    parts = np.asarray(WEIGHTS)[:, None] * z
-    logit = intercept + parts.sum(0)
-    latent = ["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"]
-    risk = truth[latent].copy()
-    risk["image_component"], risk["tabular_component"], risk["interaction_component"] = parts.round(6)
-    risk["intercept"] = round(intercept, 6)
-    risk["logit"] = logit.round(6)
-    risk["true_risk"] = expit(logit).round(6)
-    risk["recurrence_12m"] = (rng.random(n) < expit(logit)).astype(int)
-
-    # Latent image quantities stay out of the clinical table (head_scale once leaked in: a shortcut
-    # that let contrastive pretraining match images to records by head size alone).
-    table = truth.drop(columns=latent).astype(object)
-    # Missing values: MCAR a few %, HbA1c mostly unmeasured in non-diabetics (MAR), D-dimer often not sent.
-    def blank(columns: list[str], p: np.ndarray | float) -> None:
-        table.loc[rng.random(n) < p, columns] = None
-
-    for columns, p in ((["bmi"], 0.06), (["systolic_bp", "diastolic_bp"], 0.03), (["glucose"], 0.03),
-                       (["ldl", "hdl"], 0.08), (["smoking"], 0.05), (["nihss"], 0.02),
-                       (["atrial_fibrillation"], 0.02), (["d_dimer"], 0.30)):
-        blank(columns, p)
-    blank(["hba1c"], np.where(truth["diabetes"] == 1, 0.08, 0.45))
-    for column in ("age", "systolic_bp", "diastolic_bp", "glucose", "d_dimer", "nihss"):
-        table[column] = table[column].astype("Float64").astype("Int64")  # integers print without ".0"
-    for column in ("bmi", "hba1c", "ldl", "hdl"):
-        table[column] = table[column].astype("Float64")
-    return table, risk
-
-
-def _report(side: str, infarct_ml: float, wmh_ml: float, atrophy_mm: float, rng: np.random.Generator) -> str:
-    """A short radiology-like impression; graded with some reader disagreement."""
-    if infarct_ml < 0.5:
-        lesion = "no acute infarct on DWI"
-    else:
-        size = "small" if infarct_ml < 5 else "moderate" if infarct_ml < 50 else "large"
-        lesion = f"{size} acute {side} MCA territory infarct"
-    grade = int(np.digitize(wmh_ml * np.exp(rng.normal(0, 0.3)), [3, 10, 25]))
-    wm = ("no significant", "mild", "moderate", "severe")[grade] + " white matter disease"
-    extra = ", generalised volume loss" if atrophy_mm > 2.0 else ""
-    return f"{lesion}, {wm}{extra}"
 
 
 # --------------------------------------------------------------------------- images
@@ -479,7 +357,7 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         sub_rng = np.random.default_rng([seed, 2, i])  # per subject: images do not shift other draws
         subj = _make_subject(anat, risk.iloc[i], sub_rng)
         side = "right" if subj.side > 0 else "left"
-        reports.append(_report(side, risk["infarct_volume_ml"].iat[i], risk["wmh_volume_ml"].iat[i],
+        reports.append(radiology_report(side, risk["infarct_volume_ml"].iat[i], risk["wmh_volume_ml"].iat[i],
                                risk["atrophy"].iat[i], sub_rng))
         for sequence in sequences:
             shape, affine, slice_axis = _grid(sequence, grid, subj.centre, sub_rng)
