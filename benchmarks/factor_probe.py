@@ -132,9 +132,9 @@ def build_encoder(run_config: RunConfig, cohort: Cohort, init: Path | None,
     import torch
 
     from finetune.init import build_finetune_encoders, load_pretraining_run, reconcile_sequences
+    from multimodal.data import resolve_sequences
     from multimodal.encoders import build_image_encoder
     from multimodal.errors import StrokeSSLError
-    from pretrain.data import resolve_sequences
 
     if init is None:
         sequences = resolve_sequences(run_config, cohort)
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from multimodal.cohort import load_cohort
     from multimodal.config import load_cohort_config, load_run_config
-    from multimodal.imaging import ImageDataset, VolumeCache
+    from multimodal.data import volume_cache
+    from multimodal.imaging import ImageDataset
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -225,8 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cohort_config = load_cohort_config(run_config.cohort)
     cohort = load_cohort(cohort_config)
     encoder, sequences = build_encoder(run_config, cohort, args.init, args.seed)
-    cache = VolumeCache(run_config.data.cache_dir, run_config.imaging, sequences, cohort_config.missing_images,
-                        cohort_config.volume_index, run_config.data.cache_dtype)
+    cache = volume_cache(run_config, cohort_config, sequences)
     records = cohort.records()  # every subject, labeled or not
     cache.warm(records, workers=run_config.data.workers)
     loader = DataLoader(ImageDataset(records, cache, None, seed=run_config.seed), batch_size=args.batch_size,

@@ -1,52 +1,52 @@
 """Prediction with fine-tuned models: one model on a dataset, or a run's fold models averaged.
 
-``ensemble_probabilities`` rebuilds every fold model of a fine-tuning run from ``model.json`` and
-``folds/*.safetensors`` (each with its own tabular preprocessor) and averages their probabilities;
-``strokessl predict`` and the fixed test cohort of ``strokessl finetune`` both use it.
+``load_fold_models`` is the one way to rebuild a fine-tuning run's fold models (``model.json``,
+``folds/*.json`` with each fold's tabular preprocessor and recalibration, ``folds/*.safetensors``);
+``ensemble_probabilities`` averages them on a cohort. ``strokessl predict``, the fixed test cohort
+of ``strokessl finetune`` and the explain stage all go through them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, finetune_config
 from finetune.model import FusionClassifier, build_classifier, set_mode
 from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
-from multimodal.config import ImagingConfig, ModelConfig, from_dict
+from multimodal.config import ModelConfig, RunConfig, from_dict, load_run_config
+from multimodal.data import build_dataset, to_device, volume_cache
 from multimodal.encoders import build_image_encoder, build_tabular_encoder
 from multimodal.errors import StrokeSSLError
-from multimodal.imaging import ImageDataset, VolumeCache
 from multimodal.tabular import TabularPreprocessor
-from pretrain.data import MultimodalDataset
-from pretrain.loop import to_device
 
 logger = logging.getLogger(__name__)
 
 
-class LabeledDataset(Dataset):
-    """``MultimodalDataset`` items plus ``label`` (float 0/1), or cached embeddings (frozen mode)."""
+class EmbeddingDataset(Dataset):
+    """Precomputed embeddings (``frozen`` mode) and labels: items ``{"<modality>_embedding": (D,),
+    "label": ()}``; ``labels`` as ``MultimodalDataset.labels`` (a float tensor)."""
 
-    def __init__(self, items: Dataset | None, labels: np.ndarray, embeddings: dict[str, Any] | None = None) -> None:
-        self.items, self.labels, self.embeddings = items, torch.as_tensor(labels, dtype=torch.float32), embeddings
+    def __init__(self, embeddings: dict[str, torch.Tensor | None], labels: np.ndarray) -> None:
+        self.embeddings = {k: v for k, v in embeddings.items() if v is not None}
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.embeddings is not None:
-            item = {f"{k}_embedding": v[i] for k, v in self.embeddings.items() if v is not None}
-        else:
-            item = dict(self.items[i])
+        item: dict[str, Any] = {f"{k}_embedding": v[i] for k, v in self.embeddings.items()}
         item["label"] = self.labels[i]
         return item
 
@@ -67,44 +67,87 @@ def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size:
     return torch.cat(out).numpy()
 
 
-def ensemble_probabilities(run_dir: Path, subjects: Cohort, settings: FinetuneConfig, imaging: ImagingConfig,
-                           cache_dir: Path, workers: int = 0, cache_dtype: str = "float32",
-                           seed: int = 0) -> pd.DataFrame:
-    """Every fold model of ``run_dir`` on ``subjects``: columns ``probability`` (the mean) and
-    ``probability_<fold>``, indexed by subject id. Sequences the models need must be in the cohort."""
+@dataclass
+class FoldModel:
+    name: str  # rRfF
+    model: FusionClassifier  # in eval mode, on the device
+    preprocessor: TabularPreprocessor  # the fold's own tabular state
+    recalibration: dict[str, Any] | None  # Platt parameters fitted on the fold's inner validation
+
+
+@dataclass
+class FoldModels:
+    run_dir: Path
+    run_config: RunConfig  # the run's config.yaml
+    settings: FinetuneConfig
+    sequences: list[str]  # image channels, in the order the image encoder reads them
+    folds: list[FoldModel]
+
+    @property
+    def uses_images(self) -> bool:
+        return self.settings.branches != "table"
+
+    @property
+    def uses_table(self) -> bool:
+        return self.settings.branches != "image"
+
+
+def load_fold_models(run_dir: str | Path, device: torch.device | str | None = None) -> FoldModels:
+    """Every fold model of a finished fine-tuning run, rebuilt from the run folder alone (no path
+    back to the training cohort or the pretraining run). A missing or damaged file is a
+    ``StrokeSSLError`` naming it."""
+    run_dir = Path(run_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for needed in ("config.yaml", "model.json"):
+        if not (run_dir / needed).is_file():
+            raise StrokeSSLError(f"{run_dir} is not a fine-tuning run folder (no {needed})")
+    run_config = load_run_config(run_dir / "config.yaml")
+    settings = finetune_config(run_config)
     architecture = json.loads((run_dir / "model.json").read_text())
-    sequences = architecture["sequences"]
-    uses_images, uses_table = settings.branches != "table", settings.branches != "image"
-    missing = [s for s in sequences if s not in subjects.sequences]
-    if missing and uses_images:
-        raise StrokeSSLError(f"cohort {subjects.config.source} lacks the sequences {missing} the model was trained on")
-    images = None
-    if uses_images:
-        config = subjects.config
-        cache = VolumeCache(cache_dir, imaging, sequences, config.missing_images, config.volume_index, cache_dtype)
-        cache.warm(subjects.records(), workers=workers)
-        images = ImageDataset(subjects.records(), cache, None, seed=seed)
+    sequences = list(architecture["sequences"])
     image_model = from_dict(ModelConfig, architecture["image_model"])
     table_model = from_dict(ModelConfig, architecture["table_model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    columns = {}
+    uses_images, uses_table = settings.branches != "table", settings.branches != "image"
+    folds = []
     for fold_file in sorted((run_dir / "folds").glob("*.json")):
         fold = json.loads(fold_file.read_text())
         preprocessor = TabularPreprocessor.from_dict(fold["preprocessor"])
-        table = preprocessor.transform_tensors(subjects.features) if uses_table else None
         image_encoder = build_image_encoder(image_model, len(sequences)) if uses_images else None
         table_encoder = (build_tabular_encoder(table_model, len(preprocessor.continuous), preprocessor.category_sizes)
                          if uses_table else None)
         model = build_classifier(image_encoder, table_encoder, settings, len(preprocessor.continuous),
                                  preprocessor.category_sizes, architecture.get("probe_table_embedding"))
-        model.load_state_dict(load_file(str(fold_file.with_suffix(".safetensors"))))
-        set_mode(model, settings.mode).to(device)
-        dataset = LabeledDataset(MultimodalDataset(subjects.ids, list(range(len(subjects.ids))), images, table),
-                                 np.zeros(len(subjects.ids)))
-        columns[f"probability_{fold_file.stem}"] = apply_recalibration(
-            predict_probabilities(model, dataset, settings.batch_size, device), fold.get("recalibration"))
-    if not columns:
+        weights = fold_file.with_suffix(".safetensors")
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except (OSError, SafetensorError, RuntimeError) as err:
+            raise StrokeSSLError(f"fold model {weights} is missing or damaged ({err}); rerun the fine-tuning "
+                                 "(finetune --resume recreates only what is missing)") from err
+        set_mode(model, settings.mode).to(device).eval()
+        folds.append(FoldModel(fold_file.stem, model, preprocessor, fold.get("recalibration")))
+    if not folds:
         raise StrokeSSLError(f"{run_dir}/folds holds no fold model")
+    return FoldModels(run_dir, run_config, settings, sequences, folds)
+
+
+def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame:
+    """Every fold model on ``subjects``: columns ``probability`` (the mean) and ``probability_<fold>``,
+    indexed by subject id. Sequences the models need must be in the cohort."""
+    config, settings = models.run_config, models.settings
+    missing = [s for s in models.sequences if s not in subjects.sequences]
+    if missing and models.uses_images:
+        raise StrokeSSLError(f"cohort {subjects.config.source} lacks the sequences {missing} the model was trained on")
+    cache = None
+    if models.uses_images:
+        cache = volume_cache(config, subjects.config, models.sequences)
+        cache.warm(subjects.records(), workers=config.data.workers)
+    device = next(models.folds[0].model.parameters()).device
+    columns = {}
+    for fold in models.folds:
+        dataset = build_dataset(subjects, cache=cache, preprocessor=fold.preprocessor if models.uses_table else None,
+                                seed=config.seed)
+        columns[f"probability_{fold.name}"] = apply_recalibration(
+            predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
     frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))
     frame.insert(0, "probability", frame.mean(axis=1))
     return frame

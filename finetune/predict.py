@@ -3,38 +3,64 @@
 Every fold model of the fine-tuning run predicts each subject (with that fold's own tabular
 preprocessor); the probabilities are averaged and the threshold chosen on the pooled
 out-of-fold predictions (``metrics.json``) assigns the high / low risk group. Unseen categories,
-missing values, absent columns and an empty label column are handled as in training.
+missing values and absent columns are handled as in training; a bare CSV is read with the column
+roles stored in the run folder (``model.json``), and its label column is optional.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from finetune.config import finetune_config
-from finetune.inference import ensemble_probabilities
+from finetune.inference import ensemble_probabilities, load_fold_models
 from multimodal.checkpoint import atomic_path
 from multimodal.cohort import load_cohort
-from multimodal.config import CohortConfig, is_run_config, load_cohort_config, load_run_config
+from multimodal.config import (
+    CohortConfig,
+    cohort_roles,
+    from_dict,
+    is_run_config,
+    load_cohort_config,
+    load_run_config,
+)
 from multimodal.errors import StrokeSSLError
 
 logger = logging.getLogger(__name__)
 
 
 def new_cohort_config(run_dir: Path, cohort: Path) -> CohortConfig:
-    """A cohort.yaml as given, or a bare CSV read with the run's stored column roles."""
+    """A cohort.yaml as given, or a bare CSV read with the column roles the run was trained with.
+
+    A bare CSV may leave out the label column (new subjects have no outcome yet)."""
     if cohort.suffix.lower() in (".yaml", ".yml"):
         if is_run_config(cohort):
             raise StrokeSSLError(f"{cohort} is a run config; give a cohort.yaml or a CSV to --cohort")
         return load_cohort_config(cohort)
     if not cohort.is_file():
         raise StrokeSSLError(f"cohort file {cohort} does not exist")
-    trained_on = load_cohort_config(load_run_config(run_dir / "config.yaml").cohort)
-    return dataclasses.replace(trained_on, csv=cohort.resolve(), source=cohort.resolve())
+    roles = json.loads((run_dir / "model.json").read_text()).get("cohort_roles")
+    if roles is None:  # a run folder from before the roles were stored: its training cohort.yaml, if still there
+        training = load_run_config(run_dir / "config.yaml").cohort
+        if not Path(training).is_file():
+            raise StrokeSSLError(f"{run_dir} predates stored column roles and its training cohort {training} is gone; "
+                                 "give --cohort a cohort.yaml that names the columns of your CSV")
+        roles = cohort_roles(load_cohort_config(training))
+    config = from_dict(CohortConfig, {**roles, "csv": str(cohort.resolve())})
+    config.source = cohort.resolve()
+    if config.label is not None and config.label not in _header(cohort):
+        config.label = None  # no outcome column: every subject is scored, none is counted as labeled
+    return config
+
+
+def _header(csv: Path) -> list[str]:
+    try:
+        return [str(c).strip() for c in pd.read_csv(csv, nrows=0, dtype=str).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise StrokeSSLError(f"cohort table {csv} is not a readable CSV: {err}") from err
 
 
 def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path) -> Path:
@@ -42,14 +68,10 @@ def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path) -> Pat
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "model.json").is_file():
         raise StrokeSSLError(f"{run_dir} is not a finished fine-tuning run (no metrics.json / model.json)")
-    run_config = load_run_config(run_dir / "config.yaml")
-    settings = finetune_config(run_config)
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     cohort_config = new_cohort_config(run_dir, Path(cohort))
     subjects = load_cohort(cohort_config)
-    frame = ensemble_probabilities(run_dir, subjects, settings, run_config.imaging,
-                                   cohort_config.root / ".strokessl-cache", run_config.data.workers,
-                                   run_config.data.cache_dtype, run_config.seed)
+    frame = ensemble_probabilities(load_fold_models(run_dir), subjects)
     probability = frame["probability"]
     frame.insert(1, "risk_group", np.where(probability >= threshold, "high", "low"))
     with atomic_path(out) as tmp:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
 from finetune.config import FinetuneConfig, finetune_config, resolved_repeats
-from finetune.inference import LabeledDataset, classifier_logits, predict_probabilities
+from finetune.inference import EmbeddingDataset, classifier_logits, predict_probabilities
 from finetune.init import (
     build_finetune_encoders,
     load_pretraining_run,
@@ -59,18 +59,23 @@ from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_
 from multimodal.config import (
     RunConfig,
     changed_keys,
+    cohort_roles,
     load_cohort_config,
     load_run_config,
     save_config,
     to_dict,
 )
+from multimodal.data import (
+    MultimodalDataset,
+    build_dataset,
+    resolve_sequences,
+    seed_everything,
+    to_device,
+    volume_cache,
+)
 from multimodal.encoders import build_image_encoder, build_tabular_encoder
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
-from multimodal.imaging import ImageDataset, VolumeCache
 from multimodal.tabular import TabularPreprocessor
-from pretrain.data import MultimodalDataset, resolve_sequences
-from pretrain.loop import to_device
-from pretrain.run import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,8 @@ def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(roc_auc_score(labels, probabilities)) if len(set(labels.tolist())) == 2 else float("nan")
 
 
-def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: LabeledDataset, val: LabeledDataset,
+def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: MultimodalDataset | EmbeddingDataset,
+               val: MultimodalDataset | EmbeddingDataset,
                train_labels: np.ndarray, device: torch.device, seed: int) -> list[dict[str, float]]:
     """Train in place with early stopping on the inner-validation loss (or AUROC, ``select_on``);
     the best epoch's weights are kept. Returns the per-epoch history."""
@@ -93,8 +99,8 @@ def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: Labeled
     best, best_state, waited, history = -math.inf, None, 0, []
     val_labels = val.labels.numpy()
     for epoch in range(settings.epochs):
-        if hasattr(train.items, "set_epoch"):
-            train.items.set_epoch(epoch)
+        if isinstance(train, MultimodalDataset):
+            train.set_epoch(epoch)
         model.train()
         total = 0.0
         for batch in loader:
@@ -144,19 +150,14 @@ class FoldContext:
             self.pretrained is not None and self.pretrained.table_weights is not None)
         self.cache = None
         if settings.branches != "table":
-            self.cache = VolumeCache(run_config.data.cache_dir, run_config.imaging, self.sequences,
-                                     cohort_config.missing_images, cohort_config.volume_index,
-                                     run_config.data.cache_dtype)
+            self.cache = volume_cache(run_config, cohort_config, self.sequences)
 
     def dataset(self, ids: list[str], preprocessor: TabularPreprocessor, augment: bool) -> MultimodalDataset:
-        cohort = self.cohort
-        position = {s: i for i, s in enumerate(cohort.ids)}
-        images = None
-        if self.cache is not None:
-            settings = self.run_config.imaging.augment if augment else None
-            images = ImageDataset(cohort.records(ids), self.cache, settings, seed=self.run_config.seed)
-        table = preprocessor.transform_tensors(cohort.features.loc[ids]) if self.settings.branches != "image" else None
-        return MultimodalDataset(ids, [position[s] for s in ids], images, table)
+        """The labeled items of ``ids``, augmented when ``augment``; only the branches the run uses."""
+        return build_dataset(self.cohort, ids, cache=self.cache,
+                             preprocessor=preprocessor if self.settings.branches != "image" else None,
+                             augment=self.run_config.imaging.augment if augment else None,
+                             seed=self.run_config.seed, labels=True)
 
     def model(self, preprocessor: TabularPreprocessor) -> FusionClassifier:
         settings, config = self.settings, self.run_config
@@ -215,11 +216,11 @@ def _train_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tabular
     splits = (("train", inner_train), ("val", inner_val), ("test", test_ids))
     parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen)) for name, ids in splits}
     if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
-        data = {name: LabeledDataset(None, labels(ids), precompute_embeddings(
-                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device))
+        data = {name: EmbeddingDataset(precompute_embeddings(
+                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device), labels(ids))
                 for name, ids in splits}
     else:
-        data = {name: LabeledDataset(parts[name], labels(ids)) for name, ids in splits}
+        data = parts
     history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
     return (history, inner_val, predict_probabilities(model, data["val"], settings.batch_size, ctx.device),
             predict_probabilities(model, data["test"], settings.batch_size, ctx.device))
@@ -240,7 +241,7 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
 
     fit = fit_linear_probe(features(embedded["train"]), labels(train_ids), seed, probe_groups(model))
     load_probe(model.head[-1], fit)
-    test = LabeledDataset(None, labels(test_ids), embedded["test"])
+    test = EmbeddingDataset(embedded["test"], labels(test_ids))
     history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0])}]
     return (history, train_ids, np.asarray(fit["oof_probabilities"]),
             predict_probabilities(model, test, batch_size, ctx.device))
@@ -258,7 +259,7 @@ def _default_run_dir(run_config: RunConfig, settings: FinetuneConfig) -> Path:
 
 # Keys a resumed fine-tuning run may change: they only add folds or change the evaluation
 # (run.dir is the folder itself, pretrain the other stage's section).
-_RESUMABLE_CHANGES = ("finetune.repeats", "finetune.bootstrap", "finetune.test_cohort", "data.workers")
+_RESUMABLE_CHANGES = ("finetune.repeats", "finetune.bootstrap", "finetune.test_cohort", "data.workers", "data.cache_dir")
 _IGNORED_ON_RESUME = (*_RESUMABLE_CHANGES, "run", "pretrain")
 
 
@@ -311,7 +312,7 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     atomic_write_text(run_dir / "model.json", json.dumps({
         "image_model": to_dict(rebuild_config(image_from)), "table_model": to_dict(rebuild_config(table_from)),
         "sequences": ctx.sequences, "init": str(init) if init is not None else None,
-        "probe_table_embedding": ctx.probe_table_embedding,
+        "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),
     }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)

@@ -76,7 +76,7 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
         metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
     if test is not None:
-        metrics["test"] = evaluate_test_cohort(run_dir, run_config, settings, cohort, test, thresholds, seed)
+        metrics["test"] = evaluate_test_cohort(run_dir, settings, cohort, test, thresholds, seed)
     report = run_dir / "report"
     curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
     plot_roc(y, curves, report / "roc.png")

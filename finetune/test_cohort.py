@@ -17,12 +17,12 @@ import pandas as pd
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
 from finetune.config import FinetuneConfig
-from finetune.inference import ensemble_probabilities
+from finetune.inference import ensemble_probabilities, load_fold_models
 from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_groups
 from finetune.plots import plot_calibration, plot_roc
 from multimodal.checkpoint import atomic_path
 from multimodal.cohort import Cohort, load_cohort
-from multimodal.config import RunConfig, load_cohort_config
+from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -
                        "they are other patients", test.config.source, len(shared), shared[:3])
 
 
-def evaluate_test_cohort(run_dir: Path, run_config: RunConfig, settings: FinetuneConfig, development: Cohort,
+def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: Cohort,
                          test: Cohort, thresholds: dict[str, float], seed: int) -> dict[str, Any]:
     """Score ``test`` (from :func:`load_test_cohort`); writes ``test_predictions.csv`` and ``report/test_*.png``.
 
@@ -66,8 +66,7 @@ def evaluate_test_cohort(run_dir: Path, run_config: RunConfig, settings: Finetun
     Returns ``{cohort, n, positives, threshold, model, baselines, delta_auroc, risk_groups}`` with
     the same stratified bootstrap intervals as the cross-validated metrics.
     """
-    frame = ensemble_probabilities(run_dir, test, settings, run_config.imaging, run_config.data.cache_dir,
-                                   run_config.data.workers, run_config.data.cache_dtype, seed)
+    frame = ensemble_probabilities(load_fold_models(run_dir), test)
     y = test.labels.astype(int)
     p = frame["probability"].to_numpy()
     frame.insert(0, "label", y)

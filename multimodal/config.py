@@ -72,6 +72,16 @@ class CohortConfig:
         return self.csv.parent
 
 
+ROLE_KEYS = ("id", "images", "label", "label_map", "text", "ignore", "features", "types", "na_values",
+             "missing_images", "volume_index")
+
+
+def cohort_roles(config: CohortConfig) -> dict[str, Any]:
+    """The column roles of a cohort config (every key but the file paths), as plain JSON types: a
+    fine-tuning run keeps them so ``predict`` reads a bare CSV without the training cohort.yaml."""
+    return {key: to_dict(getattr(config, key)) for key in ROLE_KEYS}
+
+
 # --------------------------------------------------------------------------- run config
 @dataclass
 class RunSection:
@@ -80,7 +90,8 @@ class RunSection:
 
 @dataclass
 class DataConfig:
-    cache_dir: Path | None = None  # default: <cohort folder>/.strokessl-cache
+    # default (None): <folder of the cohort being read>/.strokessl-cache (multimodal.data.cache_dir_for)
+    cache_dir: Path | None = None
     workers: int = 4  # DataLoader workers (augmentations run there)
     cache_dtype: str = "float32"  # float16 halves the cache on disk and in memory
 
@@ -342,8 +353,6 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     config.source = path
     if config.run.dir is None:
         config.run.dir = Path.cwd() / "runs" / path.stem
-    if config.data.cache_dir is None:
-        config.data.cache_dir = config.cohort.resolve().parent / ".strokessl-cache"
     return config
 
 

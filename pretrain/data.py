@@ -12,54 +12,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from multimodal.cohort import Cohort, load_cohort, stratified_split
 from multimodal.config import CohortConfig, RunConfig
-from multimodal.errors import ConfigError, StrokeSSLError
-from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.data import MultimodalDataset, build_dataset, resolve_sequences, volume_cache
+from multimodal.errors import StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 from pretrain import distributed
 from pretrain.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-class MultimodalDataset(Dataset):
-    """Item ``i``: ``{"index": int (cohort position, the subject's id for the queue), "subject_id",
-    "image": (C, H, W, D) or (views, C, H, W, D), "table": {continuous (n_cont,), categorical
-    (n_cat,), missing (n_cont + n_cat,)}}``; a modality the objectives don't need is left out."""
-
-    def __init__(
-        self,
-        ids: list[str],
-        positions: list[int],
-        images: ImageDataset | None,
-        table: dict[str, torch.Tensor] | None,
-    ) -> None:
-        self.ids = ids
-        self.positions = positions
-        self.images = images
-        self.table = table
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.images is not None:
-            self.images.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"index": self.positions[i], "subject_id": self.ids[i]}
-        if self.images is not None:
-            item["image"] = self.images[i]["image"]
-        if self.table is not None:
-            item["table"] = {key: value[i] for key, value in self.table.items()}
-        return item
 
 
 @dataclass
@@ -83,17 +49,6 @@ def pretraining_subjects(cohort: Cohort, rows: str) -> list[str]:
             "set pretrain.rows: all to pretrain on every subject (labels are never read)"
         )
     return chosen
-
-
-def resolve_sequences(run_config: RunConfig, cohort: Cohort) -> list[str]:
-    """Channels in order: ``imaging.sequences`` or every cohort sequence; unknown names are an error."""
-    sequences = list(run_config.imaging.sequences or cohort.sequences)
-    unknown = [s for s in sequences if s not in cohort.sequences]
-    if unknown:
-        raise ConfigError(
-            f"imaging.sequences names {unknown}, but cohort {cohort.config.source} has {cohort.sequences}"
-        )
-    return sequences
 
 
 def build_pretrain_data(
@@ -124,23 +79,17 @@ def build_pretrain_data(
     sequences = resolve_sequences(run_config, cohort)
     use_images = "image" in pretrain.modalities
     use_table = "table" in pretrain.modalities
-    cache = VolumeCache(
-        run_config.data.cache_dir, run_config.imaging, sequences, cohort_config.missing_images,
-        cohort_config.volume_index, run_config.data.cache_dtype,
-    )
+    cache = volume_cache(run_config, cohort_config, sequences)
     if use_images:
         if distributed.is_main():
             cache.warm(cohort.records(train_ids + val_ids), workers=run_config.data.workers)
         distributed.barrier()
 
     def dataset(ids: list[str], train: bool) -> MultimodalDataset:
-        images = None
-        if use_images:
-            augment = run_config.imaging.augment if train else None
-            views = 2 if train and "simclr" in pretrain.objectives else 1
-            images = ImageDataset(cohort.records(ids), cache, augment, seed=run_config.seed, views=views)
-        table = preprocessor.transform_tensors(cohort.features.loc[ids]) if use_table else None
-        return MultimodalDataset(ids, [position[s] for s in ids], images, table)
+        views = 2 if train and "simclr" in pretrain.objectives else 1
+        return build_dataset(cohort, ids, cache=cache if use_images else None,
+                             preprocessor=preprocessor if use_table else None,
+                             augment=run_config.imaging.augment if train else None, seed=run_config.seed, views=views)
 
     train = dataset(train_ids, True)
     pool = train.table if train.table is not None else preprocessor.transform_tensors(cohort.features.loc[train_ids])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from multimodal.data import to_device
 from multimodal.errors import StrokeSSLError
 from pretrain import distributed
 from pretrain.config import PretrainConfig
@@ -126,14 +127,6 @@ class PretrainStep(nn.Module):
                                 distributed.all_gather_no_grad(out["table_features"].detach()),
                                 distributed.all_gather_no_grad(batch["index"]))
         return terms
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def train_one_epoch(

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -41,6 +40,7 @@ from multimodal.config import (
     save_config,
     to_dict,
 )
+from multimodal.data import seed_everything
 from multimodal.errors import ConfigError, StrokeSSLError
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
@@ -53,12 +53,6 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- set-up helpers
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` → bf16 on CUDA with bf16, fp16 on other CUDA, fp32 on CPU (bf16 measured slower there)."""
     if precision != "auto":
@@ -118,7 +112,7 @@ def _git_commit() -> str | None:
 
 # --------------------------------------------------------------------------- run folder and resume
 # A resumed run may be extended (more epochs) and may live in a moved folder.
-_RESUMABLE_CHANGES = ("pretrain.epochs", "run")
+_RESUMABLE_CHANGES = ("pretrain.epochs", "run", "data.cache_dir")
 
 
 def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:

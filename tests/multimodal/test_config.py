@@ -38,7 +38,7 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
     path = write_run_config(tmp_path / "configs", {"cohort": "../data/cohort.yaml"})
     config = load_run_config(path)
     assert config.cohort.resolve() == (tmp_path / "data" / "cohort.yaml").resolve()
-    assert config.data.cache_dir.resolve() == (tmp_path / "data" / ".strokessl-cache").resolve()
+    assert config.data.cache_dir is None  # resolved per cohort read: multimodal.data.cache_dir_for
     assert config.run.dir.name == "exp" and config.run.dir.parent.name == "runs"
 
 
