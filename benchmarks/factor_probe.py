@@ -133,13 +133,13 @@ def build_encoder(run_config: RunConfig, cohort: Cohort, init: Path | None,
 
     from finetune.init import build_finetune_encoders, load_pretraining_run, reconcile_sequences
     from multimodal.data import resolve_sequences
-    from multimodal.encoders import build_image_encoder
+    from multimodal.encoders import build_encoder
     from multimodal.errors import StrokeSSLError
 
     if init is None:
         sequences = resolve_sequences(run_config, cohort)
         torch.manual_seed(seed)
-        return build_image_encoder(run_config.model, len(sequences)), sequences
+        return build_encoder(run_config.model, "image", in_channels=len(sequences)), sequences
     run = load_pretraining_run(init)
     if run.image_weights is None:
         raise StrokeSSLError(f"pretraining run {init} trained no image encoder: nothing to probe")
@@ -148,7 +148,7 @@ def build_encoder(run_config: RunConfig, cohort: Cohort, init: Path | None,
     if (tuple(ours.spacing), tuple(ours.spatial_size)) != (tuple(theirs.spacing), tuple(theirs.spatial_size)):
         logger.warning("imaging grid %s at %s mm differs from pretraining run %s (%s at %s mm)",
                        ours.spatial_size, ours.spacing, init, theirs.spatial_size, theirs.spacing)
-    image, _ = build_finetune_encoders(run, None, len(sequences))
+    image = build_finetune_encoders(run, None, {"image": {"in_channels": len(sequences)}})["image"]
     return image, sequences
 
 

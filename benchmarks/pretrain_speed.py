@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from multimodal.config import load_cohort_config, load_run_config
+from multimodal.data import encoder_sizes
 from pretrain.config import pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
 from pretrain.loop import PretrainStep
@@ -53,8 +54,8 @@ def main() -> None:
             settings = pretrain_config(config)
             data = build_pretrain_data(config, load_cohort_config(config.cohort), settings, Path(run_dir))
             torch.manual_seed(config.seed)
-            model = build_pretrain_model(config.model, settings, len(data.sequences),
-                                         len(data.preprocessor.continuous), data.preprocessor.category_sizes)
+            model = build_pretrain_model(config.model, settings,
+                                         encoder_sizes(data.modalities, data.sequences, data.preprocessor))
             step = PretrainStep(model, settings, data.preprocessor.category_sizes, data.table_pool, config.seed)
             batch = next(iter(make_loader(data.train, settings.batch_size, 0, config.seed, train=True)))
             optimizer = torch.optim.AdamW(step.parameters(), lr=1e-5)
@@ -76,8 +77,8 @@ def main() -> None:
     config = load_run_config(args.config, args.overrides)
     result = {
         "config": str(args.config), "overrides": args.overrides, "batch_size": pretrain_config(config).batch_size,
-        "image_shape": shape, "image_encoder": config.model.image_encoder,
-        "tabular_encoder": config.model.tabular_encoder, "torch_threads": torch.get_num_threads(),
+        "image_shape": shape, "image_encoder": config.model.encoders["image"].name,
+        "tabular_encoder": config.model.encoders["table"].name, "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.machine(), "steps": args.steps, "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)

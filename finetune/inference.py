@@ -22,12 +22,18 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.config import FinetuneConfig, finetune_config
-from finetune.model import FusionClassifier, build_classifier, set_mode
+from finetune.model import FusionClassifier, build_classifier, load_classifier_state, set_mode
 from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
 from multimodal.config import ModelConfig, RunConfig, from_dict, load_run_config
-from multimodal.data import build_dataset, to_device, volume_cache
-from multimodal.encoders import build_image_encoder, build_tabular_encoder
+from multimodal.data import (
+    BUILT_IN_MODALITIES,
+    build_dataset,
+    encoder_sizes,
+    to_device,
+    volume_cache,
+)
+from multimodal.encoders import build_encoder
 from multimodal.errors import StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 
@@ -35,27 +41,29 @@ logger = logging.getLogger(__name__)
 
 
 class EmbeddingDataset(Dataset):
-    """Precomputed embeddings (``frozen`` mode) and labels: items ``{"<modality>_embedding": (D,),
-    "label": ()}``; ``labels`` as ``MultimodalDataset.labels`` (a float tensor)."""
+    """Precomputed embeddings (``frozen`` mode), labels and modality presence: items
+    ``{"embeddings": {modality: (D_m,)}, "present": {modality: () bool}, "label": ()}``."""
 
-    def __init__(self, embeddings: dict[str, torch.Tensor | None], labels: np.ndarray) -> None:
-        self.embeddings = {k: v for k, v in embeddings.items() if v is not None}
+    def __init__(self, embeddings: dict[str, torch.Tensor], labels: np.ndarray,
+                 present: dict[str, torch.Tensor] | None = None) -> None:
+        self.embeddings = embeddings
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        self.present = present if present is not None else {
+            m: torch.ones(len(self.labels), dtype=torch.bool) for m in embeddings}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {f"{k}_embedding": v[i] for k, v in self.embeddings.items()}
-        item["label"] = self.labels[i]
-        return item
+        return {"embeddings": {k: v[i] for k, v in self.embeddings.items()},
+                "present": {k: v[i] for k, v in self.present.items()}, "label": self.labels[i]}
 
 
 def classifier_logits(model: FusionClassifier, batch: dict[str, Any]) -> torch.Tensor:
     """(B,) recurrence logits from a batch of inputs or of precomputed embeddings."""
-    if "image_embedding" in batch or "table_embedding" in batch:
-        return model.forward_from_embeddings(batch.get("image_embedding"), batch.get("table_embedding"))
-    return model(batch.get("image"), batch.get("table"))
+    if "embeddings" in batch:
+        return model.forward_from_embeddings(batch["embeddings"], batch.get("present"))
+    return model({m: batch.get(m) for m in model.modalities}, batch.get("present"))
 
 
 @torch.no_grad()
@@ -81,15 +89,9 @@ class FoldModels:
     run_config: RunConfig  # the run's config.yaml
     settings: FinetuneConfig
     sequences: list[str]  # image channels, in the order the image encoder reads them
+    modalities: list[str]  # what the fold models read
+    others: dict[str, dict[str, Any]]  # modalities beyond image and table -> their encoder args (readers)
     folds: list[FoldModel]
-
-    @property
-    def uses_images(self) -> bool:
-        return self.settings.branches != "table"
-
-    @property
-    def uses_table(self) -> bool:
-        return self.settings.branches != "image"
 
 
 def load_fold_models(run_dir: str | Path, device: torch.device | str | None = None) -> FoldModels:
@@ -105,21 +107,20 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     settings = finetune_config(run_config)
     architecture = json.loads((run_dir / "model.json").read_text())
     sequences = list(architecture["sequences"])
-    image_model = from_dict(ModelConfig, architecture["image_model"])
-    table_model = from_dict(ModelConfig, architecture["table_model"])
-    uses_images, uses_table = settings.branches != "table", settings.branches != "image"
+    model_config = fold_architecture(architecture, settings.branches)
+    modalities = list(model_config.encoders)
+    others = {m: spec.args for m, spec in model_config.encoders.items() if m not in BUILT_IN_MODALITIES}
     folds = []
     for fold_file in sorted((run_dir / "folds").glob("*.json")):
         fold = json.loads(fold_file.read_text())
         preprocessor = TabularPreprocessor.from_dict(fold["preprocessor"])
-        image_encoder = build_image_encoder(image_model, len(sequences)) if uses_images else None
-        table_encoder = (build_tabular_encoder(table_model, len(preprocessor.continuous), preprocessor.category_sizes)
-                         if uses_table else None)
-        model = build_classifier(image_encoder, table_encoder, settings, len(preprocessor.continuous),
-                                 preprocessor.category_sizes, architecture.get("probe_table_embedding"))
+        sizes = encoder_sizes(modalities, sequences, preprocessor)
+        encoders = {m: build_encoder(model_config, m, **sizes[m]) for m in modalities}
+        model = build_classifier(encoders, settings, len(preprocessor.continuous), preprocessor.category_sizes,
+                                 architecture.get("probe_table_embedding"))
         weights = fold_file.with_suffix(".safetensors")
         try:
-            model.load_state_dict(load_file(str(weights)))
+            load_classifier_state(model, load_file(str(weights)))
         except (OSError, SafetensorError, RuntimeError) as err:
             raise StrokeSSLError(f"fold model {weights} is missing or damaged ({err}); rerun the fine-tuning "
                                  "(finetune --resume recreates only what is missing)") from err
@@ -127,7 +128,21 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
         folds.append(FoldModel(fold_file.stem, model, preprocessor, fold.get("recalibration")))
     if not folds:
         raise StrokeSSLError(f"{run_dir}/folds holds no fold model")
-    return FoldModels(run_dir, run_config, settings, sequences, folds)
+    return FoldModels(run_dir, run_config, settings, sequences, modalities, others, folds)
+
+
+def fold_architecture(architecture: dict[str, Any], branches: str) -> ModelConfig:
+    """The encoders of a run's ``model.json`` (``encoders``, or the ``image_model`` /
+    ``table_model`` of runs written before it), restricted to ``finetune.branches``."""
+    if "encoders" in architecture:
+        config = from_dict(ModelConfig, {"encoders": architecture["encoders"]})
+    else:
+        image = from_dict(ModelConfig, architecture["image_model"]).encoders["image"]
+        table = from_dict(ModelConfig, architecture["table_model"]).encoders["table"]
+        config = ModelConfig(encoders={"image": image, "table": table})
+    if branches != "both":
+        config.encoders = {branches: config.encoders[branches]}
+    return config
 
 
 def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame:
@@ -135,17 +150,18 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
     indexed by subject id. Sequences the models need must be in the cohort."""
     config, settings = models.run_config, models.settings
     missing = [s for s in models.sequences if s not in subjects.sequences]
-    if missing and models.uses_images:
+    if missing and "image" in models.modalities:
         raise StrokeSSLError(f"cohort {subjects.config.source} lacks the sequences {missing} the model was trained on")
     cache = None
-    if models.uses_images:
+    if "image" in models.modalities:
         cache = volume_cache(config, subjects.config, models.sequences)
         cache.warm(subjects.records(), workers=config.data.workers)
     device = next(models.folds[0].model.parameters()).device
     columns = {}
     for fold in models.folds:
-        dataset = build_dataset(subjects, cache=cache, preprocessor=fold.preprocessor if models.uses_table else None,
-                                seed=config.seed)
+        dataset = build_dataset(subjects, cache=cache,
+                                preprocessor=fold.preprocessor if "table" in models.modalities else None,
+                                others=models.others, seed=config.seed)
         columns[f"probability_{fold.name}"] = apply_recalibration(
             predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
     frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))

@@ -1,8 +1,9 @@
 """``--init RUN``: encoders and tabular preprocessor from a finished pretraining run.
 
-A pretraining run folder (``pretrain/run.py``) holds ``config.yaml``, ``preprocessor.json``,
-``checkpoints/image_encoder.safetensors`` and / or ``checkpoints/table_encoder.safetensors``
-(a unimodal ``simclr`` / ``scarf`` run has only its own) and, once finished, ``metrics.json``.
+A pretraining run folder (``pretrain/run.py``) holds ``config.yaml``, ``preprocessor.json``, one
+``checkpoints/<modality>_encoder.safetensors`` per modality it trained (``image_encoder``,
+``table_encoder``, ...; a unimodal ``simclr`` / ``scarf`` run has only its own) and, once
+finished, ``metrics.json``.
 
 DESIGN.md §6 settles how a model pretrained on one cohort meets another:
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from multimodal.checkpoint import load_into
 from multimodal.config import ModelConfig, RunConfig, load_cohort_config, load_run_config
-from multimodal.encoders import build_image_encoder, build_tabular_encoder
+from multimodal.encoders import build_encoder
 from multimodal.errors import ConfigError, StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_WEIGHTS = "checkpoints/image_encoder.safetensors"
 TABLE_WEIGHTS = "checkpoints/table_encoder.safetensors"
+_WEIGHTS_SUFFIX = "_encoder.safetensors"
 
 
 class PretrainingRunError(StrokeSSLError):
@@ -49,9 +51,16 @@ class PretrainingRun:
     config: RunConfig  # the run's resolved config.yaml (model names + args, imaging, seed)
     preprocessor: TabularPreprocessor  # fitted on the run's training split, label-free
     sequences: list[str]  # the image channels, in the order the image encoder saw them
-    image_weights: Path | None  # checkpoints/image_encoder.safetensors when present
-    table_weights: Path | None  # checkpoints/table_encoder.safetensors when present
+    weights: dict[str, Path]  # modality -> checkpoints/<modality>_encoder.safetensors, those present
     finished: bool  # metrics.json exists (written last by a pretraining run)
+
+    @property
+    def image_weights(self) -> Path | None:
+        return self.weights.get("image")
+
+    @property
+    def table_weights(self) -> Path | None:
+        return self.weights.get("table")
 
 
 def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> PretrainingRun:
@@ -74,9 +83,9 @@ def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> 
     preprocessor_path = run_dir / "preprocessor.json"
     if not preprocessor_path.is_file():
         raise PretrainingRunError(f"pretraining run {run_dir} has no preprocessor.json; it is incomplete")
-    image_weights = run_dir / IMAGE_WEIGHTS
-    table_weights = run_dir / TABLE_WEIGHTS
-    if not image_weights.is_file() and not table_weights.is_file():
+    weights = {path.name[: -len(_WEIGHTS_SUFFIX)]: path
+               for path in sorted((run_dir / "checkpoints").glob(f"*{_WEIGHTS_SUFFIX}"))}
+    if not weights:
         raise PretrainingRunError(
             f"pretraining run {run_dir} has neither {IMAGE_WEIGHTS} nor {TABLE_WEIGHTS}; "
             "resume it to its end so the encoders are published"
@@ -86,8 +95,7 @@ def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> 
         config=config,
         preprocessor=TabularPreprocessor.load(preprocessor_path),
         sequences=_run_sequences(config),
-        image_weights=image_weights if image_weights.is_file() else None,
-        table_weights=table_weights if table_weights.is_file() else None,
+        weights=weights,
         finished=finished,
     )
 
@@ -110,67 +118,57 @@ def rebuild_config(model: ModelConfig) -> ModelConfig:
     """The run's model config without backbone-initialisation files: the run's own weights
     replace them anyway, and they need not exist where fine-tuning runs."""
     clean = copy.deepcopy(model)
-    clean.image_weights = None
-    clean.tabular_weights = None
-    clean.image_encoder_args.pop("backbone_weights", None)
+    for spec in clean.encoders.values():
+        spec.weights = None
+        spec.args.pop("backbone_weights", None)
     return clean
 
 
 def build_finetune_encoders(
-    run: PretrainingRun, model_config_for_finetune: ModelConfig | None, in_channels: int
-) -> tuple[nn.Module | None, nn.Module | None]:
-    """``(image_encoder, table_encoder)`` for fine-tuning from ``run``.
+    run: PretrainingRun, model_config_for_finetune: ModelConfig | None, from_data: dict[str, dict]
+) -> dict[str, nn.Module]:
+    """``{modality: encoder}`` for fine-tuning from ``run``, one per key of ``from_data`` (the
+    sizes the data fixes per modality: image ``in_channels``, table ``num_continuous`` and
+    ``category_sizes``, others nothing).
 
-    A pretrained branch is rebuilt with the pretraining run's encoder name and arguments and its
-    weights load strictly; ``model_config_for_finetune`` naming other encoders is ignored for it,
-    with a warning. A branch the run did not train (``simclr``: table, ``scarf``: image) is built
+    A pretrained modality is rebuilt with the pretraining run's encoder name and arguments and its
+    weights load strictly; ``model_config_for_finetune`` naming another encoder for it is ignored,
+    with a warning. A modality the run did not train (``simclr``: table, ``scarf``: image) is built
     randomly from ``model_config_for_finetune`` (or the run's config when None), with a warning.
-    ``in_channels`` (the fine-tuning channels, ``reconcile_sequences``) must equal the run's.
-    Tabular sizes come from the run's preprocessor, which fine-tuning reuses.
+    The image channels (``reconcile_sequences``) must be the run's; tabular sizes come from the
+    run's preprocessor, which fine-tuning reuses.
     """
     pretrained = rebuild_config(run.config.model)
     for_random = model_config_for_finetune or pretrained
     if model_config_for_finetune is not None:
         _warn_ignored(pretrained, rebuild_config(model_config_for_finetune), run)
-    prep = run.preprocessor
-    if run.image_weights is not None:
-        if in_channels != len(run.sequences):
-            raise ConfigError(
-                f"fine-tuning uses {in_channels} image channel(s) but the pretrained image encoder of "
-                f"{run.run_dir} saw {len(run.sequences)} ({run.sequences}); match sequences with "
-                "reconcile_sequences"
-            )
-        image_encoder = build_image_encoder(pretrained, in_channels)
-        load_into(image_encoder, run.image_weights, strict=True)
-    else:
-        logger.warning("pretraining run %s trained no image encoder: the image branch (%s) starts random",
-                       run.run_dir, for_random.image_encoder)
-        image_encoder = build_image_encoder(for_random, in_channels)
-    if run.table_weights is not None:
-        table_encoder = build_tabular_encoder(pretrained, len(prep.continuous), prep.category_sizes)
-        load_into(table_encoder, run.table_weights, strict=True)
-    else:
-        logger.warning("pretraining run %s trained no tabular encoder: the tabular branch (%s) starts random",
-                       run.run_dir, for_random.tabular_encoder)
-        table_encoder = build_tabular_encoder(for_random, len(prep.continuous), prep.category_sizes)
-    return image_encoder, table_encoder
+    if "image" in run.weights and "image" in from_data and from_data["image"]["in_channels"] != len(run.sequences):
+        raise ConfigError(
+            f"fine-tuning uses {from_data['image']['in_channels']} image channel(s) but the pretrained image "
+            f"encoder of {run.run_dir} saw {len(run.sequences)} ({run.sequences}); match sequences with "
+            "reconcile_sequences"
+        )
+    encoders = {}
+    for modality, sizes in from_data.items():
+        if modality in run.weights:
+            encoders[modality] = build_encoder(pretrained, modality, **sizes)
+            load_into(encoders[modality], run.weights[modality], strict=True)
+        else:
+            spec = for_random.encoders.get(modality)
+            logger.warning("pretraining run %s trained no %s encoder: the %s branch (%s) starts random",
+                           run.run_dir, modality, modality, spec.name if spec else "?")
+            encoders[modality] = build_encoder(for_random, modality, **sizes)
+    return encoders
 
 
 def _warn_ignored(pretrained: ModelConfig, finetune: ModelConfig, run: PretrainingRun) -> None:
-    checks = (
-        ("image", run.image_weights, "image_encoder", "image_encoder_args"),
-        ("tabular", run.table_weights, "tabular_encoder", "tabular_encoder_args"),
-    )
-    for kind, weights, name_key, args_key in checks:
-        if weights is None:
-            continue
-        ours = (getattr(pretrained, name_key), getattr(pretrained, args_key))
-        theirs = (getattr(finetune, name_key), getattr(finetune, args_key))
-        if ours != theirs:
+    for modality in run.weights:
+        ours, theirs = pretrained.encoders.get(modality), finetune.encoders.get(modality)
+        if ours is not None and theirs is not None and (ours.name, ours.args) != (theirs.name, theirs.args):
             logger.warning(
-                "model.%s / %s of the fine-tuning config (%s %s) differ from pretraining run %s; "
+                "model.encoders.%s of the fine-tuning config (%s %s) differs from pretraining run %s; "
                 "the pretrained %s encoder is rebuilt as trained: %s %s",
-                name_key, args_key, theirs[0], theirs[1], run.run_dir, kind, ours[0], ours[1],
+                modality, theirs.name, theirs.args, run.run_dir, modality, ours.name, ours.args,
             )
 
 

@@ -1,16 +1,21 @@
 """The recurrence classifier: pretrained encoders + a DNN fusion head → one logit per subject.
 
-``FusionClassifier`` composes an image encoder (3D ResNet or 2D ResNet per slice + LSTM), a
-tabular encoder (FT-Transformer or MLP) and a fusion head (DESIGN.md §6, issue 4 item 1)::
+``FusionClassifier`` composes one encoder per modality (image: 3D ResNet or 2D ResNet per slice +
+LSTM; table: FT-Transformer or MLP; any registered other) and a fusion head (DESIGN.md §6)::
 
     image (B, C, H, W, D) ─ image_encoder ─ (B, Di) ┐
-                                                    ├─ fusion ─ MLP head ─ (B,) logits
-    table {continuous, categorical, missing} ─ table_encoder ─ (B, Dt) ┘
+    table {continuous, categorical, missing} ─ table_encoder ─ (B, Dt) ├─ fusion ─ MLP head ─ (B,) logits
+    <other modality> ─ <other>_encoder ─ (B, Do) ┘
+
+A subject lacking a modality (``present[m]`` False) gets that modality's learned missing
+embedding (``missing[m]``, (Dm,)) in place of its encoder output, so it is scored from what it
+has; frozen fine-tuning starts it at the mean embedding of the training subjects that have the
+modality (the linear probe keeps that value: mean imputation in embedding space).
 
 Fusions (``FUSIONS``): ``concat`` (MLP over the concatenated embeddings), ``gated`` (a learned
-sigmoid gate mixes per-modality projections), ``attention`` (the two projections as two tokens
-through one self-attention layer, then their mean). With one encoder (image-only / tabular-only
-ablations) the head is the MLP on that embedding alone, whatever ``fusion`` says.
+gate mixes per-modality projections: a sigmoid between two, a softmax over more), ``attention``
+(the projections as one token each through one self-attention layer, then their mean). With one
+encoder the head is the MLP on that embedding alone, whatever ``fusion`` says.
 
 Modes (``MODES``, issue 4 item 2): ``frozen`` (encoders fixed and in ``eval()``; only the head
 trains, on embeddings computed once by ``precompute_embeddings``), ``trainable`` (everything
@@ -30,6 +35,7 @@ from torch import nn
 
 from finetune.probe import ProbeTable
 from multimodal.config import check_choice
+from multimodal.data import to_device
 from multimodal.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -56,15 +62,16 @@ def _projection(in_features: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden))
 
 
+Inputs = dict[str, Any]  # modality -> batch input: image (B, C, H, W, D), table dict, ...
+
+
 class FusionClassifier(nn.Module):
-    """Image and / or tabular encoder + fusion head giving one recurrence logit per subject.
+    """One encoder per modality + fusion head giving one recurrence logit per subject.
 
     Args:
-        image_encoder: ``(B, C, H, W, D) -> (B, Di)`` with ``num_features = Di``, or None
-            (tabular-only model).
-        table_encoder: ``{continuous (B, n_cont), categorical (B, n_cat), missing (B, n_cont +
-            n_cat)} -> (B, Dt)`` with ``num_features = Dt``, or None (image-only model).
-        fusion: one of ``FUSIONS``; ignored (plain MLP) when only one encoder is given.
+        encoders: modality -> encoder (``forward(x) -> (B, D)``, ``num_features = D``); at least
+            one. Registered as ``<modality>_encoder`` (so ``image_encoder`` / ``table_encoder``).
+        fusion: one of ``FUSIONS``; ignored (plain MLP) with one encoder.
         hidden: width of the projections and of the head's hidden layers.
         dropout: dropout after every hidden layer of the head (and inside the attention layer).
         head_layers: hidden layers of the MLP head (2 by default; 0 = a linear head).
@@ -72,44 +79,52 @@ class FusionClassifier(nn.Module):
 
     def __init__(
         self,
-        image_encoder: nn.Module | None,
-        table_encoder: nn.Module | None,
+        encoders: dict[str, nn.Module],
         fusion: str = "concat",
         hidden: int = 128,
         dropout: float = 0.3,
         head_layers: int = 2,
     ) -> None:
         super().__init__()
-        if image_encoder is None and table_encoder is None:
-            raise ConfigError("FusionClassifier needs an image encoder, a tabular encoder or both")
+        encoders = {m: enc for m, enc in encoders.items() if enc is not None}
+        if not encoders:
+            raise ConfigError("FusionClassifier needs at least one encoder (image, table, ...)")
         check_choice("finetune.fusion", fusion, FUSIONS)
         if hidden < 1 or head_layers < 0 or not 0.0 <= dropout < 1.0:
             raise ConfigError(
                 f"fusion head: hidden ({hidden}) must be >= 1, head_layers ({head_layers}) >= 0 "
                 f"and dropout ({dropout}) in [0, 1)"
             )
-        self.image_encoder = image_encoder
-        self.table_encoder = table_encoder
-        two = image_encoder is not None and table_encoder is not None
-        if not two and fusion != "concat":
+        self.modalities = list(encoders)
+        for modality, encoder in encoders.items():
+            self.add_module(f"{modality}_encoder", encoder)
+        for absent in ("image", "table"):  # the usual names stay readable as None
+            if absent not in encoders:
+                self.register_module(f"{absent}_encoder", None)
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(enc.num_features)) for m, enc in encoders.items()})
+        several = len(encoders) > 1
+        if not several and fusion != "concat":
             logger.info("one modality only: fusion %r is not used, the head is an MLP on it", fusion)
-        self.fusion = fusion if two else "concat"
+        self.fusion = fusion if several else "concat"
         self.frozen_encoders = False  # set by set_mode("frozen"); train() keeps them in eval then
-        dims = [enc.num_features for enc in (image_encoder, table_encoder) if enc is not None]
+        dims = [enc.num_features for enc in encoders.values()]
         if self.fusion == "concat":
             head_in = sum(dims)
         else:
             head_in = hidden
-            self.image_proj = _projection(dims[0], hidden)
-            self.table_proj = _projection(dims[1], hidden)
+            for modality, dim in zip(self.modalities, dims, strict=True):
+                self.add_module(f"{modality}_proj", _projection(dim, hidden))
+            n = len(dims)
             if self.fusion == "gated":
-                # g = sigmoid(W [p_img, p_tab] + b), fused = g * p_img + (1 - g) * p_tab, per channel.
-                self.gate = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.Sigmoid())
+                # Two: g = sigmoid(W [p_1, p_2] + b), fused = g * p_1 + (1 - g) * p_2 per channel;
+                # more: softmax over modalities per channel.
+                self.gate = nn.Sequential(nn.Linear(n * hidden, hidden if n == 2 else n * hidden),
+                                          *([nn.Sigmoid()] if n == 2 else []))
             else:
                 heads = _ATTENTION_HEADS if hidden % _ATTENTION_HEADS == 0 else 1
                 # Self-attention is permutation-equivariant: a learned embedding per modality
-                # tells the two tokens apart.
-                self.modality_embed = nn.Parameter(torch.zeros(1, 2, hidden))
+                # tells the tokens apart.
+                self.modality_embed = nn.Parameter(torch.zeros(1, n, hidden))
                 nn.init.trunc_normal_(self.modality_embed, std=0.02)
                 self.attention = nn.TransformerEncoderLayer(
                     hidden, heads, 2 * hidden, dropout, activation="gelu",
@@ -118,12 +133,16 @@ class FusionClassifier(nn.Module):
         self.head = _mlp_head(head_in, hidden, head_layers, dropout)
 
     # ----------------------------------------------------------------------- parts
+    def encoder(self, modality: str) -> nn.Module:
+        """The encoder of ``modality``."""
+        return getattr(self, f"{modality}_encoder")
+
     def encoders(self) -> list[nn.Module]:
-        """The encoders present (image first)."""
-        return [enc for enc in (self.image_encoder, self.table_encoder) if enc is not None]
+        """The encoders, in modality order."""
+        return [self.encoder(m) for m in self.modalities]
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter outside the encoders: projections, gate / attention, MLP head."""
+        """Every parameter outside the encoders: missing embeddings, projections, gate / attention, head."""
         encoder_ids = {id(p) for enc in self.encoders() for p in enc.parameters()}
         return (p for p in self.parameters() if id(p) not in encoder_ids)
 
@@ -137,71 +156,101 @@ class FusionClassifier(nn.Module):
         return self
 
     # ----------------------------------------------------------------------- forward
-    def embed(
-        self, image: torch.Tensor | None, table: dict[str, torch.Tensor] | None
-    ) -> dict[str, torch.Tensor | None]:
-        """``image (B, C, H, W, D)``, ``table`` dict -> ``{"image": (B, Di) | None, "table": (B, Dt)
-        | None}``; a modality without an encoder gives None (its input is not read)."""
-        out: dict[str, torch.Tensor | None] = {"image": None, "table": None}
-        if self.image_encoder is not None:
-            if image is None:
-                raise ValueError("this model has an image branch: pass the image batch (B, C, H, W, D)")
-            out["image"] = self.image_encoder(image)
-        if self.table_encoder is not None:
-            if table is None:
-                raise ValueError("this model has a tabular branch: pass the table batch dict")
-            out["table"] = self.table_encoder(table)
-        return out
+    def embed(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        """``{modality: input}`` -> ``{modality: (B, D_m)}``, the encoder outputs (a subject lacking
+        a modality gets whatever its placeholder input gives; ``fuse`` replaces it)."""
+        missing = [m for m in self.modalities if inputs.get(m) is None]
+        if missing:
+            raise ValueError(f"this model reads {self.modalities}: pass the {missing} batch input(s)")
+        return {m: self.encoder(m)(inputs[m]) for m in self.modalities}
 
     def forward_from_embeddings(
-        self, image_emb: torch.Tensor | None, table_emb: torch.Tensor | None
+        self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Fusion + head on precomputed embeddings ``(B, Di)`` / ``(B, Dt)`` -> ``(B,)`` logits
-        (``frozen`` mode trains this on embeddings cached once)."""
-        present = [
-            emb for emb, enc in ((image_emb, self.image_encoder), (table_emb, self.table_encoder))
-            if enc is not None
-        ]
-        if any(emb is None for emb in present):
-            raise ValueError("an embedding is missing for a branch this model has (image and/or table)")
+        """Fusion + head on ``{modality: (B, D_m)}`` embeddings -> ``(B,)`` logits; ``present``
+        ``{modality: (B,) bool}`` swaps in the missing embedding where False (``frozen`` mode trains
+        this on embeddings cached once)."""
+        absent = [m for m in self.modalities if embeddings.get(m) is None]
+        if absent:
+            raise ValueError(f"embeddings are missing for {absent}; this model reads {self.modalities}")
+        parts = []
+        for m in self.modalities:
+            emb = embeddings[m]
+            if present is not None and m in present:
+                keep = present[m].to(emb.device).bool().unsqueeze(1)  # (B, 1)
+                emb = torch.where(keep, emb, self.missing[m].to(emb.dtype).expand_as(emb))
+            parts.append(emb)
         if self.fusion == "concat":
-            fused = torch.cat(present, dim=1)  # (B, Di [+ Dt])
+            fused = torch.cat(parts, dim=1)  # (B, sum D_m)
         else:
-            p_img, p_tab = self.image_proj(present[0]), self.table_proj(present[1])  # (B, h) each
+            projected = [getattr(self, f"{m}_proj")(emb) for m, emb in zip(self.modalities, parts, strict=True)]
+            stacked = torch.stack(projected, dim=1)  # (B, n, h)
             if self.fusion == "gated":
-                gate = self.gate(torch.cat([p_img, p_tab], dim=1))  # (B, h) in (0, 1)
-                fused = gate * p_img + (1.0 - gate) * p_tab
+                gate = self.gate(torch.cat(projected, dim=1))
+                if len(projected) == 2:  # (B, h) in (0, 1)
+                    fused = gate * projected[0] + (1.0 - gate) * projected[1]
+                else:  # (B, n, h), softmax over modalities
+                    fused = (gate.view_as(stacked).softmax(dim=1) * stacked).sum(dim=1)
             else:
-                tokens = torch.stack([p_img, p_tab], dim=1) + self.modality_embed  # (B, 2, h)
-                fused = self.attention(tokens).mean(dim=1)  # (B, h)
+                fused = self.attention(stacked + self.modality_embed).mean(dim=1)  # (B, h)
         return self.head(fused).squeeze(-1)
 
-    def forward(
-        self, image: torch.Tensor | None, table: dict[str, torch.Tensor] | None
-    ) -> torch.Tensor:
-        """``image (B, C, H, W, D)`` and / or ``table`` dict -> ``(B,)`` recurrence logits."""
-        emb = self.embed(image, table)
-        return self.forward_from_embeddings(emb["image"], emb["table"])
+    def forward(self, inputs: Inputs, present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``{modality: input}`` (and ``present``) -> ``(B,)`` recurrence logits."""
+        return self.forward_from_embeddings(self.embed(inputs), present)
 
 
-def build_classifier(image_encoder: nn.Module | None, table_encoder: nn.Module | None, settings: Any,
-                     num_continuous: int, category_sizes: list[int],
-                     table_embedding: bool | None = None) -> FusionClassifier:
-    """The fold classifier the ``finetune:`` settings describe, from encoders already built (or None
-    for a branch the run does not use). ``head: probe`` replaces the table branch by the baseline's
+def build_classifier(encoders: dict[str, nn.Module | None], settings: Any, num_continuous: int,
+                     category_sizes: list[int], table_embedding: bool | None = None) -> FusionClassifier:
+    """The fold classifier the ``finetune:`` settings describe, from encoders already built (None for
+    a modality the run does not use). ``head: probe`` replaces the table branch by the baseline's
     table design (plus the frozen table embedding if ``probe_table_embedding``) and the head by one
     ``Linear``; training, ``predict`` and the test cohort all build fold models here.
     ``table_embedding`` overrides ``probe_table_embedding`` (False when the table encoder was
     never pretrained: a random embedding would only add noise columns)."""
+    encoders = {m: enc for m, enc in encoders.items() if enc is not None}
     if settings.head == "probe":
         if table_embedding is None:
             table_embedding = settings.probe_table_embedding
-        if table_encoder is not None:
-            table_encoder = ProbeTable(table_encoder if table_embedding else None, num_continuous, category_sizes)
-        return FusionClassifier(image_encoder, table_encoder, fusion="concat", hidden=settings.hidden,
-                                dropout=settings.dropout, head_layers=0)
-    return FusionClassifier(image_encoder, table_encoder, fusion=settings.fusion, hidden=settings.hidden,
-                            dropout=settings.dropout, head_layers=settings.head_layers)
+        if "table" in encoders:
+            encoders["table"] = ProbeTable(encoders["table"] if table_embedding else None, num_continuous,
+                                           category_sizes)
+        return FusionClassifier(encoders, fusion="concat", hidden=settings.hidden, dropout=settings.dropout,
+                                head_layers=0)
+    return FusionClassifier(encoders, fusion=settings.fusion, hidden=settings.hidden, dropout=settings.dropout,
+                            head_layers=settings.head_layers)
+
+
+def load_classifier_state(model: FusionClassifier, state: dict[str, torch.Tensor]) -> None:
+    """Load fold weights strictly, except that weights saved before missing-modality embeddings
+    existed leave them at their initial value (zeros)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("missing.")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"fold weights do not fit the model: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+@torch.no_grad()
+def init_missing_embeddings(model: FusionClassifier, embeddings: dict[str, torch.Tensor],
+                            present: dict[str, torch.Tensor]) -> None:
+    """Start each modality's missing embedding at the mean ``(D_m,)`` of the training rows that have
+    the modality (``embeddings`` ``{m: (N, D_m)}``, ``present`` ``{m: (N,) bool}``)."""
+    for modality in model.modalities:
+        rows = present.get(modality)
+        if rows is not None and rows.any():
+            model.missing[modality].copy_(embeddings[modality][rows.bool()].mean(dim=0))
+
+
+def fill_missing(model: FusionClassifier, embeddings: dict[str, torch.Tensor],
+                 present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{m: (N, D_m)}`` with rows lacking modality ``m`` replaced by its missing embedding, exactly
+    as ``forward_from_embeddings`` sees them."""
+    out = {}
+    for modality in model.modalities:
+        emb, rows = embeddings[modality], present.get(modality)
+        out[modality] = emb if rows is None else torch.where(
+            rows.bool().unsqueeze(1), emb, model.missing[modality].detach().to(emb.dtype).expand_as(emb))
+    return out
 
 
 # --------------------------------------------------------------------------- modes
@@ -266,27 +315,21 @@ def precompute_embeddings(
     model: FusionClassifier,
     batches: Iterable[dict[str, Any]],
     device: torch.device | str | None = None,
-) -> dict[str, torch.Tensor | None]:
-    """Encoder embeddings of every batch, encoders in ``eval()``: ``{"image": (N, Di) | None,
-    "table": (N, Dt) | None}`` on the CPU, rows in the iteration order (use an unshuffled,
-    unaugmented loader). Each batch is a dict with ``image (B, C, H, W, D)`` and / or ``table``
-    (the preprocessor's dict of ``(B, ·)`` tensors), as the data loaders collate them.
+) -> dict[str, torch.Tensor]:
+    """Encoder embeddings of every batch, encoders in ``eval()``: ``{modality: (N, D_m)}`` on the
+    CPU, rows in the iteration order (use an unshuffled, unaugmented loader). Each batch holds the
+    model's modalities (``image (B, C, H, W, D)``, the ``table`` dict, ...) as the data loaders
+    collate them.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[torch.Tensor]] = {"image": [], "table": []}
+    chunks: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
     try:
         for batch in batches:
-            image = batch.get("image")
-            table = batch.get("table")
-            emb = model.embed(
-                image.to(device) if image is not None else None,
-                {k: v.to(device) for k, v in table.items()} if table is not None else None,
-            )
+            emb = model.embed(to_device({m: batch.get(m) for m in model.modalities}, device))
             for key, value in emb.items():
-                if value is not None:
-                    chunks[key].append(value.float().cpu())
+                chunks[key].append(value.float().cpu())
     finally:
         model.train(was_training)
-    return {key: torch.cat(parts) if parts else None for key, parts in chunks.items()}
+    return {key: torch.cat(parts) for key, parts in chunks.items() if parts}

@@ -70,6 +70,8 @@ def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path) -> Pat
         raise StrokeSSLError(f"{run_dir} is not a finished fine-tuning run (no metrics.json / model.json)")
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     cohort_config = new_cohort_config(run_dir, Path(cohort))
+    if cohort_config.missing_images == "error":  # new subjects without MRI are scored from what they have
+        cohort_config.missing_images = "drop_modality"
     subjects = load_cohort(cohort_config)
     frame = ensemble_probabilities(load_fold_models(run_dir), subjects)
     probability = frame["probability"]

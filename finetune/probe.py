@@ -170,15 +170,19 @@ def _reduction(centred: np.ndarray, groups: np.ndarray, components: int | None) 
 
 def probe_groups(model: nn.Module) -> np.ndarray:
     """``(F,)`` groups of a probe classifier's head inputs, in ``forward_from_embeddings`` order:
-    1 = image embedding, 2 = frozen table embedding, 0 = table design (see ``fit_linear_probe``)."""
-    parts = []
-    if model.image_encoder is not None:
-        parts.append(np.full(model.image_encoder.num_features, 1))
-    table = model.table_encoder
-    if table is not None:
-        if table.encoder is not None:
-            parts.append(np.full(table.encoder.num_features, 2))
-        parts.append(np.zeros(table.design.num_features, dtype=int))
+    one block number (1, 2, ...) per embedding (image, frozen table embedding, any other modality)
+    and 0 for the table design (see ``fit_linear_probe``)."""
+    parts, block = [], 0
+    for modality in model.modalities:
+        encoder = model.encoder(modality)
+        if isinstance(encoder, ProbeTable):
+            if encoder.encoder is not None:
+                block += 1
+                parts.append(np.full(encoder.encoder.num_features, block))
+            parts.append(np.zeros(encoder.design.num_features, dtype=int))
+        else:
+            block += 1
+            parts.append(np.full(encoder.num_features, block))
     return np.concatenate(parts)
 
 

@@ -32,6 +32,7 @@ from finetune.baselines import baseline_frame, fit_predict_baseline
 from finetune.config import FinetuneConfig, finetune_config, resolved_repeats
 from finetune.inference import EmbeddingDataset, classifier_logits, predict_probabilities
 from finetune.init import (
+    PretrainingRun,
     build_finetune_encoders,
     load_pretraining_run,
     rebuild_config,
@@ -45,6 +46,8 @@ from finetune.metrics import (
 from finetune.model import (
     FusionClassifier,
     build_classifier,
+    fill_missing,
+    init_missing_embeddings,
     parameter_groups,
     precompute_embeddings,
     set_mode,
@@ -57,6 +60,7 @@ from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
 from multimodal.config import (
+    ModelConfig,
     RunConfig,
     changed_keys,
     cohort_roles,
@@ -66,14 +70,16 @@ from multimodal.config import (
     to_dict,
 )
 from multimodal.data import (
+    BUILT_IN_MODALITIES,
     MultimodalDataset,
     build_dataset,
+    encoder_sizes,
     resolve_sequences,
     seed_everything,
     to_device,
     volume_cache,
 )
-from multimodal.encoders import build_image_encoder, build_tabular_encoder
+from multimodal.encoders import build_encoder
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 
@@ -148,29 +154,46 @@ class FoldContext:
         # The probe reads the frozen table embedding only where pretraining trained that encoder.
         self.probe_table_embedding = settings.probe_table_embedding and (
             self.pretrained is not None and self.pretrained.table_weights is not None)
+        self.modalities = modalities_in_use(run_config, self.pretrained, settings.branches)
+        # The spec each modality is built with: the pretraining run's for what it trained, else ours.
+        trained = self.pretrained.weights if self.pretrained is not None and settings.mode != "scratch" else {}
+        self.specs = {m: (self.pretrained.config.model if m in trained else run_config.model).encoders[m]
+                      for m in self.modalities}
         self.cache = None
-        if settings.branches != "table":
+        if "image" in self.modalities:
             self.cache = volume_cache(run_config, cohort_config, self.sequences)
 
     def dataset(self, ids: list[str], preprocessor: TabularPreprocessor, augment: bool) -> MultimodalDataset:
-        """The labeled items of ``ids``, augmented when ``augment``; only the branches the run uses."""
+        """The labeled items of ``ids``, augmented when ``augment``; only the modalities the run uses."""
         return build_dataset(self.cohort, ids, cache=self.cache,
-                             preprocessor=preprocessor if self.settings.branches != "image" else None,
+                             preprocessor=preprocessor if "table" in self.modalities else None,
+                             others={m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES},
                              augment=self.run_config.imaging.augment if augment else None,
                              seed=self.run_config.seed, labels=True)
 
     def model(self, preprocessor: TabularPreprocessor) -> FusionClassifier:
         settings, config = self.settings, self.run_config
+        sizes = encoder_sizes(self.modalities, self.sequences, preprocessor)
         if self.pretrained is not None and settings.mode != "scratch":
-            image, table = build_finetune_encoders(self.pretrained, config.model, len(self.sequences))
+            encoders = build_finetune_encoders(self.pretrained, config.model, sizes)
         else:
-            image = build_image_encoder(config.model, len(self.sequences)) if settings.branches != "table" else None
-            table = build_tabular_encoder(config.model, len(preprocessor.continuous), preprocessor.category_sizes)
-        image = image if settings.branches != "table" else None
-        table = table if settings.branches != "image" else None
-        model = build_classifier(image, table, settings, len(preprocessor.continuous), preprocessor.category_sizes,
+            encoders = {m: build_encoder(config.model, m, **sizes[m]) for m in self.modalities}
+        model = build_classifier(encoders, settings, len(preprocessor.continuous), preprocessor.category_sizes,
                                  table_embedding=self.probe_table_embedding)
         return set_mode(model, settings.mode).to(self.device)
+
+
+def modalities_in_use(run_config: RunConfig, pretrained: PretrainingRun | None, branches: str) -> list[str]:
+    """The modalities a fine-tuning run reads: ``model.encoders`` (plus any other modality the
+    pretraining run trained), or the one ``finetune.branches`` names."""
+    configured = list(run_config.model.encoders)
+    if pretrained is not None:
+        configured += [m for m in pretrained.weights if m not in configured]
+    if branches == "both":
+        return configured
+    if branches not in configured:
+        raise ConfigError(f"finetune.branches: {branches} needs model.encoders.{branches}")
+    return [branches]
 
 
 def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: int) -> tuple[dict[str, Any], FusionClassifier]:
@@ -217,8 +240,9 @@ def _train_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tabular
     parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen)) for name, ids in splits}
     if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
         data = {name: EmbeddingDataset(precompute_embeddings(
-                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device), labels(ids))
-                for name, ids in splits}
+                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device), labels(ids),
+                    parts[name].present) for name, ids in splits}
+        init_missing_embeddings(model, data["train"].embeddings, data["train"].present)
     else:
         data = parts
     history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
@@ -232,19 +256,19 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     """Linear probe on the whole training fold (its inner CV picks C, so no subject is held back);
     the threshold and recalibration use the probe's out-of-fold probabilities within the fold."""
     batch_size = ctx.settings.batch_size
-    embedded = {name: precompute_embeddings(model, DataLoader(ctx.dataset(ids, preprocessor, augment=False),
-                                                              batch_size=batch_size), ctx.device)
-                for name, ids in (("train", train_ids), ("test", test_ids))}
-
-    def features(emb: dict[str, torch.Tensor | None]) -> np.ndarray:  # (N, Di + Dt), image first
-        return torch.cat([e for e in (emb["image"], emb["table"]) if e is not None], dim=1).numpy()
-
-    fit = fit_linear_probe(features(embedded["train"]), labels(train_ids), seed, probe_groups(model))
+    parts = {name: ctx.dataset(ids, preprocessor, augment=False) for name, ids in (("train", train_ids),
+                                                                                  ("test", test_ids))}
+    embedded = {name: EmbeddingDataset(precompute_embeddings(model, DataLoader(part, batch_size=batch_size), ctx.device),
+                                       labels(part.ids), part.present) for name, part in parts.items()}
+    # A subject lacking a modality enters with the training mean of that embedding (mean imputation).
+    init_missing_embeddings(model, embedded["train"].embeddings, embedded["train"].present)
+    filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)
+    features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
+    fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model))
     load_probe(model.head[-1], fit)
-    test = EmbeddingDataset(embedded["test"], labels(test_ids))
     history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0])}]
     return (history, train_ids, np.asarray(fit["oof_probabilities"]),
-            predict_probabilities(model, test, batch_size, ctx.device))
+            predict_probabilities(model, embedded["test"], batch_size, ctx.device))
 
 
 # --------------------------------------------------------------------------- the run
@@ -303,15 +327,11 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
     test = load_test_cohort(settings.test_cohort) if settings.test_cohort is not None else None
     if test is not None:  # a broken test cohort fails now, not after hours of training
-        check_test_cohort(test, cohort,
-                          ctx.sequences if settings.branches != "table" else [])
-    # The architecture each branch was built with, so predict can rebuild the fold models alone.
-    pretrained = ctx.pretrained if settings.mode != "scratch" else None
-    image_from = pretrained.config.model if pretrained is not None and pretrained.image_weights else run_config.model
-    table_from = pretrained.config.model if pretrained is not None and pretrained.table_weights else run_config.model
+        check_test_cohort(test, cohort, ctx.sequences if "image" in ctx.modalities else [])
+    # The architecture each modality was built with, so predict can rebuild the fold models alone.
+    architecture = rebuild_config(ModelConfig(encoders=dict(ctx.specs)))
     atomic_write_text(run_dir / "model.json", json.dumps({
-        "image_model": to_dict(rebuild_config(image_from)), "table_model": to_dict(rebuild_config(table_from)),
-        "sequences": ctx.sequences, "init": str(init) if init is not None else None,
+        "encoders": to_dict(architecture.encoders), "sequences": ctx.sequences, "init": str(init) if init is not None else None,
         "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),
     }, indent=2))
     if ctx.cache is not None:

@@ -26,7 +26,7 @@ from multimodal.errors import ConfigError
 
 T = TypeVar("T")
 
-MISSING_IMAGE_POLICIES = ("error", "drop", "zero")
+MISSING_IMAGE_POLICIES = ("error", "drop", "zero", "drop_modality")
 FEATURE_TYPES = ("continuous", "categorical")
 CACHE_DTYPES = ("float32", "float16")
 
@@ -47,7 +47,9 @@ class CohortConfig:
     features: list[str] | None = None  # optional allow-list of clinical feature columns
     types: dict[str, str] = field(default_factory=dict)  # column -> continuous | categorical
     na_values: list[Any] = field(default_factory=list)  # extra missing-value markers, e.g. -999
-    missing_images: str = "error"  # a subject lacking a sequence: error | drop | zero (empty channel)
+    # a subject lacking a sequence: error | drop (the subject) | zero (empty channel; no sequence at
+    # all = no image modality) | drop_modality (no image modality: scored from the other modalities)
+    missing_images: str = "error"
     volume_index: dict[str, int] = field(default_factory=dict)  # sequence -> volume of a 4D file
     source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
 
@@ -136,13 +138,51 @@ class ImagingConfig:
 
 
 @dataclass
+class EncoderSpec:
+    """One modality's encoder: a registered name (``multimodal.encoders``), its arguments and an
+    optional local weights file (``.safetensors`` / tensors-only ``.pt``; nothing is downloaded)."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+
+
+def _default_encoders() -> dict[str, EncoderSpec]:
+    return {"image": EncoderSpec("resnet3d_18"), "table": EncoderSpec("ft_transformer")}
+
+
+# The flat keys of configs written before model.encoders (still read, converted, never written).
+LEGACY_MODEL_KEYS = {"image_encoder": ("image", "name"), "image_encoder_args": ("image", "args"),
+                     "image_weights": ("image", "weights"), "tabular_encoder": ("table", "name"),
+                     "tabular_encoder_args": ("table", "args"), "tabular_weights": ("table", "weights")}
+
+
+@dataclass
 class ModelConfig:
-    image_encoder: str = "resnet3d_18"  # a name from multimodal.encoders.ENCODERS
-    image_encoder_args: dict[str, Any] = field(default_factory=dict)
-    image_weights: Path | None = None  # local .safetensors / .pt file; nothing is downloaded
-    tabular_encoder: str = "ft_transformer"
-    tabular_encoder_args: dict[str, Any] = field(default_factory=dict)
-    tabular_weights: Path | None = None
+    """``encoders``: modality -> ``EncoderSpec``; its keys are the modalities a model reads
+    (``image``: the MRI sequences, ``table``: the clinical record, any registered other)."""
+
+    encoders: dict[str, EncoderSpec] = field(default_factory=_default_encoders)
+
+    @staticmethod
+    def migrate(data: dict[str, Any]) -> dict[str, Any]:
+        """Fold the flat keys of older configs (``image_encoder``, ``tabular_encoder_args``, ...)
+        into ``encoders`` (over the defaults, or over ``encoders`` when both are given)."""
+        legacy = {key: data[key] for key in LEGACY_MODEL_KEYS if key in data}
+        if not legacy:
+            return data
+        encoders = data.get("encoders") or to_dict(_default_encoders())
+        encoders = {modality: dict(spec or {}) for modality, spec in encoders.items()}
+        for key, value in legacy.items():
+            modality, field_name = LEGACY_MODEL_KEYS[key]
+            encoders.setdefault(modality, {"name": None})[field_name] = value
+        rest = {key: value for key, value in data.items() if key not in LEGACY_MODEL_KEYS}
+        return {**rest, "encoders": encoders}
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities with an encoder, in config order."""
+        return list(self.encoders)
 
 
 @dataclass
@@ -240,6 +280,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: Path | 
     """Build dataclass ``cls`` from a mapping, refusing unknown keys with a suggestion."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    migrate = getattr(cls, "migrate", None)  # a config section that still reads older keys
+    if migrate is not None and isinstance(data, dict):
+        data = migrate(data)
     kwargs = {}
     for key, value in (data or {}).items():
         if key not in names:

@@ -7,14 +7,24 @@ share seeding and device moves. An item is::
 
     {"index": int (cohort position; the memory queue's subject id), "subject_id": str,
      "image": (C, H, W, D) or (views, C, H, W, D), "table": {continuous, categorical, missing},
+     "<other modality>": tensor from its registered reader,
+     "present": {modality: () bool}, False where the subject lacks that modality,
      "label": () float32 (only when the dataset holds labels)}
 
-A modality the caller does not ask for is left out of the item.
+A modality the caller does not ask for is left out of the item. A subject lacks the image
+modality when its cohort's ``missing_images`` policy says so (``VolumeCache.has_image``), the
+table when every clinical feature is missing, another modality when its reader says so.
+
+Modalities beyond image and table register a reader here (``@register_modality("report")``):
+``reader(cohort, ids, args) -> (inputs (N, ...), present (N,) bool)``, ``args`` being the
+encoder's ``model.encoders.<modality>.args``; with an encoder file registering its encoders for
+that modality and a ``model.encoders`` entry, that is all a new modality needs.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +36,20 @@ from multimodal.cohort import Cohort
 from multimodal.config import AugmentConfig, CohortConfig, RunConfig
 from multimodal.errors import ConfigError
 from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.registry import Registry
 from multimodal.tabular import TabularPreprocessor
 
 CACHE_FOLDER = ".strokessl-cache"
+BUILT_IN_MODALITIES = ("image", "table")  # read by VolumeCache and TabularPreprocessor
+ModalityReader = Callable[[Cohort, list[str], dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+MODALITY_READERS = Registry("modality reader")
+
+
+def register_modality(name: str) -> Callable[[ModalityReader], ModalityReader]:
+    """Decorator registering the reader of modality ``name`` (see the module docstring)."""
+    if name in BUILT_IN_MODALITIES:
+        raise ValueError(f"modality {name!r} is built in")
+    return MODALITY_READERS.register(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,6 +79,15 @@ def resolve_sequences(run_config: RunConfig, cohort: Cohort) -> list[str]:
     return sequences
 
 
+def encoder_sizes(modalities: list[str], sequences: list[str],
+                  preprocessor: TabularPreprocessor) -> dict[str, dict[str, Any]]:
+    """What the data fixes of each modality's encoder (``build_encoder``'s ``from_data``): image
+    ``in_channels`` (one per MRI sequence), table the preprocessor's feature counts, others nothing."""
+    fixed = {"image": {"in_channels": len(sequences)},
+             "table": {"num_continuous": len(preprocessor.continuous), "category_sizes": preprocessor.category_sizes}}
+    return {m: fixed.get(m, {}) for m in modalities}
+
+
 def cache_dir_for(run_config: RunConfig, cohort_config: CohortConfig) -> Path:
     """The one cache-folder rule: ``data.cache_dir`` when set, else ``<cohort folder>/.strokessl-cache``
     for the cohort being read (training, test or ``predict`` cohort alike)."""
@@ -73,8 +103,9 @@ def volume_cache(run_config: RunConfig, cohort_config: CohortConfig, sequences: 
 
 
 class MultimodalDataset(Dataset):
-    """One item per subject (see the module docstring); ``images`` / ``table`` / ``labels`` may be
-    None, and their keys are then absent from the items."""
+    """One item per subject (see the module docstring). ``images`` / ``table`` / ``others``
+    (modality -> (N, ...) inputs) / ``labels`` may be None or empty, and their keys are then absent
+    from the items; ``present`` maps each modality given to its (N,) bool presence."""
 
     def __init__(
         self,
@@ -83,12 +114,16 @@ class MultimodalDataset(Dataset):
         images: ImageDataset | None,
         table: dict[str, torch.Tensor] | None,
         labels: np.ndarray | None = None,
+        others: dict[str, torch.Tensor] | None = None,
+        present: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.ids = ids
         self.positions = positions
         self.images = images
         self.table = table
+        self.others = others or {}
         self.labels = torch.as_tensor(labels, dtype=torch.float32) if labels is not None else None
+        self.present = present if present is not None else _all_present(len(ids), images, table, self.others)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next epoch's augmentations (see ``ImageDataset.set_epoch``)."""
@@ -104,9 +139,34 @@ class MultimodalDataset(Dataset):
             item["image"] = self.images[i]["image"]
         if self.table is not None:
             item["table"] = {key: value[i] for key, value in self.table.items()}
+        for modality, inputs in self.others.items():
+            item[modality] = inputs[i]
+        item["present"] = {modality: flags[i] for modality, flags in self.present.items()}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
+
+
+def _all_present(n: int, images: Any, table: Any, others: dict[str, Any]) -> dict[str, torch.Tensor]:
+    names = [m for m, given in (("image", images), ("table", table)) if given is not None] + list(others)
+    return {m: torch.ones(n, dtype=torch.bool) for m in names}
+
+
+def modality_presence(cohort: Cohort, ids: list[str], cache: VolumeCache | None,
+                      others: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{modality: (N,) bool}`` for the image (when ``cache`` is given), the raw clinical row and
+    every modality of ``others``: which subjects of ``ids`` have what."""
+    present = {"table": cohort.features.loc[ids].notna().any(axis=1).to_numpy()}
+    if cache is not None:
+        present["image"] = np.array([cache.has_image(r) for r in cohort.records(ids)], dtype=bool)
+    for modality, args in others.items():
+        present[modality] = MODALITY_READERS.lookup(modality)(cohort, ids, args)[1].numpy().astype(bool)
+    return present
+
+
+def table_present(table: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(N,)`` bool: rows with at least one clinical feature (an empty row is an absent table)."""
+    return ~table["missing"].bool().all(dim=1)
 
 
 def build_dataset(
@@ -115,6 +175,7 @@ def build_dataset(
     *,
     cache: VolumeCache | None = None,
     preprocessor: TabularPreprocessor | None = None,
+    others: dict[str, dict[str, Any]] | None = None,
     augment: AugmentConfig | None = None,
     seed: int = 0,
     views: int = 1,
@@ -124,11 +185,22 @@ def build_dataset(
 
     Images come from ``cache`` (None: no image key), augmented with ``augment`` (None: the cached
     volume) in ``views`` independent draws; the table from ``preprocessor`` (None: no table key);
+    ``others`` maps further modalities to their encoder args, read by their registered readers;
     ``labels=True`` adds each subject's label (the caller keeps only labeled subjects then).
     """
     ids = list(cohort.ids) if ids is None else list(ids)
     position = {s: i for i, s in enumerate(cohort.ids)}
     rows = [position[s] for s in ids]
-    images = ImageDataset(cohort.records(ids), cache, augment, seed=seed, views=views) if cache is not None else None
-    table = preprocessor.transform_tensors(cohort.features.loc[ids]) if preprocessor is not None else None
-    return MultimodalDataset(ids, rows, images, table, cohort.labels[rows] if labels else None)
+    present: dict[str, torch.Tensor] = {}
+    images = table = None
+    if cache is not None:
+        records = cohort.records(ids)
+        images = ImageDataset(records, cache, augment, seed=seed, views=views)
+        present["image"] = torch.tensor([cache.has_image(r) for r in records], dtype=torch.bool)
+    if preprocessor is not None:
+        table = preprocessor.transform_tensors(cohort.features.loc[ids])
+        present["table"] = table_present(table)
+    inputs = {}
+    for modality, args in (others or {}).items():
+        inputs[modality], present[modality] = MODALITY_READERS.lookup(modality)(cohort, ids, args)
+    return MultimodalDataset(ids, rows, images, table, cohort.labels[rows] if labels else None, inputs, present)

@@ -178,7 +178,8 @@ def preprocess_subject(
     if missing and missing_images != "zero":
         raise ImageError(
             f"subject {subject!r} has no image for sequence(s) {missing}; give the file, or set "
-            "missing_images: zero (empty channel) or drop (skip the subject) in the cohort config"
+            "missing_images: zero (empty channel), drop (skip the subject) or drop_modality (score it from its "
+            "other modalities) in the cohort config"
         )
     if not present.any():
         raise ImageError(f"subject {subject!r} has no image for any of {list(sequences)}")
@@ -282,13 +283,22 @@ class VolumeCache:
             "spatial_size": list(self.imaging.spatial_size),
             "orientation": self.imaging.orientation,
             "head_margin_mm": self.imaging.head_margin_mm,
-            "missing_images": self.missing_images,
+            # drop_modality caches exactly what error does (complete subjects only): share the entries.
+            "missing_images": "error" if self.missing_images == "drop_modality" else self.missing_images,
             "volume_index": sorted(self.volume_index.items()),
             "dtype": self.dtype,  # so switching to float16 really shrinks the cache
             "strokessl": importlib.metadata.version("strokessl"),
             "monai": monai.__version__,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    def has_image(self, record: dict[str, Any]) -> bool:
+        """False for a subject whose image modality is absent under the policy (``drop_modality``: a
+        sequence is missing; ``zero``: every sequence is); such subjects are never preprocessed."""
+        present = [not _is_missing(record["image"].get(s)) for s in self.sequences]
+        if self.missing_images == "drop_modality":
+            return all(present)
+        return any(present) if self.missing_images == "zero" else True  # error refuses in preprocessing
 
     def path(self, record: dict[str, Any]) -> Path:
         """Where this subject's entry lives: ``<cache_dir>/<key>.safetensors``."""
@@ -339,6 +349,7 @@ class VolumeCache:
 
         Errors from several subjects are collected and raised together as one ``ImageError``.
         """
+        records = [r for r in records if self.has_image(r)]
         loader = DataLoader(
             _WarmDataset(self, records), batch_size=None, num_workers=workers, collate_fn=_identity
         )
@@ -443,8 +454,13 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        tensors = self.cache.load(record)
-        cached, modality_mask = tensors["image"], tensors["modality_mask"]
+        if self.cache.has_image(record):
+            tensors = self.cache.load(record)
+            cached, modality_mask = tensors["image"], tensors["modality_mask"]
+        else:  # no image modality: an empty volume the model is told about (item "present" in the dataset)
+            channels = len(self.cache.sequences)
+            cached = torch.zeros(channels, *self.cache.imaging.spatial_size)
+            modality_mask = torch.zeros(channels)
         views = [self._augment(cached, modality_mask, index, view) for view in range(self.views)]
         image = views[0] if self.views == 1 else torch.stack(views)
         label = record.get("label")

@@ -158,7 +158,7 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
             missing_sequence[sequence] += 1
             problem = Problem(f"no {sequence} image (empty cell)", subject=subject, column=column)
             if config.missing_images == "error":
-                problem.message += "; fill it in, or set missing_images: drop | zero in the cohort config"
+                problem.message += "; fill it in, or set missing_images: drop | zero | drop_modality in the cohort config"
                 report.errors.append(problem)
             continue
         if not path.is_file():

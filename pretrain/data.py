@@ -19,11 +19,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from multimodal.cohort import Cohort, load_cohort, stratified_split
 from multimodal.config import CohortConfig, RunConfig
-from multimodal.data import MultimodalDataset, build_dataset, resolve_sequences, volume_cache
+from multimodal.data import (
+    BUILT_IN_MODALITIES,
+    MultimodalDataset,
+    build_dataset,
+    modality_presence,
+    resolve_sequences,
+    volume_cache,
+)
 from multimodal.errors import StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 from pretrain import distributed
 from pretrain.config import PretrainConfig
+from pretrain.model import pretrain_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ logger = logging.getLogger(__name__)
 class PretrainData:
     cohort: Cohort
     sequences: list[str]
+    modalities: list[str]  # what the model reads (pretrain_modalities)
     preprocessor: TabularPreprocessor
     train: MultimodalDataset
     val: MultimodalDataset
@@ -54,9 +63,22 @@ def pretraining_subjects(cohort: Cohort, rows: str) -> list[str]:
 def build_pretrain_data(
     run_config: RunConfig, cohort_config: CohortConfig, pretrain: PretrainConfig, run_dir: Path
 ) -> PretrainData:
-    """Split, fit (or reload) the preprocessor, warm the MRI cache and build both datasets."""
+    """Split, fit (or reload) the preprocessor, warm the MRI cache and build both datasets.
+
+    Subjects lacking a modality pretraining reads are left out (no pair can be formed with them)."""
     cohort = load_cohort(cohort_config)
     subjects = pretraining_subjects(cohort, pretrain.rows)
+    modalities = pretrain_modalities(run_config.model, pretrain)
+    others = {m: run_config.model.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}
+    sequences = resolve_sequences(run_config, cohort)
+    cache = volume_cache(run_config, cohort_config, sequences)
+    present = modality_presence(cohort, subjects, cache if "image" in modalities else None, others)
+    complete = np.logical_and.reduce([present[m] for m in modalities])
+    if not complete.all():
+        lacking = {m: int((~present[m]).sum()) for m in modalities if not present[m].all()}
+        logger.warning("pretraining skips %d subject(s) lacking a modality it pairs (%s)", int((~complete).sum()),
+                       ", ".join(f"{n} without {m}" for m, n in lacking.items()))
+        subjects = [s for s, keep in zip(subjects, complete, strict=True) if keep]
     position = {s: i for i, s in enumerate(cohort.ids)}
     labels = cohort.labels[[position[s] for s in subjects]]
     train_ids, val_ids = stratified_split(subjects, labels, pretrain.val_fraction, run_config.seed)
@@ -76,10 +98,8 @@ def build_pretrain_data(
         if distributed.is_main():
             preprocessor.save(preprocessor_path)
 
-    sequences = resolve_sequences(run_config, cohort)
-    use_images = "image" in pretrain.modalities
-    use_table = "table" in pretrain.modalities
-    cache = volume_cache(run_config, cohort_config, sequences)
+    use_images = "image" in modalities
+    use_table = "table" in modalities
     if use_images:
         if distributed.is_main():
             cache.warm(cohort.records(train_ids + val_ids), workers=run_config.data.workers)
@@ -88,12 +108,12 @@ def build_pretrain_data(
     def dataset(ids: list[str], train: bool) -> MultimodalDataset:
         views = 2 if train and "simclr" in pretrain.objectives else 1
         return build_dataset(cohort, ids, cache=cache if use_images else None,
-                             preprocessor=preprocessor if use_table else None,
+                             preprocessor=preprocessor if use_table else None, others=others,
                              augment=run_config.imaging.augment if train else None, seed=run_config.seed, views=views)
 
     train = dataset(train_ids, True)
     pool = train.table if train.table is not None else preprocessor.transform_tensors(cohort.features.loc[train_ids])
-    return PretrainData(cohort, sequences, preprocessor, train, dataset(val_ids, False), pool)
+    return PretrainData(cohort, sequences, modalities, preprocessor, train, dataset(val_ids, False), pool)
 
 
 def make_loader(

@@ -94,13 +94,20 @@ class PretrainStep(nn.Module):
             mask = mask_features(table["missing"], self.pretrain.mask_rate,
                                  step_generator(self.seed, step, distributed.rank(), 2))
             masked = dict(table, missing=table["missing"] | mask)
-        out = self.model(image=batch["image"], table=table, masked_table=masked)
+        others = [m for m in self.model.modalities if m not in ("image", "table")]
+        out = self.model(image=batch["image"], table=table, masked_table=masked, **{m: batch[m] for m in others})
         terms: dict[str, torch.Tensor] = {"temperature": 1.0 / out["logit_scale"].detach()}
         queue = self.queue.get() if self.queue is not None else None
         clip = clip_loss(out["image_features"], out["table_features"], out["logit_scale"],
                          image_weight=self.pretrain.clip_image_weight, gather=True, queue=queue,
                          row_ids=batch["index"])
         terms["clip_loss"] = clip["clip_loss"]
+        if others:  # further modalities: symmetric CLIP of each with every modality before it, averaged
+            names = ["image", "table", *others]
+            pairs = [(a, b) for j, b in enumerate(names) for a in names[:j] if b in others]
+            extra = [clip_loss(out[f"{a}_features"], out[f"{b}_features"], out["logit_scale"])["clip_loss"]
+                     for a, b in pairs]
+            terms["clip_loss"] = (clip["clip_loss"] + sum(extra)) / (1 + len(extra))
         if "image_view_features" in out:  # simclr beside clip: two views, the first one met the table
             first, second = out["image_view_features"].chunk(2)
             terms.update(simclr_loss(first, second, self.pretrain.simclr_temperature))

@@ -1,14 +1,14 @@
 """The pretraining model: two encoders, their projection heads, a temperature and matching fusion.
 
-``PretrainModel`` is composed, not inherited: an image encoder and / or a tabular encoder from
-``multimodal.encoders`` (either may be absent: ``simclr`` trains the image branch only, ``scarf``
-the tabular one), one lightly projection head per branch, a learnable CLIP temperature, and,
+``PretrainModel`` is composed, not inherited: one encoder per modality from ``multimodal.encoders``
+(image and / or table, plus any registered other: ``simclr`` trains the image branch only,
+``scarf`` the tabular one), one lightly projection head per modality, a learnable CLIP temperature, and,
 for ``itm`` / ``masked_tabular``, a ``MatchingFusion`` in which tabular tokens cross-attend to
 image tokens. Losses live in the objectives; ``forward`` returns a dict whose keys match their
 argument names (open_clip ``CLIP.forward``)::
 
-    out = model(image=vol, table=batch)       # one encoder pass per modality
-    out["image_features"], out["table_features"]   # (B, P), L2-normalised
+    out = model(image=vol, table=batch)       # one encoder pass per modality (others by name)
+    out["image_features"], out["table_features"]   # (B, P), L2-normalised; "<m>_features" for others
     out["logit_scale"]                        # (), in [1, 100]
     out["image_tokens"], out["table_tokens"]  # (B, Ti, Df), (B, Tt, Df) when fusion is on
     model.match_logits(out["table_tokens"], out["image_tokens"])   # (B, 2), class 1 = matched
@@ -20,6 +20,7 @@ fine-tuning loads.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from lightly.models.modules.heads import ProjectionHead
 from torch import nn
 
 from multimodal.config import ModelConfig
-from multimodal.encoders import TabularMLP, build_image_encoder, build_tabular_encoder
+from multimodal.encoders import TabularMLP, build_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig
 
@@ -132,8 +133,9 @@ class PretrainModel(nn.Module):
     """Image and / or tabular encoder + projection heads + temperature (+ matching fusion).
 
     Args:
-        image_encoder, table_encoder: ``multimodal.encoders`` modules (``forward_features``,
-            ``num_features``); either may be None, not both.
+        encoders: modality -> ``multimodal.encoders`` module (``forward_features``,
+            ``num_features``); at least one. Registered as ``<modality>_encoder`` with a
+            ``<modality>_projection`` head (``image_encoder``, ``table_projection``, ...).
         projection_dim, projection_hidden: P and the hidden width of each ``projection_head``.
         temperature_init: the CLIP logit scale starts at ``1 / temperature_init``. The learnable
             temperature exists only with both encoders (the unimodal baselines use a fixed one).
@@ -150,8 +152,7 @@ class PretrainModel(nn.Module):
 
     def __init__(
         self,
-        image_encoder: nn.Module | None,
-        table_encoder: nn.Module | None,
+        encoders: dict[str, nn.Module | None],
         *,
         projection_dim: int = 128,
         projection_hidden: int = 512,
@@ -165,8 +166,10 @@ class PretrainModel(nn.Module):
         image_ssl: bool = False,
     ) -> None:
         super().__init__()
-        if image_encoder is None and table_encoder is None:
-            raise ValueError("PretrainModel needs an image encoder, a tabular encoder or both")
+        encoders = {m: enc for m, enc in encoders.items() if enc is not None}
+        if not encoders:
+            raise ValueError("PretrainModel needs at least one encoder (image, table, ...)")
+        image_encoder, table_encoder = encoders.get("image"), encoders.get("table")
         both = image_encoder is not None and table_encoder is not None
         if fusion and not both:
             raise ValueError(
@@ -175,29 +178,26 @@ class PretrainModel(nn.Module):
         if fusion and isinstance(table_encoder, TabularMLP):
             raise ConfigError(
                 "matching fusion needs per-feature tabular tokens, which 'tabular_mlp' does not "
-                "have; set model.tabular_encoder: ft_transformer (or drop itm / masked_tabular)"
+                "have; set model.encoders.table.name: ft_transformer (or drop itm / masked_tabular)"
             )
         if reconstruction is not None and not fusion:
             raise ValueError("reconstruction reads the fused table tokens; it needs fusion=True")
         if not 0.0 < temperature_init <= 1.0:
             raise ConfigError(f"temperature_init must be in (0, 1], got {temperature_init}")
 
-        self.image_encoder = image_encoder
-        self.table_encoder = table_encoder
-        self.image_projection = (
-            projection_head(image_encoder.num_features, projection_hidden, projection_dim)
-            if image_encoder is not None
-            else None
-        )
-        self.table_projection = (
-            projection_head(table_encoder.num_features, projection_hidden, projection_dim)
-            if table_encoder is not None
-            else None
-        )
+        self.modalities = list(encoders)
+        for modality, encoder in encoders.items():
+            self.add_module(f"{modality}_encoder", encoder)
+            self.add_module(f"{modality}_projection",
+                            projection_head(encoder.num_features, projection_hidden, projection_dim))
+        for absent in ("image", "table"):  # the usual names stay readable as None
+            if absent not in encoders:
+                self.register_module(f"{absent}_encoder", None)
+                self.register_module(f"{absent}_projection", None)
         # log(1 / T), as in CLIP; clamped on read (see logit_scale). Absent for one modality so
         # that no parameter goes without gradient under DDP.
         self.log_logit_scale = (
-            nn.Parameter(torch.tensor(math.log(1.0 / temperature_init))) if both else None
+            nn.Parameter(torch.tensor(math.log(1.0 / temperature_init))) if len(encoders) > 1 else None
         )
         if image_ssl and not both:
             raise ValueError("image_ssl adds SimCLR beside the image-table objectives; it needs both encoders")
@@ -248,6 +248,13 @@ class PretrainModel(nn.Module):
             raise ValueError("this model has no tabular encoder; pass image= only")
         return self.table_encoder.forward_features(table)
 
+    def encode(self, modality: str, inputs: Any) -> torch.Tensor:
+        """A modality's batch input -> ``(B, P)``, L2-normalised projection of the pooled embedding."""
+        if modality not in self.modalities:
+            raise ValueError(f"this model has no {modality} encoder (it has {self.modalities})")
+        embedding = getattr(self, f"{modality}_encoder").forward_features(inputs)["embedding"]
+        return F.normalize(getattr(self, f"{modality}_projection")(embedding), dim=-1)
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, P)``, L2-normalised projection of the pooled embedding."""
         embedding = self._image_features(image)["embedding"]
@@ -263,8 +270,11 @@ class PretrainModel(nn.Module):
         image: torch.Tensor | None = None,
         table: Table | None = None,
         masked_table: Table | None = None,
+        **others: Any,
     ) -> dict[str, torch.Tensor]:
         """One encoder pass per input -> dict of the keys that apply:
+
+        - ``<modality>_features (B, P)`` for every other modality passed by name (``others``);
 
         - ``image_features (B, P)`` / ``table_features (B, P)``: L2-normalised projections;
         - ``logit_scale ()`` in [1, 100], with both encoders;
@@ -303,6 +313,9 @@ class PretrainModel(nn.Module):
                 raise ValueError("masked_table needs a model built with fusion (masked_tabular)")
             tokens = self._table_features(masked_table)["tokens"]
             out["masked_table_tokens"] = self.table_token_projection(tokens)
+        for modality, inputs in others.items():
+            if inputs is not None:
+                out[f"{modality}_features"] = self.encode(modality, inputs)
         if self.log_logit_scale is not None:
             out["logit_scale"] = self.logit_scale
         return out
@@ -340,28 +353,21 @@ class PretrainModel(nn.Module):
 def build_pretrain_model(
     model_config: ModelConfig,
     pretrain: PretrainConfig,
-    in_channels: int,
-    num_continuous: int,
-    category_sizes: list[int],
+    from_data: dict[str, dict[str, Any]],
 ) -> PretrainModel:
     """The ``PretrainModel`` the objectives of ``pretrain`` need.
 
-    Encoders are built by name (``model.image_encoder`` / ``model.tabular_encoder``, with their
-    ``*_args`` and local ``*_weights``) only for ``pretrain.modalities``; ``in_channels`` is the
-    number of MRI sequences, ``num_continuous`` / ``category_sizes`` the fitted preprocessor's.
-    Fusion is built for ``itm`` or ``masked_tabular``, its matching head for ``itm``, the
-    reconstruction head for ``masked_tabular``.
+    One encoder per key of ``from_data`` (``pretrain_modalities``), built by name from
+    ``model.encoders`` with what the data fixes (image ``in_channels``; table ``num_continuous``,
+    ``category_sizes``, the fitted preprocessor's). Fusion is built for ``itm`` or
+    ``masked_tabular``, its matching head for ``itm``, the reconstruction head for ``masked_tabular``.
     """
-    modalities = pretrain.modalities
-    image_encoder = build_image_encoder(model_config, in_channels) if "image" in modalities else None
-    table_encoder = (
-        build_tabular_encoder(model_config, num_continuous, category_sizes) if "table" in modalities else None
-    )
+    encoders = {m: build_encoder(model_config, m, **sizes) for m, sizes in from_data.items()}
     objectives = set(pretrain.objectives)
+    table = from_data.get("table", {})
     reconstruct = "masked_tabular" in objectives
     return PretrainModel(
-        image_encoder,
-        table_encoder,
+        encoders,
         projection_dim=pretrain.projection_dim,
         projection_hidden=pretrain.projection_hidden,
         temperature_init=pretrain.temperature_init,
@@ -370,9 +376,18 @@ def build_pretrain_model(
         fusion_depth=pretrain.fusion_depth,
         fusion_heads=pretrain.fusion_heads,
         matching="itm" in objectives,
-        reconstruction=(num_continuous, list(category_sizes)) if reconstruct else None,
-        image_ssl="simclr" in objectives and modalities == ("image", "table"),
+        reconstruction=(table["num_continuous"], list(table["category_sizes"])) if reconstruct else None,
+        image_ssl="simclr" in objectives and {"image", "table"} <= set(from_data),
     )
+
+
+def pretrain_modalities(model_config: ModelConfig, pretrain: PretrainConfig) -> list[str]:
+    """What pretraining reads: the objectives' modalities, plus (with clip) every other modality of
+    ``model.encoders``, aligned with the rest by pairwise CLIP."""
+    modalities = list(pretrain.modalities)
+    if "clip" in pretrain.objectives:
+        modalities += [m for m in model_config.encoders if m not in modalities]
+    return modalities
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -387,12 +402,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def encoder_state_dicts(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """``{"image_encoder": state_dict, "table_encoder": state_dict}`` of the trunks fine-tuning
-    loads (no projection heads, no fusion); a one-modality model gives only its own key."""
+    """``{"<modality>_encoder": state_dict}`` (``image_encoder``, ``table_encoder``, ...) of the
+    trunks fine-tuning loads (no projection heads, no fusion)."""
     bare = unwrap(model)
-    out = {}
-    for key in ("image_encoder", "table_encoder"):
-        encoder = getattr(bare, key, None)
-        if encoder is not None:
-            out[key] = encoder.state_dict()
-    return out
+    return {f"{m}_encoder": getattr(bare, f"{m}_encoder").state_dict() for m in bare.modalities}

@@ -40,7 +40,7 @@ from multimodal.config import (
     save_config,
     to_dict,
 )
-from multimodal.data import seed_everything
+from multimodal.data import encoder_sizes, seed_everything
 from multimodal.errors import ConfigError, StrokeSSLError
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
@@ -236,10 +236,8 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     seed_everything(run_config.seed + distributed.rank())
 
     data = build_pretrain_data(run_config, cohort_config, pretrain, run_dir)
-    model = build_pretrain_model(
-        run_config.model, pretrain, in_channels=len(data.sequences),
-        num_continuous=len(data.preprocessor.continuous), category_sizes=data.preprocessor.category_sizes,
-    ).to(device)
+    sizes = encoder_sizes(data.modalities, data.sequences, data.preprocessor)
+    model = build_pretrain_model(run_config.model, pretrain, sizes).to(device)
     step_module = PretrainStep(model, pretrain, data.preprocessor.category_sizes, data.table_pool,
                                seed=run_config.seed).to(device)
     trained = step_module

@@ -16,7 +16,7 @@ def test_shipped_config_is_valid(path):
     config = load_run_config(path)
     pretrain_config(config)
     finetune_config(config)
-    assert config.imaging.spatial_size and config.model.image_encoder
+    assert config.imaging.spatial_size and config.model.encoders["image"].name
 
 
 def test_configs_exist():

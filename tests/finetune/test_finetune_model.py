@@ -27,18 +27,16 @@ from finetune.model import (
     set_mode,
 )
 from multimodal.checkpoint import save_weights
-from multimodal.config import ImagingConfig, ModelConfig, RunConfig, save_config
-from multimodal.encoders import build_image_encoder, build_tabular_encoder
+from multimodal.config import EncoderSpec, ImagingConfig, ModelConfig, RunConfig, save_config
+from multimodal.encoders import build_encoder
 from multimodal.errors import ConfigError, StrokeSSLError
 from multimodal.tabular import TabularPreprocessor
 
 SEQUENCES = ["flair", "dwi"]
-MODEL = ModelConfig(
-    image_encoder="resnet3d_10",
-    image_encoder_args={"widen_factor": 0.25},
-    tabular_encoder="ft_transformer",
-    tabular_encoder_args={"dim": 16, "depth": 1, "heads": 2},
-)
+MODEL = ModelConfig(encoders={
+    "image": EncoderSpec("resnet3d_10", {"widen_factor": 0.25}),
+    "table": EncoderSpec("ft_transformer", {"dim": 16, "depth": 1, "heads": 2}),
+})
 
 
 def _frame(n: int = 6) -> pd.DataFrame:
@@ -63,22 +61,29 @@ def batch(preprocessor: TabularPreprocessor) -> dict:
 
 def _encoders(preprocessor: TabularPreprocessor, model: ModelConfig = MODEL) -> tuple:
     torch.manual_seed(1)
-    image = build_image_encoder(model, in_channels=len(SEQUENCES))
-    table = build_tabular_encoder(model, len(preprocessor.continuous), preprocessor.category_sizes)
+    image = build_encoder(model, "image", in_channels=len(SEQUENCES))
+    table = build_encoder(model, "table", **_sizes(preprocessor)["table"])
     return image, table
+
+
+def _sizes(preprocessor: TabularPreprocessor, channels: int = 2) -> dict:
+    return {"image": {"in_channels": channels},
+            "table": {"num_continuous": len(preprocessor.continuous), "category_sizes": preprocessor.category_sizes}}
 
 
 # --------------------------------------------------------------------------- model
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_fusions_give_one_logit_per_subject_and_train_every_parameter(fusion, preprocessor, batch):
     image, table = _encoders(preprocessor)
-    model = FusionClassifier(image, table, fusion=fusion, hidden=16)
-    logits = model(batch["image"], batch["table"])
+    model = FusionClassifier({"image": image, "table": table}, fusion=fusion, hidden=16)
+    # the second subject lacks its image: the learned missing embedding stands in (and gets a gradient)
+    present = {"image": torch.tensor([True, False]), "table": torch.tensor([True, True])}
+    logits = model(batch, present)
     assert logits.shape == (2,) and torch.isfinite(logits).all()
     logits.sum().backward()
     head = list(model.head_parameters())
     assert head and all(p.grad is not None for p in head)
-    emb = model.embed(batch["image"], batch["table"])
+    emb = model.embed(batch)
     assert emb["image"].shape == (2, image.num_features)
     assert emb["table"].shape == (2, table.num_features)
 
@@ -87,40 +92,38 @@ def test_fusions_give_one_logit_per_subject_and_train_every_parameter(fusion, pr
 @pytest.mark.parametrize("fusion", ["concat", "attention"])
 def test_single_modality_variants(branch, fusion, preprocessor, batch):
     image, table = _encoders(preprocessor)
-    model = FusionClassifier(image if branch == "image" else None,
-                             table if branch == "table" else None, fusion=fusion, hidden=16)
+    model = FusionClassifier({"image": image if branch == "image" else None,
+                              "table": table if branch == "table" else None}, fusion=fusion, hidden=16)
     assert model.fusion == "concat"  # one embedding: the plain MLP whatever the config says
+    assert model.modalities == [branch]
     # The absent modality's input is never read.
-    logits = model(batch["image"] if branch == "image" else None,
-                   batch["table"] if branch == "table" else None)
+    logits = model({branch: batch[branch], "other": None})
     assert logits.shape == (2,)
-    emb = model.embed(batch["image"], batch["table"])
-    assert (emb["image"] is None) == (branch == "table")
-    assert (emb["table"] is None) == (branch == "image")
+    assert set(model.embed(batch)) == {branch}
     with pytest.raises(ValueError, match=branch):
-        model(None, None)
+        model({})
 
 
 def test_no_encoder_and_bad_fusion_are_config_errors(preprocessor):
-    with pytest.raises(ConfigError, match="needs an image encoder"):
-        FusionClassifier(None, None)
+    with pytest.raises(ConfigError, match="at least one encoder"):
+        FusionClassifier({"image": None})
     _, table = _encoders(preprocessor)
     with pytest.raises(ConfigError, match="gated"):
-        FusionClassifier(None, table, fusion="gate")
+        FusionClassifier({"table": table}, fusion="gate")
 
 
 def test_frozen_encoders_get_no_gradient_and_stay_in_eval(preprocessor, batch):
     image, table = _encoders(preprocessor)
-    model = set_mode(FusionClassifier(image, table, hidden=16), "frozen")
+    model = set_mode(FusionClassifier({"image": image, "table": table}, hidden=16), "frozen")
     model.train()
     assert model.training and model.head.training
     assert not image.training and not table.training
     assert not any(m.training for enc in model.encoders() for m in enc.modules())
     # Encoders in eval: the FT-Transformer's dropout is off, embeddings are repeatable in train().
-    first = model.embed(batch["image"], batch["table"])
-    second = model.embed(batch["image"], batch["table"])
+    first = model.embed(batch)
+    second = model.embed(batch)
     assert torch.equal(first["table"], second["table"])
-    model(batch["image"], batch["table"]).sum().backward()
+    model(batch, {"image": torch.tensor([False, True]), "table": torch.tensor([True, False])}).sum().backward()
     assert all(p.grad is None and not p.requires_grad for enc in model.encoders() for p in enc.parameters())
     assert all(p.grad is not None for p in model.head_parameters())
     groups = parameter_groups(model, "frozen", lr=1e-3)
@@ -135,7 +138,7 @@ def test_frozen_encoders_get_no_gradient_and_stay_in_eval(preprocessor, batch):
 @pytest.mark.parametrize(("mode", "encoder_lr"), [("trainable", 1e-4), ("scratch", 1e-3)])
 def test_parameter_groups_learning_rates(mode, encoder_lr, preprocessor):
     image, table = _encoders(preprocessor)
-    model = set_mode(FusionClassifier(image, table, fusion="gated", hidden=16), mode)
+    model = set_mode(FusionClassifier({"image": image, "table": table}, fusion="gated", hidden=16), mode)
     groups = parameter_groups(model, mode, lr=1e-3, encoder_lr_ratio=0.1, weight_decay=0.05)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert len(lr_of) == sum(len(g["params"]) for g in groups)  # no parameter twice
@@ -149,7 +152,8 @@ def test_parameter_groups_learning_rates(mode, encoder_lr, preprocessor):
 
 def test_forward_from_cached_embeddings_equals_forward(preprocessor, batch):
     image, table = _encoders(preprocessor)
-    model = set_mode(FusionClassifier(image, table, fusion="attention", hidden=16), "frozen").eval()
+    model = set_mode(FusionClassifier({"image": image, "table": table}, fusion="attention", hidden=16),
+                     "frozen").eval()
     halves = [
         {"image": batch["image"][i : i + 1], "table": {k: v[i : i + 1] for k, v in batch["table"].items()}}
         for i in range(2)
@@ -160,8 +164,8 @@ def test_forward_from_cached_embeddings_equals_forward(preprocessor, batch):
     assert cached["image"].shape == (2, image.num_features) and not cached["image"].requires_grad
     model.eval()
     with torch.no_grad():
-        expected = model(batch["image"], batch["table"])
-        got = model.forward_from_embeddings(cached["image"], cached["table"])
+        expected = model(batch)
+        got = model.forward_from_embeddings(cached)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -190,7 +194,8 @@ def test_init_rebuilds_the_pretrained_encoders_exactly(tmp_path, preprocessor, b
     assert run.finished and run.sequences == SEQUENCES
     assert run.preprocessor.feature_names == preprocessor.feature_names
     torch.manual_seed(123)  # a different random init: equality must come from the weights
-    new_image, new_table = build_finetune_encoders(run, None, in_channels=2)
+    new = build_finetune_encoders(run, None, _sizes(preprocessor))
+    new_image, new_table = new["image"], new["table"]
     for old, new, x in ((image, new_image, batch["image"]), (table, new_table, batch["table"])):
         old.eval()
         new.eval()
@@ -201,14 +206,14 @@ def test_init_rebuilds_the_pretrained_encoders_exactly(tmp_path, preprocessor, b
 def test_fine_tuning_model_config_cannot_change_a_pretrained_encoder(tmp_path, preprocessor, caplog):
     image, table = _encoders(preprocessor)
     run = load_pretraining_run(_write_run(tmp_path, preprocessor, image, table))
-    other = ModelConfig(image_encoder="resnet3d_18", tabular_encoder="ft_transformer",
-                        tabular_encoder_args={"dim": 16, "depth": 1, "heads": 2})
+    other = ModelConfig(encoders={"image": EncoderSpec("resnet3d_18"),
+                                  "table": EncoderSpec("ft_transformer", {"dim": 16, "depth": 1, "heads": 2})})
     with caplog.at_level(logging.WARNING, logger="finetune.init"):
-        new_image, _ = build_finetune_encoders(run, other, in_channels=2)
+        new_image = build_finetune_encoders(run, other, _sizes(preprocessor))["image"]
     assert new_image.num_features == image.num_features  # rebuilt as trained (widen 0.25)
-    assert "resnet3d_18" in caplog.text and "tabular_encoder" not in caplog.text
+    assert "resnet3d_18" in caplog.text and "encoders.table" not in caplog.text
     with pytest.raises(ConfigError, match="2 \\(\\['flair', 'dwi'\\]\\)"):
-        build_finetune_encoders(run, None, in_channels=3)
+        build_finetune_encoders(run, None, _sizes(preprocessor, channels=3))
 
 
 def test_image_only_run_gives_a_random_table_branch_with_a_warning(tmp_path, preprocessor, batch, caplog):
@@ -216,8 +221,9 @@ def test_image_only_run_gives_a_random_table_branch_with_a_warning(tmp_path, pre
     run = load_pretraining_run(_write_run(tmp_path, preprocessor, image=image))
     assert run.table_weights is None
     with caplog.at_level(logging.WARNING, logger="finetune.init"):
-        new_image, new_table = build_finetune_encoders(run, None, in_channels=2)
-    assert "no tabular encoder" in caplog.text and "random" in caplog.text
+        new = build_finetune_encoders(run, None, _sizes(preprocessor))
+    new_image, new_table = new["image"], new["table"]
+    assert "no table encoder" in caplog.text and "random" in caplog.text
     assert new_table.num_features == 16
     image.eval()
     new_image.eval()

@@ -62,7 +62,7 @@ def test_probe_classifier_computes_the_fitted_logit():
     class Settings:
         head, branches, probe_table_embedding, hidden, dropout = "probe", "both", False, 8, 0.0
 
-    model = build_classifier(_Encoder(), torch.nn.Identity(), Settings, 1, [2]).eval()
+    model = build_classifier({"image": _Encoder(), "table": torch.nn.Identity()}, Settings, 1, [2]).eval()
     assert isinstance(model.table_encoder, ProbeTable) and model.head[-1].in_features == 3 + 1 + 2 + 1
     fit = {"weight": np.arange(7, dtype=float), "bias": -1.0}
     load_probe(model.head[-1], fit)
@@ -70,7 +70,7 @@ def test_probe_classifier_computes_the_fitted_logit():
     table = {"continuous": torch.tensor([[0.3], [1.0]]), "categorical": torch.tensor([[1], [0]]),
              "missing": torch.tensor([[False, False], [False, True]])}
     rows = np.c_[image.flatten(1)[:, :3].numpy(), [[0.3, 0, 0, 1], [1.0, 0, 1, 0]]]
-    np.testing.assert_allclose(model(image, table).detach().numpy(), rows @ fit["weight"] - 1.0, atol=1e-5)
+    np.testing.assert_allclose(model({"image": image, "table": table}).detach().numpy(), rows @ fit["weight"] - 1.0, atol=1e-5)
 
 
 def test_auto_repeats_follow_the_positive_count():

@@ -45,7 +45,7 @@ def _table(batch: int = 4, n_cont: int = 3, sizes: tuple[int, ...] = (3, 4), see
 
 
 def _input(name: str) -> torch.Tensor | dict:
-    if name in list_encoders("tabular"):
+    if name in list_encoders("table"):
         return _table()
     return torch.randn(IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
 
@@ -191,7 +191,7 @@ def test_missing_flag_changes_output_and_hides_the_value() -> None:
         )
 
 
-@pytest.mark.parametrize("name", list_encoders("tabular"))
+@pytest.mark.parametrize("name", list_encoders("table"))
 @pytest.mark.parametrize(("n_cont", "sizes"), [(0, (3, 4)), (3, ())])
 def test_tabular_without_continuous_or_categorical(
     name: str, n_cont: int, sizes: tuple[int, ...]
@@ -225,9 +225,9 @@ def test_tabular_shape_mismatch_is_a_clear_error() -> None:
 def test_registry_lists_by_kind() -> None:
     images = {"resnet3d_10", "resnet3d_50", "slice_lstm_resnet18", "slice_lstm_resnet10t"}
     assert set(list_encoders("image")) >= images
-    assert list_encoders("tabular") == ["ft_transformer", "tabular_mlp"]
+    assert list_encoders("table") == ["ft_transformer", "tabular_mlp"]
     assert list_encoders() == sorted(ENCODERS)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no encoder is registered for modality 'text'"):
         list_encoders("text")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from multimodal.config import ModelConfig
+from multimodal.config import ModelConfig, from_dict
 from multimodal.encoders import create_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig
@@ -17,6 +17,7 @@ from pretrain.model import (
     PretrainModel,
     build_pretrain_model,
     encoder_state_dicts,
+    pretrain_modalities,
 )
 
 B = 2
@@ -48,6 +49,17 @@ def _table(batch: int = B) -> dict[str, torch.Tensor]:
     }
 
 
+def _pm(image: nn.Module | None, table: nn.Module | None, **kwargs) -> PretrainModel:
+    return PretrainModel({"image": image, "table": table}, **kwargs)
+
+
+def _build(model_config: ModelConfig, pretrain: PretrainConfig, channels: int = 2, n_cont: int = N_CONT,
+           sizes: list[int] = SIZES) -> PretrainModel:
+    data = {"image": {"in_channels": channels}, "table": {"num_continuous": n_cont, "category_sizes": sizes}}
+    return build_pretrain_model(model_config, pretrain,
+                                {m: data[m] for m in pretrain_modalities(model_config, pretrain)})
+
+
 def _encoders(
     image: str = "resnet3d_10", table: str = "ft_transformer"
 ) -> tuple[nn.Module, nn.Module]:
@@ -64,7 +76,7 @@ def _encoders(
 @pytest.fixture(scope="module")
 def model() -> PretrainModel:
     torch.manual_seed(0)
-    return PretrainModel(*_encoders(), reconstruction=(N_CONT, SIZES), **SMALL)
+    return _pm(*_encoders(), reconstruction=(N_CONT, SIZES), **SMALL)
 
 
 def test_forward_shapes_and_normalisation(model: PretrainModel) -> None:
@@ -177,7 +189,7 @@ def test_every_parameter_gets_a_gradient(model: PretrainModel) -> None:
 
 def test_forward_and_match_alone_reach_every_parameter_without_reconstruction() -> None:
     torch.manual_seed(0)
-    model = PretrainModel(*_encoders("slice_lstm_resnet10t"), **SMALL)
+    model = _pm(*_encoders("slice_lstm_resnet10t"), **SMALL)
     out = model(image=_image(), table=_table())
     assert out["image_tokens"].shape == (B, 16, 16)  # one token per slice (last axis)
     loss = (out["image_features"] * out["table_features"]).sum() * out["logit_scale"]
@@ -193,9 +205,9 @@ def test_no_batchnorm_anywhere_by_default(model: PretrainModel) -> None:
 
 def test_fusion_with_tabular_mlp_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="ft_transformer"):
-        PretrainModel(*_encoders(table="tabular_mlp"), **SMALL)
+        _pm(*_encoders(table="tabular_mlp"), **SMALL)
     # without fusion the MLP is a fine CLIP tower
-    model = PretrainModel(*_encoders(table="tabular_mlp"), fusion=False, **SMALL)
+    model = _pm(*_encoders(table="tabular_mlp"), fusion=False, **SMALL)
     assert set(model(image=_image(), table=_table())) == {
         "image_features",
         "table_features",
@@ -211,7 +223,7 @@ def test_fusion_dim_must_divide_heads() -> None:
 def test_single_branch_models_have_only_their_branch() -> None:
     image_encoder, table_encoder = _encoders()
     small = {k: v for k, v in SMALL.items() if not k.startswith("fusion")}
-    simclr = PretrainModel(image_encoder, None, fusion=False, **small)
+    simclr = _pm(image_encoder, None, fusion=False, **small)
     assert (
         simclr.table_encoder is None and simclr.table_projection is None and simclr.fusion is None
     )
@@ -219,12 +231,12 @@ def test_single_branch_models_have_only_their_branch() -> None:
     assert set(encoder_state_dicts(simclr)) == {"image_encoder"}
     with pytest.raises(ValueError, match="no tabular encoder"):
         simclr(table=_table())
-    scarf = PretrainModel(None, table_encoder, fusion=False, **small)
+    scarf = _pm(None, table_encoder, fusion=False, **small)
     assert scarf.image_encoder is None and scarf.image_projection is None
     assert set(scarf(table=_table())) == {"table_features"}
     assert not any(n.startswith("image") for n, _ in scarf.named_parameters())
     with pytest.raises(ValueError, match="fusion=False"):
-        PretrainModel(image_encoder, None, **small)
+        _pm(image_encoder, None, **small)
 
 
 def test_encoder_state_dicts_are_the_trunks(model: PretrainModel) -> None:
@@ -240,11 +252,9 @@ def test_encoder_state_dicts_are_the_trunks(model: PretrainModel) -> None:
 @pytest.mark.parametrize("image_encoder", ["resnet3d_10", "slice_lstm_resnet10t"])
 def test_build_from_configs(image_encoder: str) -> None:
     image_args = {"lstm_hidden": 8} if image_encoder.startswith("slice") else {}
-    model_config = ModelConfig(
-        image_encoder=image_encoder, image_encoder_args=image_args, tabular_encoder_args=TAB_ARGS
-    )
+    model_config = from_dict(ModelConfig, dict(image_encoder=image_encoder, image_encoder_args=image_args, tabular_encoder_args=TAB_ARGS))
     pretrain = PretrainConfig(objectives={"clip": 1.0, "itm": 1.0, "masked_tabular": 0.5}, **SMALL)
-    model = build_pretrain_model(model_config, pretrain, 2, N_CONT, SIZES)
+    model = _build(model_config, pretrain, 2, N_CONT, SIZES)
     assert model.image_encoder.num_features == (16 if image_encoder.startswith("slice") else 512)
     assert model.fusion is not None and model.fusion.match_head is not None
     assert model.reconstruction_head is not None
@@ -252,15 +262,15 @@ def test_build_from_configs(image_encoder: str) -> None:
     assert out["image_features"].shape == out["table_features"].shape == (B, 16)
     assert model.match_logits(out["table_tokens"], out["image_tokens"]).shape == (B, 2)
 
-    clip_only = build_pretrain_model(
+    clip_only = _build(
         model_config, PretrainConfig(objectives={"clip": 1.0}, **SMALL), 2, N_CONT, SIZES
     )
     assert clip_only.fusion is None and clip_only.reconstruction_head is None
-    simclr = build_pretrain_model(
+    simclr = _build(
         model_config, PretrainConfig(objectives={"simclr": 1.0}), 2, N_CONT, SIZES
     )
     assert simclr.table_encoder is None and simclr.image_encoder is not None
-    scarf = build_pretrain_model(
+    scarf = _build(
         model_config, PretrainConfig(objectives={"scarf": 1.0}), 2, N_CONT, SIZES
     )
     assert scarf.image_encoder is None and scarf.table_encoder is not None
@@ -269,30 +279,30 @@ def test_build_from_configs(image_encoder: str) -> None:
 def test_build_refuses_mlp_with_itm_and_data_arguments_in_config() -> None:
     pretrain = PretrainConfig(**SMALL, objectives={"clip": 1.0, "itm": 1.0})
     with pytest.raises(ConfigError, match="ft_transformer"):
-        build_pretrain_model(
-            ModelConfig(image_encoder="resnet3d_10", tabular_encoder="tabular_mlp"),
+        _build(
+            from_dict(ModelConfig, dict(image_encoder="resnet3d_10", tabular_encoder="tabular_mlp")),
             pretrain,
             2,
             N_CONT,
             SIZES,
         )
     with pytest.raises(ConfigError, match="in_channels"):
-        build_pretrain_model(
-            ModelConfig(image_encoder="resnet3d_10", image_encoder_args={"in_channels": 3}),
+        _build(
+            from_dict(ModelConfig, dict(image_encoder="resnet3d_10", image_encoder_args={"in_channels": 3})),
             pretrain,
             2,
             N_CONT,
             SIZES,
         )
     with pytest.raises(ConfigError, match="not an image encoder"):
-        build_pretrain_model(
-            ModelConfig(image_encoder="ft_transformer"), pretrain, 2, N_CONT, SIZES
+        _build(
+            from_dict(ModelConfig, dict(image_encoder="ft_transformer")), pretrain, 2, N_CONT, SIZES
         )
 
 
 def test_image_ssl_encodes_two_views_in_one_pass() -> None:
     image_encoder, table_encoder = _encoders()
-    model = PretrainModel(image_encoder, table_encoder, image_ssl=True, **SMALL).eval()
+    model = _pm(image_encoder, table_encoder, image_ssl=True, **SMALL).eval()
     first, second = _image(), torch.flip(_image(), dims=[-1])
     out = model(image=torch.stack([first, second], dim=1), table=_table())
     assert out["image_view_features"].shape == (2 * B, SMALL["projection_dim"])
@@ -300,4 +310,4 @@ def test_image_ssl_encodes_two_views_in_one_pass() -> None:
     torch.testing.assert_close(out["image_features"], model.encode_image(first), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(out["image_view_features"][:B], out["image_features"])
     with pytest.raises(ValueError, match="both encoders"):
-        PretrainModel(image_encoder, None, fusion=False, image_ssl=True, **SMALL)
+        _pm(image_encoder, None, fusion=False, image_ssl=True, **SMALL)

@@ -126,6 +126,7 @@ def test_existing_run_and_changed_resume_are_refused(tmp_path, cohort, capsys):
 def test_loss_decreases_on_a_fixed_batch(cohort, tmp_path):
     """A few optimiser steps of clip + itm on one batch must lower the loss (the gradients flow)."""
     from multimodal.config import load_cohort_config, load_run_config
+    from multimodal.data import encoder_sizes
     from pretrain.config import pretrain_config
     from pretrain.data import build_pretrain_data, make_loader
     from pretrain.loop import PretrainStep
@@ -136,8 +137,8 @@ def test_loss_decreases_on_a_fixed_batch(cohort, tmp_path):
     (tmp_path / "run").mkdir()
     data = build_pretrain_data(config, load_cohort_config(config.cohort), settings, tmp_path / "run")
     torch.manual_seed(0)
-    model = build_pretrain_model(config.model, settings, len(data.sequences), len(data.preprocessor.continuous),
-                                 data.preprocessor.category_sizes)
+    model = build_pretrain_model(config.model, settings,
+                                 encoder_sizes(data.modalities, data.sequences, data.preprocessor))
     step = PretrainStep(model, settings, data.preprocessor.category_sizes, data.table_pool, seed=0)
     batch = next(iter(make_loader(data.val, 8, 0, 0, train=False)))
     optimizer = torch.optim.AdamW(step.parameters(), lr=3e-4)
