@@ -1,5 +1,6 @@
 """``strokessl predict`` is self-contained: column roles from the run folder, optional label, moved runs."""
 
+import json
 import shutil
 
 import pandas as pd
@@ -84,3 +85,23 @@ def test_one_cache_folder_rule(tmp_path):
     # set: that folder for every cohort
     config = load_run_config(run, [f"data.cache_dir={tmp_path / 'shared'}"])
     assert cache_dir_for(config, other) == tmp_path / "shared"
+
+
+def test_run_folder_from_before_model_encoders_still_predicts(trained, tmp_path):
+    """A run folder written before model.encoders (flat image_model / table_model in model.json, no
+    stored column roles) predicts as before, with the training cohort.yaml where it was."""
+    run, cohort, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    architecture = json.loads((old / "model.json").read_text())
+    encoders = architecture.pop("encoders")
+    architecture.pop("cohort_roles")
+    flat = {"image_encoder": encoders["image"]["name"], "image_encoder_args": encoders["image"]["args"],
+            "tabular_encoder": encoders["table"]["name"], "tabular_encoder_args": encoders["table"]["args"]}
+    architecture["image_model"] = architecture["table_model"] = flat
+    (old / "model.json").write_text(json.dumps(architecture))
+    new_out, old_out = tmp_path / "new.csv", tmp_path / "old.csv"
+    assert main(["predict", str(run), "--cohort", str(cohort), "--out", str(new_out)]) == 0
+    assert main(["predict", str(old), "--cohort", str(cohort.parent / "cohort.csv"), "--out", str(old_out)]) == 0
+    assert pd.read_csv(old_out)["probability"].to_numpy() == pytest.approx(
+        pd.read_csv(new_out)["probability"].to_numpy(), abs=1e-6)
