@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetune.config import MODES
 from finetune.probe import ProbeTable
 from multimodal.config import check_choice
 from multimodal.data import to_device
@@ -41,7 +42,6 @@ from multimodal.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FUSIONS = ("concat", "gated", "attention")
-MODES = ("frozen", "trainable", "scratch")
 _ATTENTION_HEADS = 4  # used when hidden is divisible by it, else a single head
 
 

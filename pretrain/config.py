@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from multimodal.config import RunConfig, check_choice, from_dict
 from multimodal.errors import ConfigError
+from pretrain.objectives import OBJECTIVES
 
-OBJECTIVES = ("clip", "itm", "masked_tabular", "simclr", "scarf")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ROWS = ("unlabeled", "all")
 
@@ -57,7 +57,7 @@ class PretrainConfig:
         if not self.objectives:
             raise ConfigError("pretrain.objectives is empty; use e.g. {clip: 1.0, itm: 1.0}")
         for name, weight in self.objectives.items():
-            check_choice("pretrain.objectives", name, OBJECTIVES)
+            check_choice("pretrain.objectives", name, sorted(OBJECTIVES))  # the registry
             if weight < 0:
                 raise ConfigError(f"pretrain.objectives.{name} weight must be >= 0, got {weight}")
         multimodal = {"clip", "itm", "masked_tabular"} & set(self.objectives)
