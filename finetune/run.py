@@ -162,6 +162,30 @@ class FoldContext:
         self.cache = None
         if "image" in self.modalities:
             self.cache = volume_cache(run_config, cohort_config, self.sequences)
+        # Frozen, pretrained encoders and one shared preprocessor give every fold the same embedding
+        # of a subject: compute them once for the whole cohort instead of once per fold.
+        deterministic = [m in trained or (m == "table" and settings.head == "probe" and not self.probe_table_embedding)
+                         for m in self.modalities]
+        self.share_embeddings = settings.mode == "frozen" and self.preprocessor is not None and all(deterministic)
+        self._embedded: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+    def embed(self, model: FusionClassifier, ids: list[str], preprocessor: TabularPreprocessor,
+              labels: np.ndarray) -> EmbeddingDataset:
+        """Frozen embeddings of ``ids`` (no augmentation) with their labels and modality presence."""
+        batch_size = self.settings.batch_size
+        if not self.share_embeddings:
+            part = self.dataset(ids, preprocessor, augment=False)
+            return EmbeddingDataset(precompute_embeddings(model, DataLoader(part, batch_size=batch_size), self.device),
+                                    labels, part.present)
+        if self._embedded is None:
+            everyone = self.dataset(self.cohort.ids, preprocessor, augment=False)
+            embedded = precompute_embeddings(model, DataLoader(everyone, batch_size=batch_size), self.device)
+            self._embedded = embedded, everyone.present
+        position = {s: i for i, s in enumerate(self.cohort.ids)}
+        rows = torch.tensor([position[s] for s in ids], dtype=torch.long)
+        embedded, present = self._embedded
+        return EmbeddingDataset({m: e[rows] for m, e in embedded.items()}, labels,
+                                {m: p[rows] for m, p in present.items()})
 
     def dataset(self, ids: list[str], preprocessor: TabularPreprocessor, augment: bool) -> MultimodalDataset:
         """The labeled items of ``ids``, augmented when ``augment``; only the modalities the run uses."""
@@ -237,14 +261,11 @@ def _train_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tabular
     inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
     frozen = settings.mode == "frozen"
     splits = (("train", inner_train), ("val", inner_val), ("test", test_ids))
-    parts = {name: ctx.dataset(ids, preprocessor, augment=(name == "train" and not frozen)) for name, ids in splits}
     if frozen:  # encoders fixed: embed once, without augmentation, and train the head on the cache
-        data = {name: EmbeddingDataset(precompute_embeddings(
-                    model, DataLoader(parts[name], batch_size=settings.batch_size), ctx.device), labels(ids),
-                    parts[name].present) for name, ids in splits}
+        data = {name: ctx.embed(model, ids, preprocessor, labels(ids)) for name, ids in splits}
         init_missing_embeddings(model, data["train"].embeddings, data["train"].present)
     else:
-        data = parts
+        data = {name: ctx.dataset(ids, preprocessor, augment=name == "train") for name, ids in splits}
     history = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed)
     return (history, inner_val, predict_probabilities(model, data["val"], settings.batch_size, ctx.device),
             predict_probabilities(model, data["test"], settings.batch_size, ctx.device))
@@ -256,10 +277,8 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     """Linear probe on the whole training fold (its inner CV picks C, so no subject is held back);
     the threshold and recalibration use the probe's out-of-fold probabilities within the fold."""
     batch_size = ctx.settings.batch_size
-    parts = {name: ctx.dataset(ids, preprocessor, augment=False) for name, ids in (("train", train_ids),
-                                                                                  ("test", test_ids))}
-    embedded = {name: EmbeddingDataset(precompute_embeddings(model, DataLoader(part, batch_size=batch_size), ctx.device),
-                                       labels(part.ids), part.present) for name, part in parts.items()}
+    embedded = {name: ctx.embed(model, ids, preprocessor, labels(ids))
+                for name, ids in (("train", train_ids), ("test", test_ids))}
     # A subject lacking a modality enters with the training mean of that embedding (mean imputation).
     init_missing_embeddings(model, embedded["train"].embeddings, embedded["train"].present)
     filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)

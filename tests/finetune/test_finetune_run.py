@@ -252,6 +252,30 @@ def test_probe_head_from_a_pretraining_run_and_predict(config, tmp_path):
         assert predictions.loc[subject, column] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
 
 
+def test_frozen_embeddings_shared_across_folds_change_nothing(config, tmp_path, monkeypatch):
+    """Frozen pretrained encoders embed the cohort once for all folds; per-fold embedding gives the same run."""
+    from finetune import run as finetune_run
+
+    pretrained = tmp_path / "pre"
+    assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
+    shared, per_fold = tmp_path / "shared", tmp_path / "per_fold"
+    common = ["finetune", str(config), "--init", str(pretrained), "--set", "finetune.head=mlp", "--set",
+              "finetune.head_layers=0"]
+    assert main([*common, "--set", f"run.dir={shared}"]) == 0
+    original = finetune_run.FoldContext.__init__
+
+    def no_sharing(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        assert self.share_embeddings  # frozen + pretrained + one preprocessor: sharing was on above
+        self.share_embeddings = False
+
+    monkeypatch.setattr(finetune_run.FoldContext, "__init__", no_sharing)
+    assert main([*common, "--set", f"run.dir={per_fold}"]) == 0
+    a = pd.read_csv(shared / "predictions.csv").set_index("subject_id")["probability"]
+    b = pd.read_csv(per_fold / "predictions.csv").set_index("subject_id")["probability"]
+    assert a.to_numpy() == pytest.approx(b.loc[a.index].to_numpy(), abs=1e-5)
+
+
 def test_probe_needs_frozen_mode(config, capsys):
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.head=probe"]) == 2
     assert "finetune.mode: frozen" in capsys.readouterr().err
