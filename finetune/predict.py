@@ -63,17 +63,43 @@ def _header(csv: Path) -> list[str]:
         raise StrokeSSLError(f"cohort table {csv} is not a readable CSV: {err}") from err
 
 
-def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path) -> Path:
+def check_feature_columns(known: list[str], given: list[str], allow_missing: bool) -> None:
+    """Refuse a table whose clinical columns differ from the ones the model was trained on (an export
+    tool that renamed or upper-cased them would otherwise turn every feature into "missing"), unless
+    ``allow_missing`` (then absent ones enter as missing values, with a warning)."""
+    absent = [c for c in known if c not in given]
+    unknown = [c for c in given if c not in known]
+    if not absent and not unknown:
+        return
+    lowered = {c.casefold().strip(): c for c in known}
+    hints = [f"{c!r} looks like {lowered[c.casefold().strip()]!r}" for c in unknown if c.casefold().strip() in lowered]
+    detail = (f"the model's features {absent} are absent" if absent else "") + \
+        ("; " if absent and unknown else "") + (f"columns {unknown} are not features it knows" if unknown else "")
+    if unknown or not allow_missing:
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        what = ("rename the columns to the training names, or list extra columns under ignore: in a cohort.yaml"
+                if unknown else "rename the columns, or pass --allow-missing-features to score them as missing")
+        raise StrokeSSLError(f"the cohort's clinical columns differ from training: {detail}{hint}; {what}")
+    logger.warning("features %s are absent: scored as missing values (--allow-missing-features)", absent)
+
+
+def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path, allow_missing_features: bool = False) -> Path:
     """Write ``out`` (CSV: subject_id, probability, risk_group, one column per fold) and return it."""
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "model.json").is_file():
         raise StrokeSSLError(f"{run_dir} is not a finished fine-tuning run (no metrics.json / model.json)")
+    if out.is_dir():
+        raise StrokeSSLError(f"--out {out} is a folder; give a file name such as {out / 'predictions.csv'}")
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     cohort_config = new_cohort_config(run_dir, Path(cohort))
     if cohort_config.missing_images == "error":  # new subjects without MRI are scored from what they have
         cohort_config.missing_images = "drop_modality"
     subjects = load_cohort(cohort_config)
-    frame = ensemble_probabilities(load_fold_models(run_dir), subjects)
+    models = load_fold_models(run_dir)
+    if "table" in models.modalities:
+        check_feature_columns(models.folds[0].preprocessor.feature_names, list(subjects.features.columns),
+                              allow_missing_features)
+    frame = ensemble_probabilities(models, subjects)
     probability = frame["probability"]
     frame.insert(1, "risk_group", np.where(probability >= threshold, "high", "low"))
     with atomic_path(out) as tmp:

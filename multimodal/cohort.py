@@ -7,6 +7,7 @@ per MRI sequence, an optional 0/1 label column (empty = unlabeled) and clinical 
 
 from __future__ import annotations
 
+import csv
 import difflib
 import logging
 from dataclasses import dataclass, field
@@ -112,13 +113,16 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
     if not config.csv.is_file():
         raise CohortError(f"cohort table {config.csv} does not exist; fix 'csv' in {config.source}")
     try:
-        frame = pd.read_csv(config.csv, dtype=str, keep_default_na=True, skipinitialspace=True)
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") must not become part of the first column's name.
+        frame = pd.read_csv(config.csv, dtype=str, keep_default_na=True, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise CohortError(f"cohort table {config.csv} is not a readable CSV: {err}") from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    duplicated = frame.columns[frame.columns.duplicated()].tolist()
+    header = _raw_header(config.csv)  # pandas renames a repeated name (age, age.1): look before it does
+    duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
-        raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}")
+        raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}; "
+                          "rename or remove the repeated columns")
+    frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.apply(lambda col: col.str.strip())
     markers = {str(v).strip() for v in config.na_values}
     numeric_markers = {float(v) for v in config.na_values if _is_number(v)}
@@ -130,6 +134,12 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
 
         frame = frame.mask(frame.map(is_marker))
     return frame.replace({"": np.nan})
+
+
+def _raw_header(path: Path) -> list[str]:
+    """The CSV's first row as written (stripped), without pandas' renaming of repeated names."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        return [name.strip() for name in next(csv.reader(handle), [])]
 
 
 def _is_number(value: Any) -> bool:
@@ -156,6 +166,12 @@ def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
             problems.append(Problem(f"config key {key} names a column not in {config.csv.name}{suggestion}", column=column))
     if not config.images:
         problems.append(Problem("the cohort config names no image columns (images: {sequence: column})"))
+    if len(frame.columns) == 1:
+        for separator, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if separator in str(frame.columns[0]):
+                problems.insert(0, Problem(f"{config.csv.name} reads as a single column: it looks {name}-separated; "
+                                           "save it as a comma-separated CSV (decimal points, not commas)"))
+                break
     return problems
 
 
@@ -165,6 +181,31 @@ def feature_columns(config: CohortConfig, frame: pd.DataFrame) -> list[str]:
     if config.features is not None:
         return [c for c in config.features if c not in roles]
     return [c for c in frame.columns if c not in roles]
+
+
+def mixed_column_problems(config: CohortConfig, frame: pd.DataFrame, columns: list[str]) -> list[Problem]:
+    """A column whose values are mostly numbers with a few words in between (``12O``, ``high``) would
+    silently become categorical: one problem per such column, naming the subjects and values."""
+    problems = []
+    for column in columns:
+        if column in config.types:
+            continue
+        values = frame[column].dropna()
+        numeric = pd.to_numeric(values, errors="coerce").notna()
+        decimal_commas = values.astype(str).str.fullmatch(r"-?\d+,\d+")
+        if len(values) and (decimal_commas | numeric).mean() >= 0.5 and decimal_commas.any():
+            examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(values[decimal_commas].items())[:3])
+            problems.append(Problem(f"holds decimal commas ({examples}); re-export the table with decimal points",
+                                    column=column))
+        elif len(values) and 0.5 <= numeric.mean() < 1.0:
+            bad = values[~numeric]
+            examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(bad.items())[:5])
+            markers = sorted(set(bad.astype(str)))[:3]
+            problems.append(Problem(
+                f"mostly numbers, but {len(bad)} value(s) are not ({examples}); fix those cells, add missing-value "
+                f"markers to na_values (e.g. na_values: {markers}), or declare types: {{{column}: categorical}}",
+                column=column))
+    return problems
 
 
 def infer_feature_types(config: CohortConfig, frame: pd.DataFrame, columns: list[str]) -> dict[str, str]:
@@ -235,17 +276,24 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     # Keep the first row of a repeated id so the rest of the checks run on a consistent table.
     frame = frame[~duplicated].reset_index(drop=True)
     labels = labels[~duplicated]
+    if frame.empty:
+        problems.append(Problem(f"{config.csv.name} has a header but no subject rows; export the data rows too"))
     columns = feature_columns(config, frame)
+    problems += mixed_column_problems(config, frame, columns)
     kinds = infer_feature_types(config, frame, columns)
-    features = pd.DataFrame(index=pd.Index(frame[config.id].astype(str), name=config.id))
+    index = pd.Index(frame[config.id].astype(str), name=config.id)
+    parsed: dict[str, pd.Series] = {}
     for column in columns:
-        values = frame[column].set_axis(features.index)
+        values = frame[column].set_axis(index)
         if kinds[column] == "continuous":
             try:
                 values = to_numeric_column(values, column)
             except CohortError as err:
                 problems.append(Problem(str(err), column=column))
-        features[column] = values
+                values = pd.to_numeric(values, errors="coerce").astype("float64")  # later checks read numbers
+        parsed[column] = values
+    # One construction, not a column insert per feature (slow and fragmented with thousands of columns).
+    features = pd.DataFrame(parsed, index=index)
     image_paths = {
         str(subject): {seq: resolve_image_path(config, frame.at[i, col]) for seq, col in config.images.items()}
         for i, subject in enumerate(frame[config.id])

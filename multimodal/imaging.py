@@ -2,7 +2,8 @@
 
 One subject record is ``{"subject_id", "image": {sequence: path | None}, "label", "table"}``.
 
-1. ``preprocess_subject`` (deterministic): load each NIfTI, resample every sequence onto the
+1. ``preprocess_subject`` (deterministic): load each NIfTI (``multimodal.nifti``, which refuses
+   files without a usable geometry or with non-finite voxels), resample every sequence onto the
    first present sequence's grid, stack as channels, reorient (RAS), resample to the target
    spacing, find a head mask, crop to it (+ margin), pad/crop to ``spatial_size`` and z-score
    each channel inside the head mask.
@@ -19,7 +20,6 @@ import json
 import logging
 import math
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,11 @@ import monai
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.data.image_reader import NibabelReader
 from monai.transforms import (
     Compose,
     ConcatItemsd,
     CropForegroundd,
     FillHoles,
-    LoadImage,
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
@@ -60,53 +58,15 @@ from multimodal.config import (
     check_choice,
 )
 from multimodal.errors import ImageError
+from multimodal.nifti import is_missing, load_sequence
 
 logger = logging.getLogger(__name__)
 
 CACHE_KEYS = ("image", "head_mask", "modality_mask", "affine")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-# What nibabel / zlib / MONAI raise on a missing, truncated or non-NIfTI file.
-_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, zlib.error)
 
 
 # --------------------------------------------------------------------------- loading
-def _is_missing(path: Any) -> bool:
-    return path is None or (isinstance(path, str) and not path.strip())
-
-
-def _load_sequence(subject: str, sequence: str, path: str, volume: int | None) -> MetaTensor:
-    """One NIfTI as a (1, X, Y, Z) float32 MetaTensor (native byte order) with its affine."""
-    # dtype=float32 converts big-endian and integer data to native float32, which torch needs.
-    loader = LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float32, ensure_channel_first=True)
-    try:
-        img = loader(path)
-    except _READ_ERRORS as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ImageError(
-            f"subject {subject!r}, sequence {sequence!r}: cannot read {path} ({first_line}); "
-            "check the file is a complete 3D NIfTI (.nii / .nii.gz) or fix its path in the cohort CSV"
-        ) from err
-    if img.ndim != 4:
-        raise ImageError(
-            f"subject {subject!r}, sequence {sequence!r}: {path} has shape {tuple(img.shape)}, "
-            "not a 3D volume; give a 3D NIfTI"
-        )
-    n_volumes = img.shape[0]
-    if volume is None:
-        if n_volumes > 1:
-            raise ImageError(
-                f"subject {subject!r}, sequence {sequence!r}: {path} is 4D with {n_volumes} volumes; "
-                f"name the one to use with volume_index: {{{sequence}: N}} in the cohort config"
-            )
-        return img
-    if not 0 <= volume < n_volumes:
-        raise ImageError(
-            f"subject {subject!r}, sequence {sequence!r}: volume_index {volume} is out of range for "
-            f"{path}, which has {n_volumes} volume(s); use 0..{n_volumes - 1}"
-        )
-    return img[volume : volume + 1]
-
-
 # --------------------------------------------------------------------------- head mask
 def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of a 1D array (hand-written: MONAI has none, skimage is not a dependency)."""
@@ -173,7 +133,7 @@ def preprocess_subject(
     subject = str(record["subject_id"])
     paths = record["image"]
     volume_index = volume_index or {}
-    present = np.array([not _is_missing(paths.get(s)) for s in sequences])
+    present = np.array([not is_missing(paths.get(s)) for s in sequences])
     missing = [s for s, p in zip(sequences, present, strict=True) if not p]
     if missing and missing_images != "zero":
         raise ImageError(
@@ -185,7 +145,7 @@ def preprocess_subject(
         raise ImageError(f"subject {subject!r} has no image for any of {list(sequences)}")
 
     data: dict[str, Any] = {
-        s: _load_sequence(subject, s, str(paths[s]), volume_index.get(s))
+        s: load_sequence(subject, s, str(paths[s]), volume_index.get(s))
         for s, p in zip(sequences, present, strict=True)
         if p
     }
@@ -265,7 +225,7 @@ class VolumeCache:
         files = []
         for sequence in self.sequences:
             path = record["image"].get(sequence)
-            if _is_missing(path):
+            if is_missing(path):
                 files.append([sequence, None])
                 continue
             path = os.path.abspath(path)
@@ -295,7 +255,7 @@ class VolumeCache:
     def has_image(self, record: dict[str, Any]) -> bool:
         """False for a subject whose image modality is absent under the policy (``drop_modality``: a
         sequence is missing; ``zero``: every sequence is); such subjects are never preprocessed."""
-        present = [not _is_missing(record["image"].get(s)) for s in self.sequences]
+        present = [not is_missing(record["image"].get(s)) for s in self.sequences]
         if self.missing_images == "drop_modality":
             return all(present)
         return any(present) if self.missing_images == "zero" else True  # error refuses in preprocessing

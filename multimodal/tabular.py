@@ -70,9 +70,9 @@ def to_numeric_column(values: pd.Series, column: str) -> pd.Series:
     parsed = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = parsed.isna() & values.notna() & (values.astype("string").str.strip() != "")
     if bad.any():
-        examples = ", ".join(f"{idx}: {values[idx]!r}" for idx in list(values.index[bad])[:3])
+        examples = ", ".join(f"{idx}: {values[idx]!r}" for idx in list(values.index[bad])[:5])
         raise CohortError(
-            f"column {column!r} is continuous but holds non-numeric values ({examples}); "
+            f"column {column!r} is continuous but holds {int(bad.sum())} non-numeric value(s) ({examples}); "
             f"fix the cells, add them to na_values, or declare types: {{{column}: categorical}}"
         )
     return parsed

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from multimodal.cohort import Cohort, Problem, read_cohort
 from multimodal.config import CohortConfig
+from multimodal.nifti import header_problem
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,12 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
             if read_images:
                 data = np.asanyarray(image.dataobj)
                 if not np.isfinite(data).all():
-                    report.warnings.append(Problem(f"{path.name} holds NaN or infinite voxels", subject=subject, column=column))
+                    report.errors.append(Problem(
+                        f"{path.name} holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels; fix the export "
+                        "(or replace them by 0)", subject=subject, column=column))
+                elif data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
+                    report.errors.append(Problem(f"{path.name} is constant ({float(data.flat[0])}): an empty "
+                                                 "image; re-export it", subject=subject, column=column))
         except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error)
             report.errors.append(Problem(
                 f"image file {path} is unreadable ({type(err).__name__}: {err}); re-export it as NIfTI",
@@ -189,6 +195,10 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
             continue
         if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
             report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
+            continue
+        problem = header_problem(image.header, image.affine)
+        if problem is not None:
+            report.errors.append(Problem(f"{path.name} {problem}", subject=subject, column=column))
             continue
         zooms = tuple(round(float(z), 2) for z in image.header.get_zooms()[:3])
         shapes[sequence][spatial] += 1

@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     predict.add_argument("run", type=Path, help="finished fine-tuning run folder")
     predict.add_argument("--cohort", type=Path, required=True, help="cohort.yaml or CSV of the new subjects")
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (subject_id, probability, risk_group)")
+    predict.add_argument("--allow-missing-features", action="store_true",
+                         help="score clinical features the cohort lacks as missing values instead of refusing")
     return parser.parse_args(argv)
 
 
@@ -157,7 +159,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from finetune.predict import run_predict as predict
 
-    predict(args.run, args.cohort, args.out)
+    predict(args.run, args.cohort, args.out, allow_missing_features=args.allow_missing_features)
     return 0
 
 

@@ -105,3 +105,20 @@ def test_run_folder_from_before_model_encoders_still_predicts(trained, tmp_path)
     assert main(["predict", str(old), "--cohort", str(cohort.parent / "cohort.csv"), "--out", str(old_out)]) == 0
     assert pd.read_csv(old_out)["probability"].to_numpy() == pytest.approx(
         pd.read_csv(new_out)["probability"].to_numpy(), abs=1e-6)
+
+
+def test_renamed_or_absent_feature_columns_are_refused_unless_allowed(trained, tmp_path, capsys):
+    run, _, table = trained
+    shouting = table.head(4).rename(columns={"age": "AGE", "nihss": "NIHSS"})
+    csv = tmp_path / "export.csv"
+    shouting.to_csv(csv, index=False)
+    assert main(["predict", str(run), "--cohort", str(csv), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "'AGE' looks like 'age'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    table.head(4).drop(columns=["glucose"]).to_csv(csv, index=False)
+    assert main(["predict", str(run), "--cohort", str(csv), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "--allow-missing-features" in capsys.readouterr().err
+    assert main(["predict", str(run), "--cohort", str(csv), "--out", str(tmp_path / "p.csv"),
+                 "--allow-missing-features"]) == 0
+    assert main(["predict", str(run), "--cohort", str(csv), "--out", str(tmp_path), "--allow-missing-features"]) == 2
+    assert "is a folder" in capsys.readouterr().err

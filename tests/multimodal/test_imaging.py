@@ -177,13 +177,13 @@ def test_corrupt_file_is_an_image_error_naming_the_path(tmp_path):
 # --------------------------------------------------------------------------- cache
 def counting_loader(monkeypatch) -> list[str]:
     calls: list[str] = []
-    original = imaging._load_sequence
+    original = imaging.load_sequence
 
     def spy(subject, sequence, path, volume):
         calls.append(path)
         return original(subject, sequence, path, volume)
 
-    monkeypatch.setattr(imaging, "_load_sequence", spy)
+    monkeypatch.setattr(imaging, "load_sequence", spy)
     return calls
 
 

@@ -33,7 +33,7 @@ def test_all_three_classic_problems_are_reported_together(tmp_path):
 
 def test_image_shape_problems(tmp_path):
     rows = good_rows(tmp_path)
-    write_nifti(tmp_path / "img" / "4d.nii.gz", np.zeros((6, 6, 4, 3), np.float32))
+    write_nifti(tmp_path / "img" / "4d.nii.gz", np.random.default_rng(0).normal(size=(6, 6, 4, 3)).astype(np.float32))
     write_nifti(tmp_path / "img" / "2d.nii.gz", np.zeros((6, 6), np.float32))
     (tmp_path / "img" / "bad.nii.gz").write_bytes(b"not a nifti at all")
     rows[0]["flair"], rows[1]["flair"], rows[2]["flair"], rows[3]["flair"] = (
