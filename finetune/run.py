@@ -329,11 +329,13 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
         raise StrokeSSLError(f"finetune.mode {settings.mode} needs --init RUN (a pretraining run folder); "
                              "use --set finetune.mode=scratch for a supervised baseline from random weights")
     run_dir = _default_run_dir(run_config, settings)
-    if (run_dir / "folds.json").exists() and not resume:
+    started = any((run_dir / "folds").glob("*.json")) or (run_dir / "metrics.json").exists()
+    if started and not resume:
         raise StrokeSSLError(f"run folder {run_dir} already holds a fine-tuning run; add --resume to finish "
                              "it or choose another folder with --set run.dir=...")
     run_config.run.dir = run_dir
-    if resume and (run_dir / "config.yaml").is_file():
+    # A folder whose run stopped before its first fold (a refused config, say) holds nothing to keep.
+    if resume and started and (run_dir / "config.yaml").is_file():
         _check_resumable(run_dir, run_config, init)
     (run_dir / "folds").mkdir(parents=True, exist_ok=True)
     save_config(run_config, run_dir / "config.yaml")

@@ -9,6 +9,7 @@ which refuses pickled code (timm ``_helpers.py``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,19 +24,33 @@ from multimodal.errors import StrokeSSLError
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+# What to do when the file system refuses a write (full disk, quota, permissions, read-only mount).
+_WRITE_ADVICE = {errno.ENOSPC: "free disk space there", errno.EDQUOT: "free space within your disk quota there",
+                 errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable",
+                 errno.EROFS: "choose a folder on a writable file system"}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path``. A write the file
+    system refuses (full disk, no permission) is a ``StrokeSSLError`` saying what to free or fix;
+    the temp file is removed and ``path`` keeps its previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno not in _WRITE_ADVICE:
+            raise
+        raise StrokeSSLError(f"cannot write {path} ({err.strerror}): {_WRITE_ADVICE[err.errno]} "
+                             f"({path.parent}) and run the command again (--resume continues a run)") from err
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -333,6 +333,12 @@ def _join(problems: list[Problem], config: CohortConfig) -> str:
 def _check_stratifiable(labels: np.ndarray, k: int, what: str) -> None:
     positives = int((labels == 1).sum())
     negatives = int((labels == 0).sum())
+    if min(positives, negatives) == 0:
+        only = "positive" if negatives == 0 else "negative"
+        raise CohortError(
+            f"{what}: every one of the {positives + negatives} labeled subjects is {only}; cross-validation needs "
+            "both classes: check the label column and label_map, or label subjects of the other class"
+        )
     if k > positives or k > negatives:
         raise CohortError(
             f"{what}: cannot stratify {k} folds with {positives} positive and {negatives} negative "

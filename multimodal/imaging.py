@@ -57,7 +57,7 @@ from multimodal.config import (
     ImagingConfig,
     check_choice,
 )
-from multimodal.errors import ImageError
+from multimodal.errors import ImageError, StrokeSSLError
 from multimodal.nifti import is_missing, load_sequence
 
 logger = logging.getLogger(__name__)
@@ -323,7 +323,8 @@ class VolumeCache:
         self.built += counts["built"]
         self.hits += counts["hit"]
         if errors:
-            raise ImageError(f"{len(errors)} subject(s) could not be preprocessed: " + " | ".join(errors))
+            shown = " | ".join(errors[:3]) + (f" | and {len(errors) - 3} more" if len(errors) > 3 else "")
+            raise ImageError(f"{len(errors)} subject(s) could not be preprocessed: {shown}")
         return counts
 
 
@@ -343,7 +344,7 @@ class _WarmDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[str, str]:
         try:
             return self.cache._ensure(self.records[index])[0], ""
-        except ImageError as err:
+        except StrokeSSLError as err:  # an unusable image, or a cache write the disk refused
             return "error", str(err)
 
 

@@ -43,8 +43,10 @@ class ValidationReport:
         return not self.errors
 
 
-def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: list[str] | None = None) -> ValidationReport:
-    """Check the table and every image file; ``read_images=False`` reads headers only."""
+def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: list[str] | None = None,
+                    folds: int | None = None) -> ValidationReport:
+    """Check the table and every image file; ``read_images=False`` reads headers only; ``folds``
+    (a run config's ``finetune.folds``) checks there are enough labeled subjects of each class."""
     report = ValidationReport()
     cohort, problems = read_cohort(config)
     report.errors += problems
@@ -56,6 +58,16 @@ def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: l
         report.errors.append(Problem(f"imaging.sequences names {unknown}, not in the cohort's images {list(config.images)}"))
         sequences = [s for s in sequences if s in config.images]
     _check_columns_content(cohort, report)
+    if folds is not None and cohort.labeled.any():
+        labels = cohort.labels[cohort.labeled]
+        positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
+        if min(positives, negatives) < folds:
+            usable = min(positives, negatives)
+            advice = (f"set finetune.folds: {usable} or label more subjects" if usable >= 2
+                      else "label more subjects of the rarer class (cross-validation needs two of each)")
+            report.errors.append(Problem(
+                f"finetune.folds {folds} needs {folds} positive and {folds} negative labeled subjects; the cohort has "
+                f"{positives} positive and {negatives} negative: {advice}", column=config.label))
     image_summary = _check_images(cohort, sequences, read_images, report)
     report.summary = _summarise(cohort, image_summary)
     return report

@@ -50,6 +50,9 @@ class PretrainConfig:
     rows: str = "unlabeled"  # unlabeled | all: which cohort rows pretraining reads
     val_fraction: float = 0.2  # held-out subjects for retrieval / alignment metrics
     log_every: int = 10  # steps between TensorBoard scalar writes
+    # label the TensorBoard embedding projector's points with subject ids (patient identifiers:
+    # off by default, so a shared tb/ folder holds none); otherwise by their label
+    log_subject_ids: bool = False
 
     def __post_init__(self) -> None:
         check_choice("pretrain.precision", self.precision, PRECISIONS)

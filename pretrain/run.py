@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -123,6 +124,11 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
     if resume and not saved.is_file():
         logger.info("nothing to resume in %s: starting a new run there", run_dir)
         resume = False
+    started = (run_dir / "checkpoints" / "latest.json").exists() or (run_dir / "metrics.json").exists()
+    if resume and not started and saved.is_file():
+        # Stopped (or refused) before its first epoch: nothing trained, so a corrected config starts afresh.
+        logger.info("%s stopped before its first epoch: starting it again with this config", run_dir)
+        resume = False
     if resume:
         previous = load_run_config(saved)
         previous.run.dir = run_config.run.dir
@@ -133,7 +139,7 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
                 "only pretrain.epochs may change (start a new run with --set run.dir=...)"
             )
         return run_dir, True
-    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists():
+    if (run_dir / "checkpoints" / "latest.json").exists() or (run_dir / "metrics.json").exists():
         raise StrokeSSLError(
             f"run folder {run_dir} already holds a run; add --resume to continue it, "
             "or choose another folder with --set run.dir=..."
@@ -160,7 +166,16 @@ def load_checkpoint(checkpoints: Path) -> tuple[dict[str, torch.Tensor], dict[st
     pointer = checkpoints / "latest.json"
     if not pointer.is_file():
         return None
-    epoch = json.loads(pointer.read_text())["epoch"]
+    try:
+        epoch = int(json.loads(pointer.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError):  # emptied or edited by hand (it is written atomically)
+        complete = sorted(int(p.stem.split("-")[1]) for p in checkpoints.glob("weights-*.safetensors")
+                          if (checkpoints / f"state-{p.stem.split('-')[1]}.pt").is_file())
+        if not complete:
+            raise StrokeSSLError(f"{pointer} is damaged and {checkpoints} holds no complete epoch; "
+                                 "start a new run (remove the folder or choose another run.dir)") from None
+        epoch = complete[-1]
+        logger.warning("%s is damaged: resuming from epoch %d, the newest complete checkpoint", pointer, epoch)
     weights_path, state_path = checkpoints / f"weights-{epoch:04d}.safetensors", checkpoints / f"state-{epoch:04d}.pt"
     try:
         weights = load_weights(weights_path, strip_prefixes=())
@@ -220,6 +235,9 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         checkpoints.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_config(run_config, run_dir / "config.yaml")
+            # A run that stopped before its first epoch may have left a preprocessor fitted under
+            # another config: a new run fits its own.
+            (run_dir / "preprocessor.json").unlink(missing_ok=True)
         now = {
             "strokessl": importlib.metadata.version("strokessl"), "torch": torch.__version__,
             "git_commit": _git_commit(), "world_size": distributed.world_size(), "device": str(device),
@@ -302,7 +320,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     if main:
         if evaluation is None:  # resumed after the last epoch: nothing was evaluated in this process
             evaluation = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
-        _finish(run_dir, model, evaluation, history, writer, data)
+        _finish(run_dir, model, evaluation, history, writer, data, pretrain)
     distributed.barrier()
     return run_dir
 
@@ -323,16 +341,20 @@ def _short(entry: dict[str, Any]) -> str:
 
 
 def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, float], dict[str, Any]],
-            history: list[dict[str, Any]], writer: Any, data: Any) -> None:
+            history: list[dict[str, Any]], writer: Any, data: Any, pretrain_settings: PretrainConfig) -> None:
     """Publish weights, validation embeddings and metrics.json (last: its presence marks a finished run)."""
     checkpoints = run_dir / "checkpoints"
     save_weights(model.state_dict(), checkpoints / "model.safetensors")
     for name, state in encoder_state_dicts(model).items():
         save_weights(state, checkpoints / f"{name}.safetensors")
     val_metrics, embeddings = evaluation
+    # Subject ids are patient identifiers: the projector shows each point's label unless asked.
+    labels = dict(zip(data.cohort.ids, data.cohort.labels, strict=True))
+    metadata = list(embeddings["subject_id"]) if pretrain_settings.log_subject_ids else [
+        "unlabeled" if np.isnan(labels[s]) else str(int(labels[s])) for s in embeddings["subject_id"]]
     for name, features in embeddings.items():
         if name != "subject_id" and features is not None:
-            writer.add_embedding(features, metadata=embeddings["subject_id"], tag=f"val_{name}",
+            writer.add_embedding(features, metadata=metadata, tag=f"val_{name}",
                                  global_step=history[-1]["step"] if history else 0)
     writer.close()
     atomic_write_text(run_dir / "metrics.json", json.dumps(

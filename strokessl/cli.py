@@ -118,16 +118,19 @@ def run_validate(args: argparse.Namespace) -> int:
     from multimodal.errors import CohortError
     from multimodal.validate import format_report, validate_cohort
 
-    sequences = None
+    sequences, folds = None, None
     if is_run_config(args.config):
         run_config = load_run_config(args.config, args.overrides)
         cohort_config = load_cohort_config(run_config.cohort)
         sequences = run_config.imaging.sequences
+        from finetune.config import finetune_config  # checks the finetune: section too
+
+        folds = finetune_config(run_config).folds
     else:
         if args.overrides:
             logger.warning("--set applies to run configs; %s is a cohort config", args.config)
         cohort_config = load_cohort_config(args.config)
-    report = validate_cohort(cohort_config, read_images=not args.headers_only, sequences=sequences)
+    report = validate_cohort(cohort_config, read_images=not args.headers_only, sequences=sequences, folds=folds)
     sys.stdout.write(format_report(report, cohort_config) + "\n")
     if not report.ok:
         raise CohortError(f"{len(report.errors)} error(s) in cohort {cohort_config.source}; see the list above")

@@ -204,3 +204,20 @@ def test_bad_input(name, build, code, expected, tmp_path, capsys):
     assert "Traceback" not in text
     if code == 2:
         assert len(captured.err.strip().splitlines()) == 1  # one line on stderr, the details in the report
+
+
+@pytest.mark.parametrize(("labels", "expected"), [([1] * 2 + [0] * 10, "set finetune.folds: 2"),
+                                                  ([0] * 12, "cross-validation needs two of each")])
+def test_too_few_labeled_subjects_for_the_folds(tmp_path, capsys, labels, expected):
+    rows = _rows(tmp_path)
+    for row, label in zip(rows, labels, strict=True):
+        row["recurrence_12m"] = label
+    cohort = write_cohort(tmp_path, rows)
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"cohort": str(cohort), "finetune": {"folds": 3}}))
+    assert main(["validate", str(run)]) == 2
+    assert expected in capsys.readouterr().out
+    # finetune refuses the same cohort before any training, in one line
+    assert main(["finetune", str(run), "--set", "finetune.mode=scratch", "--set", f"run.dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert ("every one of the 12 labeled subjects is negative" in err) if not any(labels) else ("at most 2 folds" in err)

@@ -279,3 +279,15 @@ def test_frozen_embeddings_shared_across_folds_change_nothing(config, tmp_path, 
 def test_probe_needs_frozen_mode(config, capsys):
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", "finetune.head=probe"]) == 2
     assert "finetune.mode: frozen" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_fold_does_not_lock_the_folder(config, tmp_path, capsys):
+    run = tmp_path / "stopped"
+    (run / "folds").mkdir(parents=True)
+    (run / "folds.json").write_text("{}")  # killed (or refused) after the split, before any fold finished
+    (run / "config.yaml").write_text("cohort: elsewhere.yaml\n")
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 0
+    assert (run / "metrics.json").is_file()
+    # once a fold has finished, a second run there needs --resume
+    assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 2
+    assert "--resume" in capsys.readouterr().err

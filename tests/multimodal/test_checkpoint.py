@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -46,3 +47,19 @@ def test_missing_and_corrupt_files_are_user_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(StrokeSSLError, match="not a readable safetensors"):
         load_weights(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize(("code", "advice"), [(errno.ENOSPC, "free disk space"), (errno.EACCES, "writable")])
+def test_a_refused_write_says_what_to_fix_and_keeps_the_old_file(tmp_path, monkeypatch, code, advice):
+    from multimodal import checkpoint
+
+    target = tmp_path / "state.json"
+    checkpoint.atomic_write_text(target, "old")
+
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint.os, "replace", refuse)
+    with pytest.raises(StrokeSSLError, match=advice):
+        checkpoint.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp left

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -59,6 +60,13 @@ def test_clip_itm_run_writes_the_run_folder(tmp_path, cohort):
     assert 0.0 <= final["recall@5_image_to_table"] <= 1.0 and final["chance_recall@1"] == pytest.approx(1 / 9)
     assert {"train/clip_loss", "train/itm_loss", "train/itm_accuracy"} <= set(metrics["history"][0])
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    # The embedding projector labels points by their label, never by subject id (a patient identifier).
+    projector = sorted((run / "tb").rglob("metadata.tsv"))
+    assert len(projector) == 2
+    ids = set(pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"])
+    for path in projector:
+        values = set(path.read_text().split())
+        assert values and not values & ids and values <= {"0", "1", "unlabeled"}
 
 
 @pytest.mark.parametrize(
@@ -150,3 +158,43 @@ def test_loss_decreases_on_a_fixed_batch(cohort, tmp_path):
         optimizer.step()
         losses.append(float(terms["loss"].detach()))
     assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+
+
+def test_a_refused_config_leaves_no_lock_and_a_damaged_pointer_falls_back(tmp_path, cohort, capsys):
+    # batch 64 cannot be filled: refused after the run folder was made...
+    config = write_config(tmp_path, cohort, batch_size=64)
+    assert main(["pretrain", str(config)]) == 2
+    assert "cannot fill one global batch" in capsys.readouterr().err
+    # ...and the corrected config runs there, with or without --resume (nothing had started)
+    config = write_config(tmp_path, cohort, epochs=1)
+    assert main(["pretrain", str(config), "--resume"]) == 0
+    run = tmp_path / "run"
+    # an emptied latest.json (by hand, or a full disk) resumes from the newest complete epoch
+    (run / "checkpoints" / "latest.json").write_text("")
+    config = write_config(tmp_path, cohort, epochs=2)
+    assert main(["pretrain", str(config), "--resume"]) == 0
+    assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_path, cohort, capsys, monkeypatch):
+    import errno
+
+    from multimodal import checkpoint
+
+    replace = checkpoint.os.replace
+
+    def full_disk(src, dst):
+        if "weights-0002" in str(dst):  # epoch 1 is saved, epoch 2's weights meet a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", full_disk)
+    config = write_config(tmp_path, cohort)
+    assert main(["pretrain", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "free disk space" in err and "weights-0002" in err and "Traceback" not in err
+    run = tmp_path / "run"
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 1  # never the broken epoch
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    assert main(["pretrain", str(config), "--resume"]) == 0
+    assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2
