@@ -186,8 +186,11 @@ class PretrainModel(nn.Module):
             raise ConfigError(f"temperature_init must be in (0, 1], got {temperature_init}")
 
         self.modalities = list(encoders)
+        # Encoders first, then heads: the parameter order (and so the float summation order of the
+        # gradient clipping) of runs made before any third modality existed.
         for modality, encoder in encoders.items():
             self.add_module(f"{modality}_encoder", encoder)
+        for modality, encoder in encoders.items():
             self.add_module(f"{modality}_projection",
                             projection_head(encoder.num_features, projection_hidden, projection_dim))
         for absent in ("image", "table"):  # the usual names stay readable as None
