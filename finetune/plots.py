@@ -10,7 +10,6 @@ clinical readers (sensitivity / specificity, not TPR / FPR alone).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from finetune.metrics import (
     equal_mass_bins,
     expected_calibration_error,
 )
+from multimodal.checkpoint import atomic_path
 
 _DPI = 150
 
@@ -40,17 +40,10 @@ def _new_figure(width: float = 5.5, height: float = 5.0) -> Figure:
 
 
 def _save_atomic(figure: Figure, path: str | os.PathLike) -> Path:
-    """Write ``figure`` as PNG to ``path`` via a temp file in the same folder + ``os.replace``."""
+    """Write ``figure`` as PNG to ``path`` atomically (``atomic_path``: a refused write is one clear line)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), format="png", bbox_inches="tight")
     return path
 
 

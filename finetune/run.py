@@ -57,7 +57,7 @@ from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.summary import summarise_run
 from finetune.test_cohort import check_test_cohort, load_test_cohort
 from finetune.thresholds import choose_threshold
-from multimodal.checkpoint import atomic_write_text, save_weights
+from multimodal.checkpoint import atomic_write_text, make_folder, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
 from multimodal.config import (
     ModelConfig,
@@ -337,7 +337,7 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     # A folder whose run stopped before its first fold (a refused config, say) holds nothing to keep.
     if resume and started and (run_dir / "config.yaml").is_file():
         _check_resumable(run_dir, run_config, init)
-    (run_dir / "folds").mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir / "folds")
     save_config(run_config, run_dir / "config.yaml")
     cohort = load_cohort(load_cohort_config(run_config.cohort))
     labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]

@@ -30,6 +30,23 @@ _WRITE_ADVICE = {errno.ENOSPC: "free disk space there", errno.EDQUOT: "free spac
                  errno.EROFS: "choose a folder on a writable file system"}
 
 
+def _refused(path: Path, err: OSError) -> StrokeSSLError:
+    return StrokeSSLError(f"cannot write {path} ({err.strerror}): {_WRITE_ADVICE[err.errno]} "
+                          f"({path.parent}) and run the command again (--resume continues a run)")
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` that answers a refusal (permissions, full disk, read-only) like ``atomic_path``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno not in _WRITE_ADVICE:
+            raise
+        raise _refused(path, err) from err
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is renamed onto ``path``. A write the file
@@ -47,8 +64,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         if err.errno not in _WRITE_ADVICE:
             raise
-        raise StrokeSSLError(f"cannot write {path} ({err.strerror}): {_WRITE_ADVICE[err.errno]} "
-                             f"({path.parent}) and run the command again (--resume continues a run)") from err
+        raise _refused(path, err) from err
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()

@@ -32,7 +32,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from multimodal.checkpoint import atomic_path, atomic_write_text, load_weights, save_weights
+from multimodal.checkpoint import (
+    atomic_path,
+    atomic_write_text,
+    load_weights,
+    make_folder,
+    save_weights,
+)
 from multimodal.config import (
     RunConfig,
     changed_keys,
@@ -232,7 +238,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     checkpoints = run_dir / "checkpoints"
     main = distributed.is_main()
     if main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        make_folder(checkpoints)
         if not resume:
             save_config(run_config, run_dir / "config.yaml")
             # A run that stopped before its first epoch may have left a preprocessor fitted under

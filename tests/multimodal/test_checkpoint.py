@@ -63,3 +63,16 @@ def test_a_refused_write_says_what_to_fix_and_keeps_the_old_file(tmp_path, monke
     with pytest.raises(StrokeSSLError, match=advice):
         checkpoint.atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp left
+
+
+def test_an_unwritable_run_folder_is_one_clear_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from multimodal.checkpoint import make_folder
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # root ignores file modes, so refuse the way the OS would
+    with pytest.raises(StrokeSSLError, match=r"cannot write .*folds \(Permission denied\): make the folder writable"):
+        make_folder(tmp_path / "run" / "folds")
