@@ -54,8 +54,9 @@ def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -
                           "add them to its cohort.yaml images or fine-tune with finetune.branches=table")
     shared = sorted(set(test.ids) & set(development.ids))
     if shared:
-        logger.warning("test cohort %s shares %d subject ids with the development cohort (e.g. %s): make sure "
-                       "they are other patients", test.config.source, len(shared), shared[:3])
+        # The count only: subject ids stay out of logs (privacy by default).
+        logger.warning("test cohort %s shares %d subject ids with the development cohort: make sure they are "
+                       "other patients", test.config.source, len(shared))
 
 
 def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: Cohort,

@@ -288,7 +288,7 @@ class VolumeCache:
         stored = dict(tensors, image=tensors["image"].to(getattr(torch, self.dtype)))
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
-        logger.debug("cached subject %s in %s", record["subject_id"], path.name)
+        logger.debug("cached %s", path.name)  # no subject id: logs hold none
         return "built", tensors
 
     def load(self, record: dict[str, Any]) -> dict[str, torch.Tensor]:

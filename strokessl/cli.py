@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     pretrain.add_argument("config", type=Path, help="run config (e.g. configs/demo.yaml)")
     _add_overrides(pretrain, "pretrain.epochs=5")
+    pretrain.add_argument("--with-ids", action="store_true",
+                          help="label the TensorBoard embedding projector with subject ids (off: labels only)")
     pretrain.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                           help="continue a stopped run (its folder, default run.dir); the config must match "
                           "except pretrain.epochs")
@@ -140,7 +142,8 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from pretrain.run import run_pretrain as pretrain
 
-    run_dir = pretrain(args.config, args.overrides, resume=args.resume)
+    overrides = [*args.overrides, *(["pretrain.log_subject_ids=true"] if args.with_ids else [])]
+    run_dir = pretrain(args.config, overrides, resume=args.resume)
     logger.info("run folder: %s", run_dir)
     return 0
 
