@@ -328,3 +328,31 @@ def test_build_augmentation_preserves_shape_and_seeds():
     outputs = [build_augmentation(AUGMENT, seed=s)({"image": image})["image"] for s in (0, 0, 1)]
     assert all(o.shape == image.shape for o in outputs)
     assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
+def test_two_processes_warming_one_cache_folder_corrupt_nothing(tmp_path):
+    """Two runs sharing a cache folder build the same entries at once: every entry ends readable and
+    equal to what one process alone builds (entries are written to a temp file and renamed)."""
+    import subprocess
+    import sys
+
+    from multimodal.synthetic import write_synthetic_cohort
+
+    cohort = write_synthetic_cohort(tmp_path / "c", n=12, grid=16, labeled_fraction=0.5, seed=2)
+    script = (
+        "import sys; from multimodal.cohort import load_cohort; from multimodal.config import ImagingConfig, "
+        "load_cohort_config; from multimodal.imaging import VolumeCache; "
+        "c = load_cohort(load_cohort_config(sys.argv[1])); "
+        "VolumeCache(sys.argv[2], ImagingConfig(spacing=(14.0, 14.0, 14.0), spatial_size=(16, 16, 16)), "
+        "['flair', 'dwi']).warm(c.records())"
+    )
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(cohort), str(shared)]) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    subprocess.run([sys.executable, "-c", script, str(cohort), str(alone)], check=True, timeout=300)
+    entries = sorted(p.name for p in shared.glob("*.safetensors"))
+    assert entries == sorted(p.name for p in alone.glob("*.safetensors")) and len(entries) == 12
+    assert not list(shared.glob(".*.tmp"))  # no temp file left behind
+    for name in entries:
+        ours, theirs = load_file(str(shared / name)), load_file(str(alone / name))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
