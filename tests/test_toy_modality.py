@@ -66,9 +66,7 @@ CONFIG = {
     }},
     "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.25, "projection_dim": 16,
                  "projection_hidden": 32, "objectives": {"clip": 1.0}},
-    # probe_table_embedding off: two embedding blocks (image, report) keep the probe's weight grid small
-    "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
-                 "probe_table_embedding": False},
+    "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]},
 }
 
 

@@ -132,3 +132,17 @@ def test_probe_with_principal_components_matches_a_scikit_learn_pipeline(monkeyp
         StandardScaler(), LogisticRegression(C=fit["C"], class_weight="balanced", max_iter=5000)).fit(x, y)
     ours = 1 / (1 + np.exp(-(x @ fit["weight"] + fit["bias"])))
     np.testing.assert_allclose(ours, reference.predict_proba(x)[:, 1], atol=2e-3)
+
+
+def test_more_than_two_blocks_use_a_coordinate_search_that_keeps_the_signal_block():
+    rng = np.random.default_rng(3)
+    n = 240
+    y = (rng.random(n) < 0.3).astype(int)
+    design = rng.normal(size=(n, 3))
+    blocks = [rng.normal(size=(n, 6)) for _ in range(3)]
+    blocks[1][:, 0] += 2.0 * y  # only the second embedding block carries the label
+    x = np.concatenate([*blocks, design], axis=1)
+    groups = np.r_[np.full(6, 1), np.full(6, 2), np.full(6, 3), np.zeros(3, int)]
+    fit = fit_linear_probe(x, y, seed=0, groups=groups, components=4)
+    assert set(fit["group_weights"]) == {1, 2, 3}
+    assert fit["group_weights"][2] > 0 and fit["group_weights"][2] >= max(fit["group_weights"][1], fit["group_weights"][3])
