@@ -21,19 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.metrics import r2_score, roc_auc_score
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from tqdm.auto import tqdm
+
+from multimodal.linear_probes import (
+    probe_factors,  # the one implementation (also strokessl explain)
+)
 
 # torch, MONAI and the project load lazily (~5 s on 2 busy cores): ``probe_factors`` needs none.
 if TYPE_CHECKING:
@@ -45,84 +42,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("factor_probe")
 
 RESULTS = Path(__file__).parent / "results"
-FOLDS = 5
-ALPHAS = np.logspace(-3, 4, 15)  # ridge penalties
-CS = np.logspace(-4, 3, 8)  # inverse logistic penalties
-Z_CLIP = 10.0  # standardised features are clipped to ±Z_CLIP (see _scaled)
 # risk.csv columns probed (absent ones are skipped with a log line); drawn_label is binary (AUROC).
 RISK_COLUMNS = ["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale",
                 "image_component", "tabular_component", "logit", "drawn_label"]
 TRANSFORMS = {"infarct_volume_ml": ("log1p_infarct_volume_ml", np.log1p), "wmh_volume_ml": ("log_wmh_volume_ml", np.log)}
 DEFAULT_COLUMNS = ["age", "nihss", "systolic_bp", "bmi", "sex", "atrial_fibrillation"]
-
-
-# --------------------------------------------------------------------------- probes (pure)
-def _binary(values: pd.Series) -> np.ndarray | None:
-    """0/1 array when ``values`` take exactly two distinct values, else None. Which one is 1 (the
-    larger as text: 1, "yes", "M") does not change the AUROC: the probe learns the sign."""
-    levels = values.unique().tolist()
-    return (values == max(levels, key=str)).to_numpy(int) if len(levels) == 2 else None
-
-
-def _scaled() -> list[Any]:
-    """``StandardScaler``, then a clip to ±``Z_CLIP``: a near-dead ReLU channel (non-zero in a few
-    subjects), scaled by a fold's tiny std, put a held-out subject at z ≈ 230, R² -13.6, unclipped."""
-    return [StandardScaler(), FunctionTransformer(np.clip, kw_args={"a_min": -Z_CLIP, "a_max": Z_CLIP})]
-
-
-def probe_r2(x: np.ndarray, y: np.ndarray, seed: int) -> float:
-    """Pooled out-of-fold R² of ``StandardScaler (+ clip) + RidgeCV`` on ``x (n, D)`` for ``y (n,)``."""
-    model = make_pipeline(*_scaled(), RidgeCV(alphas=ALPHAS))
-    predictions = cross_val_predict(model, x, y, cv=KFold(FOLDS, shuffle=True, random_state=seed))
-    return float(r2_score(y, predictions))
-
-
-def probe_auroc(x: np.ndarray, y: np.ndarray, seed: int) -> float:
-    """Pooled out-of-fold AUROC of ``StandardScaler (+ clip) + LogisticRegressionCV`` on ``x (n, D)`` for
-    0/1 ``y`` whose smaller class has at least 3 rows."""
-    minority = int(min(y.sum(), len(y) - y.sum()))
-    k = min(FOLDS, minority)
-    # No more inner folds than an outer training part has rows of the smaller class (>= this).
-    inner = max(2, min(FOLDS, minority * (k - 1) // k))
-    # liblinear: lbfgs took ~20x longer on separable (n, D) data, creeping towards large C.
-    model = make_pipeline(*_scaled(), LogisticRegressionCV(
-        Cs=CS, cv=StratifiedKFold(inner, shuffle=True, random_state=seed), solver="liblinear"))
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # sklearn >= 1.8 warns of a change to LogisticRegressionCV's attributes
-        for category in (ConvergenceWarning, FutureWarning):
-            warnings.simplefilter("ignore", category)
-        scores = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, scores))
-
-
-def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Cross-validated linear-probe scores of each target column from ``embedding (N, D)``.
-
-    ``targets``: N rows in the same order; each column uses its non-missing rows. Two distinct
-    values: binary (AUROC); otherwise numeric: continuous (R²); a constant, non-numeric or too
-    small column (a class under 3 rows, under 10 rows) is skipped with a log line. Returns
-    ``{"r2": {column: R²}, "auroc": {...}, "rows": {column: rows used}, "skipped": {column: why}}``.
-    """
-    if len(embedding) != len(targets):
-        raise ValueError(f"embedding has {len(embedding)} rows but targets has {len(targets)}")
-    out: dict[str, dict[str, Any]] = {"r2": {}, "auroc": {}, "rows": {}, "skipped": {}}
-    for column in targets.columns:
-        keep = targets[column].notna().to_numpy()
-        values, x = targets[column][keep], embedding[keep]
-        binary = _binary(values)
-        numeric = pd.to_numeric(values, errors="coerce")
-        if binary is not None and min(binary.sum(), len(binary) - binary.sum()) >= 3:
-            out["auroc"][column] = probe_auroc(x, binary, seed)
-        elif binary is None and numeric.notna().all() and numeric.nunique() > 1 and len(values) >= 2 * FOLDS:
-            out["r2"][column] = probe_r2(x, numeric.to_numpy(float), seed)
-        else:
-            why = ("a class has fewer than 3 rows" if binary is not None else "not numeric"
-                   if numeric.isna().any() else f"constant or under {2 * FOLDS} rows")
-            out["skipped"][column] = why
-            logger.info("skipping target %s: %s (%d rows)", column, why, len(values))
-            continue
-        out["rows"][column] = len(values)
-    return out
 
 
 # --------------------------------------------------------------------------- embedding

@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from multimodal.data import to_device
+from multimodal.embedding_space import embedding_metrics
 from multimodal.errors import StrokeSSLError
 from pretrain import distributed
 from pretrain.config import PretrainConfig
-from pretrain.metrics import embedding_metrics
 from pretrain.objectives import (
     EmbeddingQueue,
     clip_loss,

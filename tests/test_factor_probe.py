@@ -35,7 +35,7 @@ def test_probe_recovers_the_planted_factor_only() -> None:
     assert scores["r2"]["b"] < 0.2
     assert scores["auroc"]["flag"] > 0.9
     assert scores["auroc"]["sex"] > 0.9 and scores["rows"]["sex"] == 195
-    assert "smoking" in scores["skipped"]  # three categories: neither binary nor numeric
+    assert "smoking" in scores["auroc"]  # three categories: a macro one-vs-rest AUROC
 
 
 def test_a_near_dead_channel_does_not_wreck_the_probe() -> None:
@@ -52,3 +52,15 @@ def test_a_near_dead_channel_does_not_wreck_the_probe() -> None:
 def test_probe_is_reproducible_for_a_seed() -> None:
     embedding, targets = _embedding_and_targets(n=60)
     assert probe_factors(embedding, targets, seed=1) == probe_factors(embedding, targets, seed=1)
+
+
+def test_a_categorical_target_with_several_levels_gets_a_macro_auroc():
+    from multimodal.linear_probes import probe_factors as shared
+
+    rng = np.random.default_rng(0)
+    levels = np.array(["never", "former", "current"])[rng.integers(0, 3, 150)]
+    signal = np.c_[(levels == "current") * 2.0, (levels == "former") * 2.0] + rng.normal(size=(150, 2))
+    noise = rng.normal(size=(150, 2))
+    scores = shared(np.c_[signal, rng.normal(size=(150, 4))], pd.DataFrame({"smoking": levels}))
+    blind = shared(np.c_[noise, rng.normal(size=(150, 4))], pd.DataFrame({"smoking": levels}))
+    assert scores["auroc"]["smoking"] > 0.8 and abs(blind["auroc"]["smoking"] - 0.5) < 0.12

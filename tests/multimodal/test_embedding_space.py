@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pretrain.metrics import alignment, embedding_metrics, retrieval_recall, uniformity
+from multimodal.embedding_space import alignment, embedding_metrics, retrieval_recall, uniformity
 
 
 def reference_recall(query, keys, k):
@@ -48,3 +48,20 @@ def test_embedding_metrics_keys_per_modality():
     both = embedding_metrics(x, x + 0.01)
     assert both["recall@1_image_to_table"] == 1.0 and both["chance_recall@5"] == 5 / 12
     assert set(embedding_metrics(x, None)) == {"uniformity_image"}
+
+
+def test_median_rank_and_modality_gap_against_references():
+    from multimodal.embedding_space import median_rank, modality_gap
+
+    torch.manual_seed(0)
+    x, y = torch.randn(9, 4), torch.randn(9, 4)
+    ranks = []
+    for i in range(9):
+        sims = torch.nn.functional.cosine_similarity(x[i : i + 1], y)
+        ranks.append(1 + int((sims > sims[i]).sum()))
+    assert median_rank(x, y) == float(sorted(ranks)[4])
+    assert median_rank(x, x * 2.0) == 1.0
+    shifted = torch.nn.functional.normalize(torch.randn(50, 4), dim=1)
+    assert modality_gap(shifted, shifted) == pytest.approx(0.0, abs=1e-6)
+    one, minus = torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0, 0.0]])
+    assert modality_gap(one, minus) == pytest.approx(2.0)
