@@ -90,6 +90,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (subject_id, probability, risk_group)")
     predict.add_argument("--allow-missing-features", action="store_true",
                          help="score clinical features the cohort lacks as missing values instead of refusing")
+
+    embed = commands.add_parser(
+        "embed", help="write a cohort's embeddings (.npz) and a TensorBoard projector view",
+        description="Embed every subject of COHORT with the encoders of RUN (a pretraining or fine-tuning run) and "
+        "write OUT/embeddings.npz (rows in cohort order) and OUT/tb (TensorBoard projector, coloured by label).",
+    )
+    embed.add_argument("run", type=Path, help="pretraining or fine-tuning run folder")
+    embed.add_argument("--cohort", type=Path, required=True, help="cohort.yaml (or, for a fine-tuning run, a CSV)")
+    embed.add_argument("--out", type=Path, required=True, help="output folder")
+    embed.add_argument("--color-by", nargs="*", default=[], metavar="COLUMN",
+                       help="clinical columns to colour the projector by, beside the label")
+    embed.add_argument("--with-ids", action="store_true", help="also write subject ids (patient identifiers)")
+
+    explain = commands.add_parser(
+        "explain", help="what the embedding space holds: retrieval, alignment, label and clinical-feature probes",
+        description="Analyse RUN's embedding space on COHORT and write RUN/report/explain.md and explain.json.",
+    )
+    explain.add_argument("run", type=Path, help="pretraining or fine-tuning run folder")
+    explain.add_argument("--cohort", type=Path, required=True, help="cohort.yaml (or, for a fine-tuning run, a CSV)")
+    explain.add_argument("--seed", type=int, default=0, help="cross-validation splits of the probes")
     return parser.parse_args(argv)
 
 
@@ -169,8 +189,26 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_embed(args: argparse.Namespace) -> int:
+    from finetune.explain.embed import embed_run, write_embeddings
+
+    write_embeddings(embed_run(args.run, args.cohort), args.out, args.color_by, args.with_ids)
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from finetune.explain.analysis import analyse, markdown, write_report
+    from finetune.explain.embed import embed_run
+
+    analysis = analyse(embed_run(args.run, args.cohort), seed=args.seed)
+    path = write_report(args.run, analysis)
+    sys.stdout.write(markdown(analysis) + "\n")
+    logger.info("wrote %s", path)
+    return 0
+
+
 COMMANDS = {"synth": run_synth, "validate": run_validate, "pretrain": run_pretrain, "finetune": run_finetune,
-            "predict": run_predict}
+            "predict": run_predict, "embed": run_embed, "explain": run_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,116 @@
+"""What a run's embedding space holds: alignment, the label, and which clinical facts the image learned.
+
+``analyse`` reads a ``RunEmbeddings`` and measures, with the shared ``multimodal.embedding_space``
+and ``multimodal.linear_probes`` (the pretraining metrics and the factor-probe benchmark use the
+same code):
+
+* for a pretraining run (projections in one space): cross-modal retrieval recall@1/5/10 and the
+  median rank in both directions, alignment, uniformity and the modality gap;
+* a cross-validated linear-probe AUROC of each modality's embedding for the label (labeled subjects);
+* for every clinical feature, how well it is decoded from the *image* embedding: CV R² for a
+  continuous feature, AUROC (macro one-vs-rest for several categories) otherwise.
+
+``write_report`` puts ``report/explain.json`` and ``report/explain.md`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune.explain.embed import RunEmbeddings
+from multimodal.checkpoint import atomic_write_text
+from multimodal.embedding_space import embedding_metrics, uniformity
+from multimodal.linear_probes import probe_auroc, probe_factors
+
+MIN_CLASS = 3  # a probe needs this many subjects of each class
+
+
+def analyse(result: RunEmbeddings, seed: int = 0) -> dict[str, Any]:
+    """``{"kind", "n", "space", "label_probe", "decoded_from_image"}`` (see the module docstring)."""
+    cohort = result.cohort
+    out: dict[str, Any] = {"kind": result.kind, "n": len(cohort.ids), "space": {}, "label_probe": {},
+                           "decoded_from_image": {}}
+    projections = result.projections
+    if {"image", "table"} <= set(projections):
+        both = result.present["image"] & result.present["table"]
+        if both.sum() >= 2:
+            out["space"] = embedding_metrics(torch.from_numpy(projections["image"][both]),
+                                             torch.from_numpy(projections["table"][both]), ks=(1, 5, 10), full=True)
+        for m in projections:
+            out["space"][f"uniformity_{m}"] = uniformity(torch.from_numpy(projections[m][result.present[m]]))
+    labeled = cohort.labeled
+    for m, values in result.embeddings.items():
+        rows = labeled & result.present[m]
+        y = cohort.labels[rows].astype(int)
+        if min(y.sum(), len(y) - y.sum()) >= MIN_CLASS:
+            out["label_probe"][m] = {"auroc": probe_auroc(values[rows], y, seed), "n": int(rows.sum()),
+                                     "positives": int(y.sum())}
+    if "image" in result.embeddings:
+        rows = result.present["image"]
+        scores = probe_factors(result.embeddings["image"][rows], cohort.features[rows].reset_index(drop=True), seed)
+        for column in cohort.features.columns:
+            if column in scores["r2"]:
+                out["decoded_from_image"][column] = {"r2": scores["r2"][column], "n": scores["rows"][column]}
+            elif column in scores["auroc"]:
+                out["decoded_from_image"][column] = {"auroc": scores["auroc"][column], "n": scores["rows"][column]}
+            else:
+                out["decoded_from_image"][column] = {"skipped": scores["skipped"].get(column, "not probed")}
+    return out
+
+
+def markdown(analysis: dict[str, Any]) -> str:
+    """The analysis as a Markdown report."""
+    lines = [f"# Embedding space of this {analysis['kind']} run", "", f"{analysis['n']} subjects.", ""]
+    space = analysis["space"]
+    if "alignment" in space:
+        n = int(space["n"])
+        lines += ["## Cross-modal retrieval (image ↔ clinical record, shared projection space)", "",
+                  "| direction | recall@1 | recall@5 | recall@10 | median rank |", "| --- | --- | --- | --- | --- |"]
+        for direction in ("image_to_table", "table_to_image"):
+            lines.append(f"| {direction.replace('_', ' ')} | " + " | ".join(
+                f"{space[f'recall@{k}_{direction}']:.3f}" for k in (1, 5, 10)) + f" | {space[f'median_rank_{direction}']:.0f} |")
+        lines += [f"| chance ({n} subjects) | {space['chance_recall@1']:.3f} | {space['chance_recall@5']:.3f} | "
+                  f"{space['chance_recall@10']:.3f} | {(n + 1) / 2:.0f} |", "",
+                  f"Alignment {space['alignment']:.3f} (mean squared distance of a subject's two embeddings; 0 = "
+                  f"identical, 2 = unrelated), modality gap {space['modality_gap']:.3f} (distance between the two "
+                  "modalities' centroids), uniformity " + ", ".join(
+                      f"{k.split('_', 1)[1]} {v:.3f}" for k, v in space.items() if k.startswith("uniformity_"))
+                  + " (lower = more spread out).", ""]
+    if analysis["label_probe"]:
+        lines += ["## What each embedding says about the label", "",
+                  "Cross-validated linear-probe AUROC of the label from each modality's embedding alone.", "",
+                  "| modality | AUROC | subjects | positives |", "| --- | --- | --- | --- |"]
+        lines += [f"| {m} | {v['auroc']:.3f} | {v['n']} | {v['positives']} |" for m, v in analysis["label_probe"].items()]
+        lines.append("")
+    if analysis["decoded_from_image"]:
+        lines += ["## Which clinical facts the MRI encoder learned", "",
+                  "How well each clinical feature is decoded from the image embedding (cross-validated linear "
+                  "probe: R² for continuous features, AUROC for binary and categorical ones; R² ≤ 0 or AUROC "
+                  "≈ 0.5 = not in the image embedding).", "", "| feature | R² | AUROC | subjects |",
+                  "| --- | --- | --- | --- |"]
+        ranked = sorted(analysis["decoded_from_image"].items(),
+                        key=lambda kv: -max(kv[1].get("r2", -math.inf), 2 * kv[1].get("auroc", -math.inf) - 1))
+        for column, v in ranked:
+            if "skipped" in v:
+                lines.append(f"| {column} | – | – | skipped: {v['skipped']} |")
+            else:
+                r2 = f"{v['r2']:.3f}" if "r2" in v else ""
+                auroc = f"{v['auroc']:.3f}" if "auroc" in v else ""
+                lines.append(f"| {column} | {r2} | {auroc} | {v['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, analysis: dict[str, Any]) -> Path:
+    """``RUN/report/explain.json`` and ``explain.md``; returns the Markdown path."""
+    report = Path(run_dir) / "report"
+    atomic_write_text(report / "explain.json", json.dumps(analysis, indent=2, default=float))
+    atomic_write_text(report / "explain.md", markdown(analysis) + "\n")
+    return report / "explain.md"
+
+

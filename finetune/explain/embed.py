@@ -1,0 +1,157 @@
+"""Embed a cohort with a run's encoders, and write the embeddings (``.npz`` + TensorBoard projector).
+
+A pretraining run gives, per modality, the encoder's pooled embedding ``(N, D_m)`` and its
+L2-normalised projection ``(N, P)`` into the space CLIP aligned; a fine-tuning run gives what its
+first fold model's head reads per modality (for the probe head, the table branch is the frozen
+table embedding beside the baseline's table design). Rows follow the cohort's order; subject ids
+are written only when asked (``with_ids``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from finetune.inference import load_fold_models
+from finetune.init import (
+    load_pretraining_run,
+    rebuild_config,
+    reconcile_features,
+    reconcile_sequences,
+)
+from finetune.predict import new_cohort_config
+from multimodal.checkpoint import atomic_path, load_into
+from multimodal.cohort import Cohort, load_cohort
+from multimodal.config import load_cohort_config
+from multimodal.data import (
+    BUILT_IN_MODALITIES,
+    build_dataset,
+    encoder_sizes,
+    to_device,
+    volume_cache,
+)
+from multimodal.errors import StrokeSSLError
+from pretrain.config import pretrain_config
+from pretrain.model import build_pretrain_model, pretrain_modalities
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunEmbeddings:
+    kind: str  # "pretraining" or "fine-tuning"
+    cohort: Cohort
+    embeddings: dict[str, np.ndarray]  # modality -> (N, D_m) encoder output, cohort order
+    present: dict[str, np.ndarray]  # modality -> (N,) bool
+    projections: dict[str, np.ndarray] = field(default_factory=dict)  # pretraining: (N, P), L2-normalised
+
+
+def run_kind(run_dir: Path) -> str:
+    """"fine-tuning" (``model.json`` + ``folds/``) or "pretraining" (``checkpoints/*_encoder.safetensors``)."""
+    if (run_dir / "model.json").is_file() and (run_dir / "folds").is_dir():
+        return "fine-tuning"
+    if list((run_dir / "checkpoints").glob("*_encoder.safetensors")):
+        return "pretraining"
+    raise StrokeSSLError(f"{run_dir} is neither a finished pretraining run (checkpoints/*_encoder.safetensors) nor "
+                         "a fine-tuning run (model.json, folds/); give the folder strokessl pretrain or finetune wrote")
+
+
+@torch.no_grad()
+def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16) -> RunEmbeddings:
+    """Every subject of the cohort (``cohort.yaml``; a bare CSV for fine-tuning runs) through the run's encoders."""
+    run_dir, cohort_path = Path(run_dir), Path(cohort_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if run_kind(run_dir) == "fine-tuning":
+        models = load_fold_models(run_dir, device)
+        cohort = load_cohort(new_cohort_config(run_dir, cohort_path))
+        fold = models.folds[0]
+        cache = volume_cache(models.run_config, cohort.config, models.sequences) if "image" in models.modalities else None
+        dataset = build_dataset(cohort, cache=cache, others=models.others, seed=models.run_config.seed,
+                                preprocessor=fold.preprocessor if "table" in models.modalities else None)
+        return _embed(dataset, cache, cohort, "fine-tuning", batch_size, device,
+                      encode=lambda inputs: (fold.model.embed(inputs), {}), modalities=models.modalities)
+    if cohort_path.suffix.lower() not in (".yaml", ".yml"):
+        raise StrokeSSLError(f"--cohort {cohort_path}: a pretraining run has no stored column roles; give a cohort.yaml")
+    run = load_pretraining_run(run_dir)
+    cohort = load_cohort(load_cohort_config(cohort_path))
+    sequences = reconcile_sequences(run.sequences, cohort.sequences, cohort.config.missing_images)
+    preprocessor = reconcile_features(run.preprocessor, list(cohort.features.columns))
+    settings = pretrain_config(run.config)
+    model_config = rebuild_config(run.config.model)
+    modalities = pretrain_modalities(model_config, settings)
+    model = build_pretrain_model(model_config, settings, encoder_sizes(modalities, sequences, preprocessor))
+    load_into(model, run_dir / "checkpoints" / "model.safetensors", strict=True)
+    model.to(device).eval()
+    cache = volume_cache(run.config, cohort.config, sequences) if "image" in modalities else None
+    others = {m: model_config.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}
+    dataset = build_dataset(cohort, cache=cache, preprocessor=preprocessor if "table" in modalities else None,
+                            others=others, seed=run.config.seed)
+
+    def encode(inputs: dict) -> tuple[dict, dict]:
+        pooled, projected = {}, {}
+        for m in modalities:
+            pooled[m] = getattr(model, f"{m}_encoder").forward_features(inputs[m])["embedding"]
+            projected[m] = F.normalize(getattr(model, f"{m}_projection")(pooled[m]), dim=-1)
+        return pooled, projected
+
+    return _embed(dataset, cache, cohort, "pretraining", batch_size, device, encode, modalities)
+
+
+def _embed(dataset, cache, cohort: Cohort, kind: str, batch_size: int, device: torch.device, encode,
+           modalities: list[str]) -> RunEmbeddings:
+    if cache is not None:
+        cache.warm(cohort.records())
+    pooled: dict[str, list] = {m: [] for m in modalities}
+    projected: dict[str, list] = {m: [] for m in modalities}
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="embedding", unit="batch"):
+        out, proj = encode(to_device({m: batch[m] for m in modalities}, device))
+        for m in modalities:
+            pooled[m].append(out[m].float().cpu())
+            if m in proj:
+                projected[m].append(proj[m].float().cpu())
+    return RunEmbeddings(
+        kind, cohort, {m: torch.cat(v).numpy() for m, v in pooled.items()},
+        {m: dataset.present[m].numpy().astype(bool) for m in modalities},
+        {m: torch.cat(v).numpy() for m, v in projected.items() if v})
+
+
+def write_embeddings(result: RunEmbeddings, out: str | Path, color_by: list[str] | None = None,
+                     with_ids: bool = False) -> Path:
+    """``OUT/embeddings.npz`` (per modality ``<m>`` (N, D), ``<m>_projection``, ``<m>_present``, ``label``;
+    ``subject_id`` only ``with_ids``) and a TensorBoard projector view in ``OUT/tb`` coloured by the
+    label and the ``color_by`` clinical columns. Returns ``OUT``."""
+    out = Path(out)
+    cohort = result.cohort
+    unknown = [c for c in color_by or [] if c not in cohort.features.columns]
+    if unknown:
+        raise StrokeSSLError(f"--color-by {unknown}: not clinical columns of the cohort ({list(cohort.features.columns)})")
+    arrays = {"label": cohort.labels}
+    for m, values in result.embeddings.items():
+        arrays[m], arrays[f"{m}_present"] = values, result.present[m]
+        if m in result.projections:
+            arrays[f"{m}_projection"] = result.projections[m]
+    if with_ids:
+        arrays["subject_id"] = np.array(cohort.ids)
+    with atomic_path(out / "embeddings.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    from torch.utils.tensorboard import SummaryWriter
+
+    header = ["label", *(color_by or []), *(["subject_id"] if with_ids else [])]
+    label = ["unlabeled" if np.isnan(v) else str(int(v)) for v in cohort.labels]
+    columns = [label, *(cohort.features[c].astype(str).tolist() for c in color_by or []),
+               *([list(cohort.ids)] if with_ids else [])]
+    metadata = [list(row) for row in zip(*columns, strict=True)]
+    writer = SummaryWriter(str(out / "tb"))
+    for m, values in {**result.embeddings, **{f"{m}_projection": v for m, v in result.projections.items()}}.items():
+        writer.add_embedding(torch.from_numpy(values), metadata=metadata, metadata_header=header, tag=m)
+    writer.close()
+    logger.info("wrote %s (%d subjects, modalities %s) and a TensorBoard projector in %s", out / "embeddings.npz",
+                len(cohort.ids), list(result.embeddings), out / "tb")
+    return out

@@ -1,0 +1,99 @@
+"""``strokessl embed`` / ``explain``: planted structure is found, outputs hold what they promise."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import TINY_IMAGING
+
+from finetune.explain.analysis import analyse
+from finetune.explain.embed import RunEmbeddings
+from multimodal.cohort import Cohort
+from multimodal.config import CohortConfig
+from multimodal.synthetic import write_synthetic_cohort
+from strokessl.cli import main
+
+
+def _planted(n: int = 160) -> RunEmbeddings:
+    """Image embedding = age + noise; table embedding carries the label; projections of a subject's two
+    modalities are identical (perfect alignment)."""
+    rng = np.random.default_rng(0)
+    age, noise = rng.normal(70, 10, n), rng.normal(size=n)
+    labels = (rng.random(n) < 0.3).astype(float)
+    labels[:10] = np.nan  # unlabeled subjects take no part in the label probe
+    features = pd.DataFrame({"age": age, "noise_lab": noise, "sex": rng.choice(["F", "M"], n)},
+                            index=pd.Index([f"s{i}" for i in range(n)], name="subject_id"))
+    cohort = Cohort(CohortConfig(csv=Path("cohort.csv")), list(features.index), labels, features,
+                    {"age": "continuous", "noise_lab": "continuous", "sex": "categorical"}, {})
+    image = np.c_[(age - 70) / 10, rng.normal(size=(n, 7))]
+    table = np.c_[np.nan_to_num(labels) * 3.0, rng.normal(size=(n, 3))]
+    shared = rng.normal(size=(n, 8))
+    shared /= np.linalg.norm(shared, axis=1, keepdims=True)
+    present = {"image": np.ones(n, bool), "table": np.ones(n, bool)}
+    return RunEmbeddings("pretraining", cohort, {"image": image, "table": table}, present,
+                         {"image": shared, "table": shared.copy()})
+
+
+def test_analysis_finds_what_was_planted():
+    result = analyse(_planted())
+    space = result["space"]
+    assert space["recall@1_image_to_table"] == 1.0 and space["median_rank_table_to_image"] == 1.0
+    assert space["alignment"] == pytest.approx(0.0, abs=1e-9) and space["modality_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert result["label_probe"]["table"]["auroc"] > 0.95 and result["label_probe"]["table"]["n"] == 150
+    assert abs(result["label_probe"]["image"]["auroc"] - 0.5) < 0.15
+    decoded = result["decoded_from_image"]
+    assert decoded["age"]["r2"] > 0.9 and decoded["noise_lab"]["r2"] < 0.1
+    assert abs(decoded["sex"]["auroc"] - 0.5) < 0.15
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("explain")
+    cohort = write_synthetic_cohort(folder / "cohort", n=40, grid=16, labeled_fraction=0.8, seed=3, prevalence=0.3)
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        **TINY_IMAGING, "cohort": str(cohort),
+        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
+                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
+        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
+                     "projection_hidden": 32},
+        "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]},
+    }))
+    pretrained, finetuned = folder / "pre", folder / "ft"
+    assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", f"run.dir={finetuned}"]) == 0
+    return cohort, pretrained, finetuned
+
+
+def test_embed_writes_rows_in_cohort_order_and_ids_only_when_asked(runs, tmp_path):
+    cohort, pretrained, _ = runs
+    ids = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].tolist()
+    assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", str(tmp_path / "a"),
+                 "--color-by", "sex", "nihss"]) == 0
+    data = np.load(tmp_path / "a" / "embeddings.npz")
+    assert {"image", "table", "image_projection", "table_projection", "label"} <= set(data.files)
+    assert "subject_id" not in data.files and data["image"].shape[0] == data["table_projection"].shape[0] == 40
+    np.testing.assert_allclose(np.linalg.norm(data["image_projection"], axis=1), 1.0, atol=1e-5)
+    metadata = sorted((tmp_path / "a" / "tb").rglob("metadata.tsv"))
+    assert len(metadata) == 4
+    text = metadata[0].read_text()
+    assert text.splitlines()[0].split("\t") == ["label", "sex", "nihss"] and not any(s in text for s in ids)
+    assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", str(tmp_path / "b"), "--with-ids"]) == 0
+    assert np.load(tmp_path / "b" / "embeddings.npz")["subject_id"].tolist() == ids
+
+
+def test_explain_report_for_both_kinds_of_run(runs, capsys):
+    cohort, pretrained, finetuned = runs
+    assert main(["explain", str(pretrained), "--cohort", str(cohort)]) == 0
+    analysis = json.loads((pretrained / "report" / "explain.json").read_text())
+    assert 0.0 <= analysis["space"]["recall@10_image_to_table"] <= 1.0 and analysis["space"]["n"] == 40
+    assert {"nihss", "age", "sex", "smoking"} <= set(analysis["decoded_from_image"])
+    assert "Which clinical facts the MRI encoder learned" in (pretrained / "report" / "explain.md").read_text()
+    assert main(["explain", str(finetuned), "--cohort", str(cohort.parent / "cohort.csv")]) == 0
+    analysis = json.loads((finetuned / "report" / "explain.json").read_text())
+    assert analysis["kind"] == "fine-tuning" and analysis["space"] == {}  # no shared projection space
+    assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", "x", "--color-by", "nihs"]) == 2
+    assert "nihs" in capsys.readouterr().err
