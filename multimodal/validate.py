@@ -44,9 +44,11 @@ class ValidationReport:
 
 
 def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: list[str] | None = None,
-                    folds: int | None = None) -> ValidationReport:
-    """Check the table and every image file; ``read_images=False`` reads headers only; ``folds``
-    (a run config's ``finetune.folds``) checks there are enough labeled subjects of each class."""
+                    folds: int | None = None, pretraining: tuple[str, float, int] | None = None) -> ValidationReport:
+    """Check the table and every image file; ``read_images=False`` reads headers only. From a run
+    config: ``folds`` (``finetune.folds``) checks there are enough labeled subjects of each class,
+    ``pretraining`` (``pretrain.rows``, ``val_fraction``, ``batch_size``) that the pretraining split
+    fills one batch."""
     report = ValidationReport()
     cohort, problems = read_cohort(config)
     report.errors += problems
@@ -68,6 +70,16 @@ def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: l
             report.errors.append(Problem(
                 f"finetune.folds {folds} needs {folds} positive and {folds} negative labeled subjects; the cohort has "
                 f"{positives} positive and {negatives} negative: {advice}", column=config.label))
+    if pretraining is not None:
+        rows, val_fraction, batch_size = pretraining
+        n = len(cohort.ids) if rows == "all" else int((~cohort.labeled).sum())
+        train = n - int(np.ceil(n * val_fraction))
+        if train < batch_size:
+            which = "subjects" if rows == "all" else "unlabeled subjects"
+            report.errors.append(Problem(
+                f"pretraining reads {n} {which}; after holding out pretrain.val_fraction {val_fraction} the {train} left "
+                f"cannot fill one batch of pretrain.batch_size {batch_size}: lower pretrain.batch_size or "
+                f"val_fraction{'' if rows == 'all' else ', or set pretrain.rows: all'}"))
     image_summary = _check_images(cohort, sequences, read_images, report)
     report.summary = _summarise(cohort, image_summary)
     return report

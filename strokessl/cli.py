@@ -140,19 +140,25 @@ def run_validate(args: argparse.Namespace) -> int:
     from multimodal.errors import CohortError
     from multimodal.validate import format_report, validate_cohort
 
-    sequences, folds = None, None
+    sequences, folds, pretraining = None, None, None
     if is_run_config(args.config):
         run_config = load_run_config(args.config, args.overrides)
         cohort_config = load_cohort_config(run_config.cohort)
         sequences = run_config.imaging.sequences
-        from finetune.config import finetune_config  # checks the finetune: section too
+        from finetune.config import (
+            finetune_config,  # checks the finetune: and pretrain: sections too
+        )
+        from pretrain.config import pretrain_config
 
         folds = finetune_config(run_config).folds
+        settings = pretrain_config(run_config)
+        pretraining = (settings.rows, settings.val_fraction, settings.batch_size)
     else:
         if args.overrides:
             logger.warning("--set applies to run configs; %s is a cohort config", args.config)
         cohort_config = load_cohort_config(args.config)
-    report = validate_cohort(cohort_config, read_images=not args.headers_only, sequences=sequences, folds=folds)
+    report = validate_cohort(cohort_config, read_images=not args.headers_only, sequences=sequences, folds=folds,
+                             pretraining=pretraining)
     sys.stdout.write(format_report(report, cohort_config) + "\n")
     if not report.ok:
         raise CohortError(f"{len(report.errors)} error(s) in cohort {cohort_config.source}; see the list above")

@@ -221,3 +221,15 @@ def test_too_few_labeled_subjects_for_the_folds(tmp_path, capsys, labels, expect
     assert main(["finetune", str(run), "--set", "finetune.mode=scratch", "--set", f"run.dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert ("every one of the 12 labeled subjects is negative" in err) if not any(labels) else ("at most 2 folds" in err)
+
+
+def test_too_few_subjects_to_pretrain_is_caught_by_validate(tmp_path, capsys):
+    cohort = write_cohort(tmp_path, _rows(tmp_path))  # 12 subjects, all labeled
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"cohort": str(cohort), "finetune": {"folds": 2},
+                                   "pretrain": {"batch_size": 16, "rows": "unlabeled"}}))
+    assert main(["validate", str(run)]) == 2
+    assert "pretraining reads 0 unlabeled subjects" in capsys.readouterr().out
+    run.write_text(yaml.safe_dump({"cohort": str(cohort), "finetune": {"folds": 2},
+                                   "pretrain": {"batch_size": 4, "rows": "all", "val_fraction": 0.25}}))
+    assert main(["validate", str(run)]) == 0
