@@ -33,6 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch import nn
 
 from finetune.baselines import pure_l2
+from multimodal.encoders.tabular import presence
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,13 @@ class TableDesign(nn.Module):
         self.num_features: int = num_continuous + n_features + sum(s - 1 for s in self.category_sizes)
 
     def forward(self, table: dict[str, torch.Tensor]) -> torch.Tensor:
-        missing = table["missing"]
-        parts = [table["continuous"].float(), missing.float()] if self.num_continuous else [missing.float()]
+        p = presence(table, table["missing"].bool())  # (B, F): 0/1, or soft on attribution paths
+        n = self.num_continuous
+        parts = [table["continuous"].float() * p[:, :n], 1.0 - p] if n else [1.0 - p]
         categorical = table.get("categorical")
         for j, size in enumerate(self.category_sizes):
             if size > 1:  # (B, size - 1): drop bucket 0 (missing / unseen)
-                parts.append(F.one_hot(categorical[:, j], size)[:, 1:].float())
+                parts.append(F.one_hot(categorical[:, j], size)[:, 1:].float() * p[:, n + j: n + j + 1])
         return torch.cat(parts, dim=1)
 
 

@@ -203,10 +203,13 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from finetune.explain.analysis import analyse, markdown, write_report
+    from finetune.explain.analysis import analyse, attribution_summary, markdown, write_report
     from finetune.explain.embed import embed_run
 
-    analysis = analyse(embed_run(args.run, args.cohort), seed=args.seed)
+    embedded = embed_run(args.run, args.cohort)
+    analysis = analyse(embedded, seed=args.seed)
+    if embedded.kind == "fine-tuning" and "table" in embedded.embeddings:
+        analysis["attribution"] = attribution_summary(args.run, embedded.cohort, seed=args.seed)
     path = write_report(args.run, analysis)
     sys.stdout.write(markdown(analysis) + "\n")
     logger.info("wrote %s", path)

@@ -41,6 +41,16 @@ def _tabular_inputs(
     return cont, cat, missing.bool()
 
 
+def presence(batch: dict[str, torch.Tensor], missing: torch.Tensor) -> torch.Tensor:
+    """``(B, F)`` float presence of each feature: 1 present, 0 missing. An optional ``presence``
+    entry in ``[0, 1]`` scales the present ones towards their missing token (the straight path that
+    Integrated Gradients walks from "every feature missing" to the subject, ``finetune.explain``);
+    a missing value stays missing whatever it says. With 0/1 values the result is exactly the hard mask."""
+    present = (~missing).to(torch.float32)
+    given = batch.get("presence")
+    return present if given is None else present * given.to(present.dtype)
+
+
 class _CategoricalEmbedding(nn.Module):
     """One embedding table for all categorical features; feature j owns rows offsets[j]..+size_j."""
 
@@ -100,7 +110,10 @@ class TabularEncoder(nn.Module):
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
         cont_tokens = cont.unsqueeze(-1) * self.cont_weight + self.cont_bias  # (B, n_cont, dim)
         tokens = torch.cat([cont_tokens, self.cat_embed(cat)], dim=1)  # (B, n_features, dim)
-        tokens = torch.where(missing.unsqueeze(-1), self.missing_token.to(tokens.dtype), tokens)
+        # Present features keep their token, missing ones get the learned MISSING token; a soft
+        # presence (attribution paths) blends the two. With a 0/1 mask this is exactly a select.
+        p = presence(batch, missing).to(tokens.dtype).unsqueeze(-1)  # (B, n_features, 1)
+        tokens = p * tokens + (1.0 - p) * self.missing_token.to(tokens.dtype)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return self.norm(self.transformer(torch.cat([cls, tokens], dim=1)))
 
@@ -148,8 +161,11 @@ class TabularMLP(nn.Module):
         """-> dict ``embedding (B, dim)`` only: an MLP has no per-feature tokens, so there is no
         ``tokens`` key (callers that need tokens, like matching fusion, need ``ft_transformer``)."""
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
-        cat_flat = self.cat_embed(cat).flatten(1)  # (B, n_cat * category_dim)
-        return {"embedding": self.mlp(torch.cat([cont, missing.to(cont.dtype), cat_flat], dim=1))}
+        p = presence(batch, missing).to(cont.dtype)  # (B, n_features): 0/1, or soft on attribution paths
+        cat_p = p[:, self.num_continuous:].unsqueeze(-1)
+        cat_tokens = cat_p * self.cat_embed(cat) + (1.0 - cat_p) * self.cat_embed(torch.zeros_like(cat))
+        inputs = [cont * p[:, :self.num_continuous], 1.0 - p, cat_tokens.flatten(1)]  # (B, n_cat * category_dim)
+        return {"embedding": self.mlp(torch.cat(inputs, dim=1))}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, dim)``."""

@@ -95,5 +95,48 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys):
     assert main(["explain", str(finetuned), "--cohort", str(cohort.parent / "cohort.csv")]) == 0
     analysis = json.loads((finetuned / "report" / "explain.json").read_text())
     assert analysis["kind"] == "fine-tuning" and analysis["space"] == {}  # no shared projection space
+    ranked = [r["feature"] for r in analysis["attribution"]["ranking"]]
+    assert {"nihss", "age", "smoking"} <= set(ranked) and len(ranked) == len(set(ranked))
+    assert "Which clinical features drive the predicted risk" in (finetuned / "report" / "explain.md").read_text()
     assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", "x", "--color-by", "nihs"]) == 2
     assert "nihs" in capsys.readouterr().err
+
+
+def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path):
+    """Sanity check (Adebayo et al. style, the tabular half): a planted risk factor outranks pure-noise
+    features, and each subject's attributions sum to its logit change from the all-missing baseline."""
+    from conftest import write_cohort, write_nifti
+
+    from finetune.explain.attribution import global_ranking, tabular_attributions
+    from finetune.inference import load_fold_models
+    from multimodal.cohort import load_cohort
+    from multimodal.config import load_cohort_config
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(80):
+        label = int(i % 4 == 0)
+        image = np.zeros((16, 16, 16), np.float32)
+        image[3:13, 3:13, 3:13] = 100 + 10 * rng.normal(size=(10, 10, 10))
+        write_nifti(tmp_path / "img" / f"s{i}.nii.gz", image, np.diag([14.0, 14.0, 14.0, 1.0]))
+        rows.append({"subject_id": f"s{i}", "flair": f"img/s{i}.nii.gz", "recurrence_12m": label,
+                     "marker": round(float(rng.normal(1.5 * label, 1.0)), 3),
+                     "noise_a": round(float(rng.normal()), 3), "noise_b": round(float(rng.normal()), 3)})
+    cohort = write_cohort(tmp_path, rows)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        **TINY_IMAGING, "cohort": str(cohort),
+        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
+                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
+        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
+                     "projection_hidden": 32},
+        "finetune": {"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
+                     "branches": "table", "probe_table_embedding": False},
+    }))
+    assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
+    assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
+    result = tabular_attributions(load_fold_models(tmp_path / "ft"), load_cohort(load_cohort_config(cohort)))
+    ranking = global_ranking(result["attributions"], result["features"])
+    assert ranking[0]["feature"] == "marker" and ranking[0]["lower"] > max(r["upper"] for r in ranking[1:])
+    completeness = result["attributions"].sum(axis=1) - (result["logit"] - result["baseline_logit"])
+    assert np.all(np.abs(completeness) <= np.abs(result["delta"]) + 1e-4)
