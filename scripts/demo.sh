@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed), synthesise a 300-subject cohort, validate it, pretrain on it, fine-tune on
 # the frozen pretrained encoders with repeated 3-fold cross-validation (CPU-sized), and end with
-# the plain-words verdict against the tabular baselines. Explanation lands later.
+# the plain-words verdict against the tabular baselines; the explain reports are written before it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -32,5 +32,10 @@ else
     [ -f "$FINETUNE/folds.json" ] && flag="--resume"
     strokessl finetune configs/demo.yaml --init runs/demo $flag
 fi
+# What the embedding space holds and which clinical features drive the risk: report/explain.md.
+strokessl explain runs/demo --cohort "$COHORT/cohort.yaml" > /dev/null
+strokessl explain "$FINETUNE" --cohort "$COHORT/cohort.yaml" > /dev/null
+echo
+echo "Embedding-space and attribution reports: runs/demo/report/explain.md, $FINETUNE/report/explain.md"
 # The last word: did multimodal pretraining beat the tabular baselines (paired bootstrap ΔAUROC)?
 python -c "import json; from finetune.summary import verdict; print(); print(chr(10).join(verdict(json.load(open('$FINETUNE/metrics.json')))))"

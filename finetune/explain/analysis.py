@@ -127,7 +127,9 @@ def markdown(analysis: dict[str, Any]) -> str:
                   f"was {attribution['max_abs_convergence_delta']:.2g} against logit changes up to "
                   f"{attribution['max_abs_logit_gap']:.2g}). Mean |attribution| over {attribution['subjects']} "
                   "subjects with a 95 % bootstrap interval; the sign column says which way the feature pushes "
-                  "on average (+ towards recurrence).", "",
+                  "on average (+ towards recurrence). Each attribution is the feature's effect relative to its "
+                  "being unknown, so a feature that is rarely missing also carries what knowing it at all is "
+                  "worth to the model.", "",
                   "| feature | mean |attribution| [95 % CI] | mean signed |", "| --- | --- | --- |"]
         lines += [f"| {r['feature']} | {r['mean_abs']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}] | "
                   f"{r['mean_signed']:+.3f} |" for r in attribution["ranking"]]
