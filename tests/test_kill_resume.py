@@ -36,9 +36,9 @@ def config(tmp_path_factory) -> Path:
         **TINY_IMAGING, "cohort": str(cohort),
         "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
                                "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 30, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
+        "pretrain": {"epochs": 60, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
                      "projection_hidden": 32},
-        "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 3, "bootstrap": 100,
+        "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 5, "bootstrap": 100,
                      "hidden": 16, "baselines": ["logistic_regression"]},
     }))
     return path
