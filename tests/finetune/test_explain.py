@@ -135,8 +135,19 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
     }))
     assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
     assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
-    result = tabular_attributions(load_fold_models(tmp_path / "ft"), load_cohort(load_cohort_config(cohort)))
+    models, subjects = load_fold_models(tmp_path / "ft"), load_cohort(load_cohort_config(cohort))
+    result = tabular_attributions(models, subjects)
     ranking = global_ranking(result["attributions"], result["features"])
     assert ranking[0]["feature"] == "marker" and ranking[0]["lower"] > max(r["upper"] for r in ranking[1:])
     completeness = result["attributions"].sum(axis=1) - (result["logit"] - result["baseline_logit"])
     assert np.all(np.abs(completeness) <= np.abs(result["delta"]) + 1e-4)
+    # Model randomisation: re-initialised heads lose the planted factor's dominance.
+    import torch
+
+    torch.manual_seed(0)
+    for fold in models.folds:
+        fold.model.head[-1].reset_parameters()
+    randomised = tabular_attributions(models, subjects)
+    share = {name: np.abs(r["attributions"][:, 0]).sum() / np.abs(r["attributions"]).sum()
+             for name, r in (("trained", result), ("random", randomised))}
+    assert result["features"][0] == "marker" and share["trained"] > 0.6 and share["random"] < share["trained"] - 0.2
