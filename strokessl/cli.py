@@ -110,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     explain.add_argument("run", type=Path, help="pretraining or fine-tuning run folder")
     explain.add_argument("--cohort", type=Path, required=True, help="cohort.yaml (or, for a fine-tuning run, a CSV)")
     explain.add_argument("--seed", type=int, default=0, help="cross-validation splits of the probes")
+    explain.add_argument("--subject", default=None, metavar="ID",
+                         help="fine-tuning run: also write this subject's occlusion saliency (NIfTI on the input's "
+                         "grid + PNG montage) to RUN/report/subjects/")
     return parser.parse_args(argv)
 
 
@@ -212,6 +215,11 @@ def run_explain(args: argparse.Namespace) -> int:
         analysis["attribution"] = attribution_summary(args.run, embedded.cohort, seed=args.seed)
     path = write_report(args.run, analysis)
     sys.stdout.write(markdown(analysis) + "\n")
+    if args.subject is not None:
+        from finetune.explain.saliency import subject_saliency
+
+        for written in subject_saliency(args.run, embedded.cohort, args.subject):
+            logger.info("wrote %s", written)
     logger.info("wrote %s", path)
     return 0
 
