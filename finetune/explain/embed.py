@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from finetune.inference import load_fold_models
 from finetune.init import (
     load_pretraining_run,
-    rebuild_config,
     reconcile_features,
     reconcile_sequences,
 )
 from finetune.predict import new_cohort_config
-from multimodal.checkpoint import atomic_path, load_into
+from multimodal.checkpoint import atomic_path
 from multimodal.cohort import Cohort, load_cohort
 from multimodal.config import load_cohort_config
 from multimodal.data import (
@@ -38,8 +37,10 @@ from multimodal.data import (
     volume_cache,
 )
 from multimodal.errors import StrokeSSLError
-from pretrain.config import pretrain_config
-from pretrain.model import build_pretrain_model, pretrain_modalities
+from pretrain.export import (  # loading a pretraining run's weights, nothing else
+    load_run_model,
+    run_modalities,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +84,9 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
     cohort = load_cohort(load_cohort_config(cohort_path))
     sequences = reconcile_sequences(run.sequences, cohort.sequences, cohort.config.missing_images)
     preprocessor = reconcile_features(run.preprocessor, list(cohort.features.columns))
-    settings = pretrain_config(run.config)
-    model_config = rebuild_config(run.config.model)
-    modalities = pretrain_modalities(model_config, settings)
-    model = build_pretrain_model(model_config, settings, encoder_sizes(modalities, sequences, preprocessor))
-    load_into(model, run_dir / "checkpoints" / "model.safetensors", strict=True)
-    model.to(device).eval()
+    modalities = run_modalities(run_dir)
+    model = load_run_model(run_dir, encoder_sizes(modalities, sequences, preprocessor)).to(device)
+    model_config = run.config.model
     cache = volume_cache(run.config, cohort.config, sequences) if "image" in modalities else None
     others = {m: model_config.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}
     dataset = build_dataset(cohort, cache=cache, preprocessor=preprocessor if "table" in modalities else None,

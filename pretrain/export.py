@@ -1,0 +1,36 @@
+"""What the other stages take from a finished pretraining run beyond its encoder files: the whole
+model (encoders and projection heads into the shared space) with its weights, for embedding export
+(``strokessl embed`` / ``explain``). The only pretraining code ``finetune`` imports."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from multimodal.checkpoint import load_into
+from multimodal.config import load_run_config
+from pretrain.config import pretrain_config
+from pretrain.model import PretrainModel, build_pretrain_model, pretrain_modalities
+
+
+def load_run_model(run_dir: Any, sizes: dict[str, dict[str, Any]]) -> PretrainModel:
+    """A finished pretraining run's whole model (encoders, projection heads, fusion) with its weights
+    (``checkpoints/model.safetensors``, loaded strictly), for embedding export. ``sizes`` maps every
+    modality the run trained to what the data fixes (``multimodal.data.encoder_sizes``). Backbone
+    initialisation files named in the config are not read: the run's own weights replace them."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir / "config.yaml")
+    model_config = copy.deepcopy(config.model)
+    for spec in model_config.encoders.values():
+        spec.weights = None
+        spec.args.pop("backbone_weights", None)
+    model = build_pretrain_model(model_config, pretrain_config(config), sizes)
+    load_into(model, run_dir / "checkpoints" / "model.safetensors", strict=True)
+    return model.eval()
+
+
+def run_modalities(run_dir: Any) -> list[str]:
+    """The modalities a pretraining run's model reads (``pretrain_modalities`` of its config)."""
+    config = load_run_config(Path(run_dir) / "config.yaml")
+    return pretrain_modalities(config.model, pretrain_config(config))
