@@ -19,7 +19,6 @@ contract between the stages).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,16 +113,6 @@ def _run_sequences(config: RunConfig) -> list[str]:
 
 
 # --------------------------------------------------------------------------- encoders
-def rebuild_config(model: ModelConfig) -> ModelConfig:
-    """The run's model config without backbone-initialisation files: the run's own weights
-    replace them anyway, and they need not exist where fine-tuning runs."""
-    clean = copy.deepcopy(model)
-    for spec in clean.encoders.values():
-        spec.weights = None
-        spec.args.pop("backbone_weights", None)
-    return clean
-
-
 def build_finetune_encoders(
     run: PretrainingRun, model_config_for_finetune: ModelConfig | None, from_data: dict[str, dict]
 ) -> dict[str, nn.Module]:
@@ -138,10 +127,10 @@ def build_finetune_encoders(
     The image channels (``reconcile_sequences``) must be the run's; tabular sizes come from the
     run's preprocessor, which fine-tuning reuses.
     """
-    pretrained = rebuild_config(run.config.model)
+    pretrained = run.config.model.without_weight_files()
     for_random = model_config_for_finetune or pretrained
     if model_config_for_finetune is not None:
-        _warn_ignored(pretrained, rebuild_config(model_config_for_finetune), run)
+        _warn_ignored(pretrained, model_config_for_finetune.without_weight_files(), run)
     if "image" in run.weights and "image" in from_data and from_data["image"]["in_channels"] != len(run.sequences):
         raise ConfigError(
             f"fine-tuning uses {from_data['image']['in_channels']} image channel(s) but the pretrained image "

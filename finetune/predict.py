@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from finetune.inference import ensemble_probabilities, load_fold_models
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import load_cohort
+from multimodal.cohort import load_cohort, raw_header
 from multimodal.config import (
     CohortConfig,
     cohort_roles,
@@ -51,16 +50,9 @@ def new_cohort_config(run_dir: Path, cohort: Path) -> CohortConfig:
         roles = cohort_roles(load_cohort_config(training))
     config = from_dict(CohortConfig, {**roles, "csv": str(cohort.resolve())})
     config.source = cohort.resolve()
-    if config.label is not None and config.label not in _header(cohort):
+    if config.label is not None and config.label not in raw_header(cohort):
         config.label = None  # no outcome column: every subject is scored, none is counted as labeled
     return config
-
-
-def _header(csv: Path) -> list[str]:
-    try:
-        return [str(c).strip() for c in pd.read_csv(csv, nrows=0, dtype=str).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise StrokeSSLError(f"cohort table {csv} is not a readable CSV: {err}") from err
 
 
 def check_feature_columns(known: list[str], given: list[str], allow_missing: bool) -> None:

@@ -35,7 +35,6 @@ from finetune.init import (
     PretrainingRun,
     build_finetune_encoders,
     load_pretraining_run,
-    rebuild_config,
     reconcile_features,
     reconcile_sequences,
 )
@@ -350,7 +349,7 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     if test is not None:  # a broken test cohort fails now, not after hours of training
         check_test_cohort(test, cohort, ctx.sequences if "image" in ctx.modalities else [])
     # The architecture each modality was built with, so predict can rebuild the fold models alone.
-    architecture = rebuild_config(ModelConfig(encoders=dict(ctx.specs)))
+    architecture = ModelConfig(encoders=dict(ctx.specs)).without_weight_files()
     atomic_write_text(run_dir / "model.json", json.dumps({
         "encoders": to_dict(architecture.encoders), "sequences": ctx.sequences, "init": str(init) if init is not None else None,
         "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),

@@ -117,7 +117,7 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
         frame = pd.read_csv(config.csv, dtype=str, keep_default_na=True, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise CohortError(f"cohort table {config.csv} is not a readable CSV: {err}") from err
-    header = _raw_header(config.csv)  # pandas renames a repeated name (age, age.1): look before it does
+    header = raw_header(config.csv)  # pandas renames a repeated name (age, age.1): look before it does
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}; "
@@ -136,8 +136,9 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
     return frame.replace({"": np.nan})
 
 
-def _raw_header(path: Path) -> list[str]:
-    """The CSV's first row as written (stripped), without pandas' renaming of repeated names."""
+def raw_header(path: Path) -> list[str]:
+    """The CSV's first row as written (stripped; a byte-order mark dropped), without pandas' renaming
+    of repeated names."""
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         return [name.strip() for name in next(csv.reader(handle), [])]
 

@@ -12,6 +12,7 @@ any key from the command line; relative paths resolve against the YAML file that
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -178,6 +179,15 @@ class ModelConfig:
             encoders.setdefault(modality, {"name": None})[field_name] = value
         rest = {key: value for key, value in data.items() if key not in LEGACY_MODEL_KEYS}
         return {**rest, "encoders": encoders}
+
+    def without_weight_files(self) -> ModelConfig:
+        """A copy without initialisation files (``weights``, ``args.backbone_weights``): what rebuilds a
+        trained run's encoders, whose own weights replace those files (which need not exist there)."""
+        clean = copy.deepcopy(self)
+        for spec in clean.encoders.values():
+            spec.weights = None
+            spec.args.pop("backbone_weights", None)
+        return clean
 
     @property
     def modalities(self) -> list[str]:

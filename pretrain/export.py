@@ -4,7 +4,6 @@ model (encoders and projection heads into the shared space) with its weights, fo
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,7 @@ def load_run_model(run_dir: Any, sizes: dict[str, dict[str, Any]]) -> PretrainMo
     initialisation files named in the config are not read: the run's own weights replace them."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir / "config.yaml")
-    model_config = copy.deepcopy(config.model)
-    for spec in model_config.encoders.values():
-        spec.weights = None
-        spec.args.pop("backbone_weights", None)
-    model = build_pretrain_model(model_config, pretrain_config(config), sizes)
+    model = build_pretrain_model(config.model.without_weight_files(), pretrain_config(config), sizes)
     load_into(model, run_dir / "checkpoints" / "model.safetensors", strict=True)
     return model.eval()
 

@@ -212,13 +212,13 @@ def run_explain(args: argparse.Namespace) -> int:
     embedded = embed_run(args.run, args.cohort)
     analysis = analyse(embedded, seed=args.seed)
     if embedded.kind == "fine-tuning" and "table" in embedded.embeddings:
-        analysis["attribution"] = attribution_summary(args.run, embedded.cohort, seed=args.seed)
+        analysis["attribution"] = attribution_summary(args.run, embedded.cohort, seed=args.seed, models=embedded.models)
     path = write_report(args.run, analysis)
     sys.stdout.write(markdown(analysis) + "\n")
     if args.subject is not None:
         from finetune.explain.saliency import subject_saliency
 
-        for written in subject_saliency(args.run, embedded.cohort, args.subject):
+        for written in subject_saliency(args.run, embedded.cohort, args.subject, embedded.models):
             logger.info("wrote %s", written)
     logger.info("wrote %s", path)
     return 0

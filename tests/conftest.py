@@ -50,3 +50,17 @@ def small_cohort(tmp_path: Path) -> Path:
             "age": round(float(rng.normal(70, 10)), 1), "sex": "MF"[i % 2], "glucose": "" if i % 5 == 0 else round(float(rng.normal(6, 1)), 2),
         })
     return write_cohort(tmp_path, rows)
+
+
+# The encoders and pretraining settings of the end-to-end CLI tests (16³ volumes, seconds per run).
+TINY_ENCODERS = {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
+                 "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}
+TINY_PRETRAIN = {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
+                 "projection_hidden": 32}
+
+
+def write_tiny_config(path: Path, cohort: Path, pretrain: dict | None = None, finetune: dict | None = None) -> Path:
+    """A run config for ``cohort`` with the tiny encoders; ``pretrain`` entries override ``TINY_PRETRAIN``."""
+    path.write_text(yaml.safe_dump({**TINY_IMAGING, "cohort": str(cohort), "model": {"encoders": TINY_ENCODERS},
+                                    "pretrain": {**TINY_PRETRAIN, **(pretrain or {})}, "finetune": finetune or {}}))
+    return path

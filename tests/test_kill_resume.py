@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import TINY_IMAGING
+from conftest import write_tiny_config
 from safetensors.torch import load_file
 
 from multimodal.synthetic import write_synthetic_cohort
@@ -31,16 +30,9 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs PO
 def config(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("kill")
     cohort = write_synthetic_cohort(folder / "cohort", n=40, grid=16, labeled_fraction=1.0, seed=6, prevalence=0.3)
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(cohort),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 60, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
-                     "projection_hidden": 32},
-        "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 5, "bootstrap": 100,
-                     "hidden": 16, "baselines": ["logistic_regression"]},
-    }))
+    path = write_tiny_config(folder / "run.yaml", cohort, pretrain={"epochs": 60},
+                               finetune={"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 5,
+                                         "bootstrap": 100, "hidden": 16, "baselines": ["logistic_regression"]})
     return path
 
 

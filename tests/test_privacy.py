@@ -5,8 +5,7 @@ and ``predict --out``)."""
 import logging
 
 import pandas as pd
-import yaml
-from conftest import TINY_IMAGING
+from conftest import write_tiny_config
 
 from multimodal.synthetic import write_synthetic_cohort
 from strokessl.cli import main
@@ -17,14 +16,8 @@ PER_SUBJECT_FILES = {"predictions.csv", "test_predictions.csv", "folds.json"}
 def test_no_subject_id_or_image_path_outside_the_per_subject_files(tmp_path, capsys, caplog):
     cohort = write_synthetic_cohort(tmp_path / "cohort", n=48, grid=16, labeled_fraction=0.75, seed=8, prevalence=0.3)
     test = write_synthetic_cohort(tmp_path / "test", n=24, grid=16, labeled_fraction=1.0, seed=9, prevalence=0.3)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(cohort),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "projection_dim": 16, "projection_hidden": 32},
-        "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "test_cohort": str(test)},
-    }))
+    config = write_tiny_config(tmp_path / "run.yaml", cohort, pretrain={"val_fraction": 0.25, "rows": "unlabeled"},
+                               finetune={"folds": 2, "repeats": 1, "bootstrap": 100, "test_cohort": str(test)})
     runs = tmp_path / "runs"
     with caplog.at_level(logging.DEBUG):
         assert main(["validate", str(config)]) == 0

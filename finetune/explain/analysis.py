@@ -64,13 +64,15 @@ def analyse(result: RunEmbeddings, seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def attribution_summary(run_dir: str | Path, cohort: Any, n_steps: int = 32, seed: int = 0) -> dict[str, Any]:
+def attribution_summary(run_dir: str | Path, cohort: Any, n_steps: int = 32, seed: int = 0,
+                        models: Any = None) -> dict[str, Any]:
     """Integrated-gradients attribution of a fine-tuning run's clinical features (``attribution``):
-    the global ranking with bootstrap intervals and the completeness check."""
+    the global ranking with bootstrap intervals and the completeness check. ``models``: the run's
+    ``FoldModels`` when already loaded."""
     from finetune.explain.attribution import global_ranking, tabular_attributions
     from finetune.inference import load_fold_models
 
-    result = tabular_attributions(load_fold_models(run_dir), cohort, n_steps=n_steps)
+    result = tabular_attributions(models or load_fold_models(run_dir), cohort, n_steps=n_steps)
     gap = result["logit"] - result["baseline_logit"]
     return {"baseline": "every clinical feature missing (its learned missing-value token)", "n_steps": n_steps,
             "subjects": len(gap),

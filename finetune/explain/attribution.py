@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from finetune.inference import FoldModels
 from multimodal.cohort import Cohort
-from multimodal.data import build_dataset, to_device, volume_cache
+from multimodal.data import build_dataset, table_present, to_device, volume_cache
 
 
 def tabular_attributions(models: FoldModels, cohort: Cohort, n_steps: int = 32,
@@ -38,33 +38,35 @@ def tabular_attributions(models: FoldModels, cohort: Cohort, n_steps: int = 32,
     cache = volume_cache(config, cohort.config, models.sequences) if "image" in models.modalities else None
     if cache is not None:
         cache.warm(cohort.records())
-    per_fold = []
-    for fold in models.folds:
-        dataset = build_dataset(cohort, cache=cache, preprocessor=fold.preprocessor, others=models.others,
-                                seed=config.seed)
-        per_fold.append(list(DataLoader(dataset, batch_size=batch_size)))
+    # The images (and other modalities) are read once; only the table differs between folds (each
+    # fold's own preprocessor), so every fold's table is transformed once, whole, and sliced per batch.
+    dataset = build_dataset(cohort, cache=cache, others=models.others, seed=config.seed)
+    tables = [fold.preprocessor.transform_tensors(cohort.features) for fold in models.folds]
     features = models.folds[0].preprocessor.feature_names
     chunks: dict[str, list[np.ndarray]] = {"attributions": [], "delta": [], "logit": [], "baseline_logit": []}
-    for index in tqdm(range(len(per_fold[0])), desc="integrated gradients", unit="batch"):
-        batches = [to_device(batches[index], device) for batches in per_fold]
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="integrated gradients", unit="batch"):
+        rows = batch["index"]  # cohort positions
+        batch = to_device(batch, device)
+        fold_tables = [{k: v[rows].to(device) for k, v in table.items()} for table in tables]
         # The other modalities stay fixed at the subject's own embedding.
-        fixed = []
-        for fold, batch in zip(models.folds, batches, strict=True):
-            with torch.no_grad():
-                fixed.append({m: fold.model.encoder(m)(batch[m]) for m in fold.model.modalities if m != "table"})
+        with torch.no_grad():
+            fixed = [{m: fold.model.encoder(m)(batch[m]) for m in fold.model.modalities if m != "table"}
+                     for fold in models.folds]
+        present = [{**batch["present"], "table": table_present(table)} for table in fold_tables]
 
-        def mean_logit(presence: torch.Tensor, batches: list = batches, fixed: list = fixed) -> torch.Tensor:
+        def mean_logit(presence: torch.Tensor, fold_tables: list = fold_tables, fixed: list = fixed,
+                       present: list = present) -> torch.Tensor:
             logits = []
-            for fold, batch, embedded in zip(models.folds, batches, fixed, strict=True):
-                rows = presence.shape[0] // batch["table"]["missing"].shape[0]  # Captum stacks the path steps
-                table = {k: v.repeat(rows, *[1] * (v.ndim - 1)) for k, v in batch["table"].items()}
-                other = {m: e.repeat(rows, 1) for m, e in embedded.items()}
-                present = {m: p.repeat(rows) for m, p in batch["present"].items()}
-                embeddings = {**other, "table": fold.model.encoder("table")({**table, "presence": presence})}
-                logits.append(fold.model.forward_from_embeddings(embeddings, present))
+            for fold, table, embedded, flags in zip(models.folds, fold_tables, fixed, present, strict=True):
+                steps = presence.shape[0] // table["missing"].shape[0]  # Captum stacks the path steps
+                tiled = {k: v.repeat(steps, *[1] * (v.ndim - 1)) for k, v in table.items()}
+                embeddings = {m: e.repeat(steps, 1) for m, e in embedded.items()}
+                embeddings["table"] = fold.model.encoder("table")({**tiled, "presence": presence})
+                logits.append(fold.model.forward_from_embeddings(embeddings, {m: p.repeat(steps)
+                                                                              for m, p in flags.items()}))
             return torch.stack(logits).mean(dim=0)
 
-        ones = torch.ones_like(batches[0]["table"]["missing"], dtype=torch.float32)
+        ones = torch.ones_like(fold_tables[0]["missing"], dtype=torch.float32)
         attributions, delta = IntegratedGradients(mean_logit).attribute(
             ones, baselines=torch.zeros_like(ones), n_steps=n_steps, return_convergence_delta=True)
         with torch.no_grad():

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from finetune.inference import load_fold_models
+from finetune.inference import FoldModels, load_fold_models
 from finetune.init import (
     load_pretraining_run,
     reconcile_features,
@@ -52,6 +52,7 @@ class RunEmbeddings:
     embeddings: dict[str, np.ndarray]  # modality -> (N, D_m) encoder output, cohort order
     present: dict[str, np.ndarray]  # modality -> (N,) bool
     projections: dict[str, np.ndarray] = field(default_factory=dict)  # pretraining: (N, P), L2-normalised
+    models: FoldModels | None = None  # fine-tuning: the fold models, loaded once for every explain step
 
 
 def run_kind(run_dir: Path) -> str:
@@ -76,8 +77,10 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
         cache = volume_cache(models.run_config, cohort.config, models.sequences) if "image" in models.modalities else None
         dataset = build_dataset(cohort, cache=cache, others=models.others, seed=models.run_config.seed,
                                 preprocessor=fold.preprocessor if "table" in models.modalities else None)
-        return _embed(dataset, cache, cohort, "fine-tuning", batch_size, device,
-                      encode=lambda inputs: (fold.model.embed(inputs), {}), modalities=models.modalities)
+        result = _embed(dataset, cache, cohort, "fine-tuning", batch_size, device,
+                        encode=lambda inputs: (fold.model.embed(inputs), {}), modalities=models.modalities)
+        result.models = models
+        return result
     if cohort_path.suffix.lower() not in (".yaml", ".yml"):
         raise StrokeSSLError(f"--cohort {cohort_path}: a pretraining run has no stored column roles; give a cohort.yaml")
     run = load_pretraining_run(run_dir)

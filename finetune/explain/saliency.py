@@ -121,14 +121,16 @@ def montage(image: np.ndarray, saliency: np.ndarray, path: str | Path, slices: i
     return path
 
 
-def subject_saliency(run_dir: str | Path, cohort: Cohort, subject: str) -> list[Path]:
+def subject_saliency(run_dir: str | Path, cohort: Cohort, subject: str,
+                     models: FoldModels | None = None) -> list[Path]:
     """A fine-tuning run's occlusion saliency for ``subject``: ``RUN/report/subjects/<ID>_saliency.nii.gz``
-    (on the grid of the subject's first sequence) and ``<ID>_saliency.png``; returns both paths."""
+    (on the grid of the subject's first sequence) and ``<ID>_saliency.png``; returns both paths.
+    ``models``: the run's fold models when already loaded."""
     from finetune.inference import load_fold_models
 
     if not (Path(run_dir) / "model.json").is_file():
         raise StrokeSSLError("--subject needs a fine-tuning run (image saliency explains its fold models)")
-    models = load_fold_models(run_dir)
+    models = models or load_fold_models(run_dir)
     result = occlusion_saliency(models, cohort, subject)
     reference = next(p for p in (cohort.image_paths[subject].get(s) for s in models.sequences) if p is not None)
     folder = Path(run_dir) / "report" / "subjects"

@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import TINY_IMAGING
+from conftest import write_tiny_config
 
 from finetune.explain.analysis import analyse
 from finetune.explain.embed import RunEmbeddings
@@ -53,15 +52,8 @@ def test_analysis_finds_what_was_planted():
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("explain")
     cohort = write_synthetic_cohort(folder / "cohort", n=40, grid=16, labeled_fraction=0.8, seed=3, prevalence=0.3)
-    config = folder / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(cohort),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
-                     "projection_hidden": 32},
-        "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]},
-    }))
+    config = write_tiny_config(folder / "run.yaml", cohort,
+                               finetune={"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]})
     pretrained, finetuned = folder / "pre", folder / "ft"
     assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
     assert main(["finetune", str(config), "--init", str(pretrained), "--set", f"run.dir={finetuned}"]) == 0
@@ -123,16 +115,9 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
                      "marker": round(float(rng.normal(1.5 * label, 1.0)), 3),
                      "noise_a": round(float(rng.normal()), 3), "noise_b": round(float(rng.normal()), 3)})
     cohort = write_cohort(tmp_path, rows)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(cohort),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
-                     "projection_hidden": 32},
-        "finetune": {"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
-                     "branches": "table", "probe_table_embedding": False},
-    }))
+    config = write_tiny_config(tmp_path / "run.yaml", cohort,
+                               finetune={"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
+                                         "branches": "table", "probe_table_embedding": False})
     assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
     assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
     models, subjects = load_fold_models(tmp_path / "ft"), load_cohort(load_cohort_config(cohort))
@@ -178,16 +163,9 @@ def test_occlusion_saliency_finds_a_planted_lesion_on_the_input_grid(tmp_path):
         rows.append({"subject_id": f"s{i}", "flair": f"img/s{i}.nii.gz", "recurrence_12m": label,
                      "age": round(float(rng.normal(70, 8)), 1)})
     cohort = write_cohort(tmp_path, rows)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(cohort),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
-                     "projection_hidden": 32},
-        "finetune": {"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
-                     "branches": "image"},
-    }))
+    config = write_tiny_config(tmp_path / "run.yaml", cohort,
+                               finetune={"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
+                                         "branches": "image"})
     assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
     assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
     nifti, png = subject_saliency(tmp_path / "ft", load_cohort(load_cohort_config(cohort)), "s0")

@@ -11,8 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import TINY_IMAGING, write_cohort, write_nifti
+from conftest import write_cohort, write_nifti, write_tiny_config
 
 from strokessl.cli import main
 
@@ -44,16 +43,9 @@ def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("missing")
     full, _ = _cohort(folder / "full")
     partial, blank = _cohort(folder / "partial", blank_share=0.5)
-    config = folder / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **TINY_IMAGING, "cohort": str(full),
-        "model": {"encoders": {"image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
-                               "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}}}},
-        "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.2, "projection_dim": 16,
-                     "projection_hidden": 32, "objectives": {"clip": 1.0}},
-        "finetune": {"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
-                     "probe_table_embedding": False},
-    }))
+    config = write_tiny_config(folder / "run.yaml", full, pretrain={"objectives": {"clip": 1.0}},
+                               finetune={"folds": 3, "repeats": 1, "bootstrap": 100,
+                                         "baselines": ["logistic_regression"], "probe_table_embedding": False})
     pretrained = folder / "pretrain"
     assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
     runs = {}
