@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch import nn
 
 from finetune.baselines import pure_l2
-from multimodal.encoders.tabular import presence
+from multimodal.encoders.tabular import Piece, along_path, presence
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,19 @@ class TableDesign(nn.Module):
         self.num_features: int = num_continuous + n_features + sum(s - 1 for s in self.category_sizes)
 
     def forward(self, table: dict[str, torch.Tensor]) -> torch.Tensor:
-        p = presence(table, table["missing"].bool())  # (B, F): 0/1, or soft on attribution paths
+        return torch.cat([piece.flatten(1) for piece in along_path(table, self._pieces)], dim=1)
+
+    def _pieces(self, table: dict[str, torch.Tensor]) -> list[Piece]:
+        """The design's blocks with the first feature each covers (``along_path`` walks them)."""
+        p = presence(table, table["missing"].bool())  # (B, F) 0/1
         n = self.num_continuous
-        parts = [table["continuous"].float() * p[:, :n], 1.0 - p] if n else [1.0 - p]
+        parts = [(table["continuous"].float() * p[:, :n], 0), (1.0 - p, 0)] if n else [(1.0 - p, 0)]
         categorical = table.get("categorical")
         for j, size in enumerate(self.category_sizes):
-            if size > 1:  # (B, size - 1): drop bucket 0 (missing / unseen)
-                parts.append(F.one_hot(categorical[:, j], size)[:, 1:].float() * p[:, n + j: n + j + 1])
-        return torch.cat(parts, dim=1)
+            if size > 1:  # (B, 1, size - 1): drop bucket 0 (missing / unseen)
+                one_hot = F.one_hot(categorical[:, j], size)[:, 1:].float() * p[:, n + j: n + j + 1]
+                parts.append((one_hot[:, None], n + j))
+        return parts
 
 
 class ProbeTable(nn.Module):

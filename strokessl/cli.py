@@ -104,15 +104,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     embed.add_argument("--with-ids", action="store_true", help="also write subject ids (patient identifiers)")
 
     explain = commands.add_parser(
-        "explain", help="what the embedding space holds: retrieval, alignment, label and clinical-feature probes",
-        description="Analyse RUN's embedding space on COHORT and write RUN/report/explain.md and explain.json.",
+        "explain", help="what the embedding space holds and what drives the model: report/explain.html",
+        description="Analyse RUN on COHORT: embedding space (retrieval, alignment, probes, PCA / t-SNE), Integrated "
+        "Gradients of the clinical features, occlusion and Grad-CAM saliency of the highest-risk subjects; writes "
+        "RUN/report/explain.md, explain.html and explain.json.",
     )
     explain.add_argument("run", type=Path, help="pretraining or fine-tuning run folder")
     explain.add_argument("--cohort", type=Path, required=True, help="cohort.yaml (or, for a fine-tuning run, a CSV)")
-    explain.add_argument("--seed", type=int, default=0, help="cross-validation splits of the probes")
+    explain.add_argument("--seed", type=int, default=0, help="cross-validation splits of the probes, t-SNE, bootstrap")
     explain.add_argument("--subject", default=None, metavar="ID",
-                         help="fine-tuning run: also write this subject's occlusion saliency (NIfTI on the input's "
-                         "grid + PNG montage) to RUN/report/subjects/")
+                         help="fine-tuning run: also write this subject's one-page PNG, its occlusion and Grad-CAM "
+                         "maps as NIfTI on the input's grid, and a JSON to RUN/report/subjects/")
+    explain.add_argument("--baseline", choices=["missing", "median"], default="missing",
+                         help="Integrated Gradients baseline: every feature missing (default) or at its training "
+                         "median / most frequent category")
+    explain.add_argument("--gallery", type=int, default=4, metavar="N",
+                         help="saliency montages of the N highest-risk subjects in the report (0: none)")
     return parser.parse_args(argv)
 
 
@@ -206,21 +213,12 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from finetune.explain.analysis import analyse, attribution_summary, markdown, write_report
-    from finetune.explain.embed import embed_run
+    from finetune.explain.report import markdown, sections
+    from finetune.explain.run import explain_run
 
-    embedded = embed_run(args.run, args.cohort)
-    analysis = analyse(embedded, seed=args.seed)
-    if embedded.kind == "fine-tuning" and "table" in embedded.embeddings:
-        analysis["attribution"] = attribution_summary(args.run, embedded.cohort, seed=args.seed, models=embedded.models)
-    path = write_report(args.run, analysis)
-    sys.stdout.write(markdown(analysis) + "\n")
-    if args.subject is not None:
-        from finetune.explain.saliency import subject_saliency
-
-        for written in subject_saliency(args.run, embedded.cohort, args.subject, embedded.models):
-            logger.info("wrote %s", written)
-    logger.info("wrote %s", path)
+    analysis = explain_run(args.run, args.cohort, seed=args.seed, subject=args.subject, baseline=args.baseline,
+                           gallery=args.gallery)
+    sys.stdout.write(markdown(sections(analysis)) + "\n")
     return 0
 
 

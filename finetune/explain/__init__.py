@@ -1,7 +1,8 @@
-"""Understanding a run: embedding export (``embed``) and embedding-space analysis (``analysis``).
+"""Understanding a run: ``strokessl embed`` and ``strokessl explain``.
 
-``strokessl embed RUN --cohort C --out DIR`` and ``strokessl explain RUN --cohort C`` read a
-pretraining run (its encoders and projection heads: the shared embedding space) or a fine-tuning
-run (its first fold model's encoders, identical across folds when the encoders were frozen).
-Captum attributions come next (issue 10, items 3-6).
+``embed`` (embedding export) → ``analysis`` (what the embedding space holds) → ``scorer`` (what is
+explained: a fine-tuning run's fold-ensemble logit or a pretraining run's image–record similarity)
+→ ``attribution`` (Integrated Gradients of the clinical features) and ``saliency`` (occlusion,
+Grad-CAM, slice attributions; maps back on the subject's own grid) → ``figures`` and ``report``
+(``report/explain.md`` / ``.html``); ``run`` ties the steps together for the CLI.
 """

@@ -1,14 +1,19 @@
-"""Which clinical features drive the recurrence logit: Integrated Gradients over the fold ensemble.
+"""Which clinical features drive a run's score: Integrated Gradients over the clinical record.
 
-The baseline is "every feature missing": each feature's input (its FT-Transformer token, or its
-columns in the probe's table design) moves on a straight line from the learned missing-value token
-to the subject's value as the feature's ``presence`` goes from 0 to 1 (``multimodal.encoders.tabular
-.presence``); continuous and categorical features alike, so a categorical feature is attributed on
-its embedding, as ``LayerIntegratedGradients`` on the token layer would. Captum's
-``IntegratedGradients`` integrates over the presences; the image (and any other modality) stays at
-the subject's own embedding. The attributed function is the fold models' mean logit, so by
-completeness the attributions of a subject sum to ``mean logit(subject) − mean logit(all missing)``
-up to Captum's reported convergence delta. A feature missing for a subject gets 0.
+Each feature's input (its FT-Transformer token, or its columns in the probe's table design) moves
+on a straight line from a baseline to the subject's value as the feature's ``presence`` goes from
+0 to 1 (``multimodal.encoders.tabular.along_path``); continuous and categorical features alike, so a
+categorical feature is attributed on its embedding, as ``LayerIntegratedGradients`` on the token
+layer would (Captum's ``IntegratedGradients`` integrates over the presences). The baseline is
+
+* ``missing`` (default): every feature at its learned missing-value token, "nothing known";
+* ``median``: every feature at the training median (continuous) or most frequent category, the
+  "typical patient" of the fold's own preprocessor (whose robust z-score is 0 at the median).
+
+The image (and any other modality) stays at the subject's own embedding. The attributed function
+is the ``Scorer``'s mean score (a fine-tuning run's mean fold logit, a pretraining run's image–record
+similarity), so by completeness a subject's attributions sum to ``score(subject) − score(baseline)``
+up to Captum's reported convergence delta.
 """
 
 from __future__ import annotations
@@ -21,61 +26,102 @@ from captum.attr import IntegratedGradients
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from finetune.inference import FoldModels
+from finetune.explain.scorer import Scorer
 from multimodal.cohort import Cohort
-from multimodal.data import build_dataset, table_present, to_device, volume_cache
+from multimodal.data import table_present, to_device
+from multimodal.errors import StrokeSSLError
+
+BASELINES = {"missing": "every clinical feature missing (its learned missing-value token)",
+             "median": "every clinical feature at its training median or most frequent category"}
 
 
-def tabular_attributions(models: FoldModels, cohort: Cohort, n_steps: int = 32,
+def reference_table(template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``median`` baseline shaped like ``template``: robust z-score 0 (the training median) for every
+    continuous feature, category code 1 (the preprocessor orders categories most frequent first), none missing."""
+    out = {"missing": torch.zeros_like(template["missing"], dtype=torch.bool)}
+    if "continuous" in template:
+        out["continuous"] = torch.zeros_like(template["continuous"])
+    if "categorical" in template:
+        out["categorical"] = torch.ones_like(template["categorical"])
+    return out
+
+
+def tabular_attributions(scorer: Scorer, cohort: Cohort, baseline: str = "missing", n_steps: int = 32,
                          batch_size: int = 16) -> dict[str, Any]:
     """Per-subject attributions ``(N, F)`` of the clinical features (the preprocessor's order) to the
-    ensemble's mean recurrence logit, with ``features``, ``delta (N,)`` (Captum's convergence delta),
-    ``logit (N,)`` and ``baseline_logit (N,)``."""
-    if "table" not in models.modalities:
-        raise ValueError("this run reads no clinical table: there is nothing to attribute")
-    device = next(models.folds[0].model.parameters()).device
-    config = models.run_config
-    cache = volume_cache(config, cohort.config, models.sequences) if "image" in models.modalities else None
+    scorer's mean score, with ``features``, ``delta (N,)`` (Captum's convergence delta), ``score (N,)``,
+    ``baseline_score (N,)`` and ``rows (N,)`` (cohort positions of the attributed subjects: for a
+    similarity, only subjects with both an image and a record)."""
+    if "table" not in scorer.modalities:
+        raise StrokeSSLError("this run reads no clinical table: there is nothing to attribute")
+    if baseline not in BASELINES:
+        raise StrokeSSLError(f"--baseline {baseline!r}: choose one of {sorted(BASELINES)}")
+    device = scorer.device
+    cache = scorer.cache(cohort)
     if cache is not None:
         cache.warm(cohort.records())
-    # The images (and other modalities) are read once; only the table differs between folds (each
-    # fold's own preprocessor), so every fold's table is transformed once, whole, and sliced per batch.
-    dataset = build_dataset(cohort, cache=cache, others=models.others, seed=config.seed)
-    tables = [fold.preprocessor.transform_tensors(cohort.features) for fold in models.folds]
-    features = models.folds[0].preprocessor.feature_names
-    chunks: dict[str, list[np.ndarray]] = {"attributions": [], "delta": [], "logit": [], "baseline_logit": []}
+    # The images (and other modalities) are read once; only the table differs between members (each
+    # fold's own preprocessor), so every member's table is transformed once, whole, and sliced per batch.
+    dataset = scorer.dataset(cohort, scorer.members[0], cache=cache)
+    tables = [member.preprocessor.transform_tensors(cohort.features) for member in scorer.members]
+    features = scorer.members[0].preprocessor.feature_names
+    shared = {m: scorer.shared(m) for m in scorer.modalities if m != "table"}
+    needs_pair = scorer.what != "recurrence logit"  # a similarity needs both modalities
+    chunks: dict[str, list[np.ndarray]] = {"attributions": [], "delta": [], "score": [], "baseline_score": [],
+                                           "rows": []}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="integrated gradients", unit="batch"):
-        rows = batch["index"]  # cohort positions
-        batch = to_device(batch, device)
-        fold_tables = [{k: v[rows].to(device) for k, v in table.items()} for table in tables]
-        # The other modalities stay fixed at the subject's own embedding.
-        with torch.no_grad():
-            fixed = [{m: fold.model.encoder(m)(batch[m]) for m in fold.model.modalities if m != "table"}
-                     for fold in models.folds]
-        present = [{**batch["present"], "table": table_present(table)} for table in fold_tables]
+        keep = torch.ones(len(batch["index"]), dtype=torch.bool)
+        if needs_pair:
+            keep = batch["present"]["image"] & batch["present"]["table"]
+            if not keep.any():
+                continue
+        rows = batch["index"][keep]  # cohort positions
+        batch = to_device(_subset(batch, keep), device)
+        member_tables = [{k: v[rows].to(device) for k, v in table.items()} for table in tables]
+        fixed: list[dict[str, torch.Tensor]] = [{} for _ in scorer.members]
+        with torch.no_grad():  # the other modalities stay fixed at the subject's own embedding
+            for m, groups in shared.items():
+                for encoder, indices in groups:  # an encoder shared by several members runs once
+                    embedded = encoder(batch[m])
+                    for i in indices:
+                        fixed[i][m] = embedded
+        present = [{**batch["present"], "table": table_present(table)} for table in member_tables]
 
-        def mean_logit(presence: torch.Tensor, fold_tables: list = fold_tables, fixed: list = fixed,
+        def mean_score(presence: torch.Tensor, member_tables: list = member_tables, fixed: list = fixed,
                        present: list = present) -> torch.Tensor:
-            logits = []
-            for fold, table, embedded, flags in zip(models.folds, fold_tables, fixed, present, strict=True):
+            scores = []
+            for member, table, embedded, flags in zip(scorer.members, member_tables, fixed, present, strict=True):
                 steps = presence.shape[0] // table["missing"].shape[0]  # Captum stacks the path steps
                 tiled = {k: v.repeat(steps, *[1] * (v.ndim - 1)) for k, v in table.items()}
+                path = {**tiled, "presence": presence}
+                if baseline == "median":
+                    path["baseline"] = reference_table(tiled)
                 embeddings = {m: e.repeat(steps, 1) for m, e in embedded.items()}
-                embeddings["table"] = fold.model.encoder("table")({**tiled, "presence": presence})
-                logits.append(fold.model.forward_from_embeddings(embeddings, {m: p.repeat(steps)
-                                                                              for m, p in flags.items()}))
-            return torch.stack(logits).mean(dim=0)
+                embeddings["table"] = member.encoders["table"](path)
+                scores.append(member.head(embeddings, {m: p.repeat(steps) for m, p in flags.items()}))
+            return torch.stack(scores).mean(dim=0)
 
-        ones = torch.ones_like(fold_tables[0]["missing"], dtype=torch.float32)
-        attributions, delta = IntegratedGradients(mean_logit).attribute(
+        ones = torch.ones_like(member_tables[0]["missing"], dtype=torch.float32)
+        attributions, delta = IntegratedGradients(mean_score).attribute(
             ones, baselines=torch.zeros_like(ones), n_steps=n_steps, return_convergence_delta=True)
         with torch.no_grad():
-            chunks["logit"].append(mean_logit(ones).cpu().numpy())
-            chunks["baseline_logit"].append(mean_logit(torch.zeros_like(ones)).cpu().numpy())
+            chunks["score"].append(mean_score(ones).cpu().numpy())
+            chunks["baseline_score"].append(mean_score(torch.zeros_like(ones)).cpu().numpy())
         chunks["attributions"].append(attributions.detach().cpu().numpy())
         chunks["delta"].append(delta.detach().cpu().numpy())
+        chunks["rows"].append(rows.numpy())
+    if not chunks["rows"]:
+        raise StrokeSSLError(f"no subject of cohort {cohort.config.source} has both an image and a clinical record")
     out = {key: np.concatenate(value) for key, value in chunks.items()}
-    return {"features": list(features), **out}
+    return {"features": list(features), "baseline": baseline, **out}
+
+
+def _subset(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The rows ``keep`` of a collated batch (nested dicts included)."""
+    if keep.all():
+        return batch
+    return {k: _subset(v, keep) if isinstance(v, dict) else v[keep] if isinstance(v, torch.Tensor) else
+            [x for x, k_ in zip(v, keep.tolist(), strict=True) if k_] for k, v in batch.items()}
 
 
 def global_ranking(attributions: np.ndarray, features: list[str], n_resamples: int = 1000,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from finetune.explain.scorer import Scorer, fold_scorer, similarity_scorer
 from finetune.inference import FoldModels, load_fold_models
 from finetune.init import (
     load_pretraining_run,
@@ -53,6 +54,7 @@ class RunEmbeddings:
     present: dict[str, np.ndarray]  # modality -> (N,) bool
     projections: dict[str, np.ndarray] = field(default_factory=dict)  # pretraining: (N, P), L2-normalised
     models: FoldModels | None = None  # fine-tuning: the fold models, loaded once for every explain step
+    scorer: Scorer | None = None  # what attributions explain (None: a pretraining run without image and table)
 
 
 def run_kind(run_dir: Path) -> str:
@@ -79,7 +81,7 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
                                 preprocessor=fold.preprocessor if "table" in models.modalities else None)
         result = _embed(dataset, cache, cohort, "fine-tuning", batch_size, device,
                         encode=lambda inputs: (fold.model.embed(inputs), {}), modalities=models.modalities)
-        result.models = models
+        result.models, result.scorer = models, fold_scorer(models)
         return result
     if cohort_path.suffix.lower() not in (".yaml", ".yml"):
         raise StrokeSSLError(f"--cohort {cohort_path}: a pretraining run has no stored column roles; give a cohort.yaml")
@@ -102,7 +104,10 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
             projected[m] = F.normalize(getattr(model, f"{m}_projection")(pooled[m]), dim=-1)
         return pooled, projected
 
-    return _embed(dataset, cache, cohort, "pretraining", batch_size, device, encode, modalities)
+    result = _embed(dataset, cache, cohort, "pretraining", batch_size, device, encode, modalities)
+    if {"image", "table"} <= set(modalities):
+        result.scorer = similarity_scorer(model, preprocessor, sequences, run.config)
+    return result
 
 
 def _embed(dataset, cache, cohort: Cohort, kind: str, batch_size: int, device: torch.device, encode,

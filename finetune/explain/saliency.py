@@ -1,81 +1,185 @@
-"""Where in the MRI the fold ensemble looks: occlusion saliency, on the subject's original grid.
+"""Where in the MRI a run looks: occlusion, Grad-CAM and slice attributions, on the subject's own grid.
 
-``occlusion_saliency`` slides a cube (``window`` voxels, step ``stride``) over the preprocessed
-volume, replaces it by the head's mean intensity (0 after the per-channel z-score) in every channel
-and records how much the ensemble's mean recurrence logit drops (Captum ``Occlusion``; the clinical
-record and other modalities stay the subject's own). Positive = the region raised the predicted
-risk. Occlusion rather than Grad-CAM: at CPU-sized grids (32³, and 16³ in tests) the 3D ResNet's
-last stage is 1×1×1, where a class-activation map has nothing to localise.
+Every map explains the ``Scorer``'s score (a fine-tuning run's mean fold logit, a pretraining run's
+image–record similarity) for one subject, with the clinical record and other modalities held at
+the subject's own, averaged over the members (fold models):
+
+* ``occlusion`` (Captum ``Occlusion``): a cube (``window`` voxels, step ``stride``) slides over the
+  preprocessed volume; the tissue inside it is set to the head's mean intensity (0 after the
+  per-channel z-score) in every channel, the background left as it is; the map is how much the
+  score drops. Signed: positive = the region raised the score; 0 in the air around the head.
+* ``grad_cam`` (Captum ``LayerGradCam``, upsampled with ``LayerAttribution.interpolate``): for the
+  3D ResNet, on the last stage whose feature map still has ``min_size`` voxels per axis: the last
+  stage itself on clinical grids (≥ 128³), an earlier one on CPU-sized grids (at 32³ the last stage is
+  1×1×1, where a class-activation map has nothing to localise); for the slice ResNet+LSTM, per
+  slice on the 2D ResNet's stage chosen the same way. Non-negative, as Grad-CAM is.
+* ``slice_attributions`` (slice ResNet+LSTM only; Captum ``LayerIntegratedGradients`` on the LSTM's
+  input): what each axial slice's feature vector adds to the score relative to an empty (zero)
+  volume, with the convergence delta.
 
 ``to_original_grid`` brings a map from the preprocessed grid (whose voxel-to-world affine the cache
 keeps) back onto the grid of the subject's own NIfTI (nibabel ``resample_from_to``: crop, spacing
 and orientation undone in one resampling), so it opens over the input in ITK-SNAP or 3D Slicer.
-``montage`` draws the most attributed axial slices over the image.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from captum.attr import Occlusion
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from captum.attr import LayerAttribution, LayerGradCam, LayerIntegratedGradients, Occlusion
 from nibabel.processing import resample_from_to
+from torch import nn
 
-from finetune.inference import FoldModels
+from finetune.explain.scorer import Scorer
 from multimodal.checkpoint import atomic_path
 from multimodal.cohort import Cohort
-from multimodal.data import build_dataset, to_device, volume_cache
+from multimodal.data import to_device
+from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
 
+VolumeScore = Callable[[torch.Tensor], torch.Tensor]  # (n, C, H, W, D) -> (n,)
 
-def occlusion_saliency(models: FoldModels, cohort: Cohort, subject: str, window: int = 4,
-                       stride: int = 4) -> dict[str, np.ndarray]:
-    """``{"saliency": (H, W, D), "image": (C, H, W, D), "affine": (4, 4)}`` for one subject of ``cohort``
-    (the preprocessed grid), averaged over the fold models."""
-    if "image" not in models.modalities:
+
+@dataclass
+class ImageScore:
+    score: VolumeScore  # the mean score of a group of members sharing one image encoder
+    encoder: nn.Module  # that encoder
+    weight: float  # the group's share of the members
+
+
+def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[str, np.ndarray], list[ImageScore]]:
+    """The subject's preprocessed volume ``{"image": (C, H, W, D), "affine": (4, 4)}`` and its score as a
+    function of the volume alone (other modalities fixed at the subject's own), one per group of members
+    sharing an image encoder; the scorer's score is the weighted sum of the groups'."""
+    if "image" not in scorer.modalities:
         raise StrokeSSLError("this run reads no MRI: there is no image saliency to compute")
     if subject not in cohort.ids:
         raise StrokeSSLError(f"--subject {subject!r} is not in cohort {cohort.config.source}")
-    device = next(models.folds[0].model.parameters()).device
-    cache = volume_cache(models.run_config, cohort.config, models.sequences)
+    cache = scorer.cache(cohort)
     record = cohort.records([subject])[0]
     if not cache.has_image(record):
         raise StrokeSSLError(f"subject {subject!r} has no image to explain")
     cached = cache.load(record)
-    image = cached["image"][None].to(device)  # (1, C, H, W, D)
-    maps = []
-    for fold in models.folds:
-        item = build_dataset(cohort, [subject], preprocessor=fold.preprocessor if "table" in models.modalities else None,
-                             others=models.others, seed=models.run_config.seed)[0]
-        batch = to_device({m: _batched(item[m]) for m in fold.model.modalities if m != "image"}, device)
+    device = scorer.device
+    fixed = []
+    for member in scorer.members:
+        item = scorer.dataset(cohort, member, [subject])[0]
+        batch = to_device({m: _batched(item[m]) for m in member.encoders if m != "image"}, device)
         with torch.no_grad():
-            fixed = {m: fold.model.encoder(m)(batch[m]) for m in batch}
+            fixed.append({m: member.encoders[m](batch[m]) for m in batch})
+    groups = []
+    for encoder, indices in scorer.shared("image"):
 
-        def logit(volumes: torch.Tensor, fold=fold, fixed=fixed) -> torch.Tensor:
-            n = volumes.shape[0]
-            embeddings = {m: e.expand(n, -1) for m, e in fixed.items()}
-            embeddings["image"] = fold.model.encoder("image")(volumes)
-            return fold.model.forward_from_embeddings(embeddings)
+        def score(volumes: torch.Tensor, encoder=encoder, indices=indices) -> torch.Tensor:
+            embedded = encoder(volumes)
+            scores = []
+            for i in indices:
+                embeddings = {m: e.expand(volumes.shape[0], -1) for m, e in fixed[i].items()}
+                scores.append(scorer.members[i].head({**embeddings, "image": embedded}, None))
+            return torch.stack(scores).mean(dim=0)
 
-        channels = image.shape[1]
-        with torch.no_grad():
-            attribution = Occlusion(logit).attribute(
-                image, sliding_window_shapes=(channels, window, window, window), strides=(channels, stride, stride, stride),
-                baselines=0.0, perturbations_per_eval=16)
-        maps.append(attribution[0].sum(dim=0).cpu().numpy())  # (H, W, D): summed over the sequences
-    return {"saliency": np.mean(maps, axis=0), "image": cached["image"].numpy(),
-            "affine": cached["affine"].numpy().astype(np.float64)}
+        groups.append(ImageScore(score, encoder, len(indices) / len(scorer.members)))
+    return {"image": cached["image"].numpy(), "affine": cached["affine"].numpy().astype(np.float64)}, groups
 
 
 def _batched(value):
     if isinstance(value, dict):
         return {k: v[None] for k, v in value.items()}
     return value[None]
+
+
+def occlusion(image: np.ndarray, groups: list[ImageScore], device: torch.device, window: int = 4,
+              stride: int = 4) -> np.ndarray:
+    """``(H, W, D)`` occlusion map of ``image`` ``(C, H, W, D)`` for the scorer's score, summed over channels."""
+    volume = torch.from_numpy(image)[None].to(device)
+    channels = volume.shape[1]
+
+    def score(volumes: torch.Tensor) -> torch.Tensor:
+        return sum(group.weight * group.score(volumes) for group in groups)
+
+    # Tissue is replaced by the head's mean (0 after the z-score); air stays air, so a cube over the
+    # background changes nothing (replacing air by 0 would paint a bright block the model reacts to).
+    baseline = torch.where(head_mask(image, volume.device)[None, None], torch.zeros_like(volume), volume)
+    with torch.no_grad():
+        attribution = Occlusion(score).attribute(
+            volume, sliding_window_shapes=(channels, window, window, window),
+            strides=(channels, stride, stride, stride), baselines=baseline, perturbations_per_eval=16)
+    return attribution[0].sum(dim=0).cpu().numpy()
+
+
+def head_mask(image: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """``(H, W, D)`` bool: voxels above the background in any channel of ``image`` ``(C, H, W, D)``
+    (preprocessing leaves the background at each channel's minimum)."""
+    volume = torch.as_tensor(image, device=device)
+    background = volume.flatten(1).amin(dim=1)[:, None, None, None]
+    return (volume > background + 1e-6).any(dim=0)
+
+
+def cam_layer(encoder: nn.Module, shape: tuple[int, ...], min_size: int = 4) -> tuple[str, nn.Module]:
+    """``(name, module)``: the last ResNet stage (``layer1..4``) of the image encoder whose feature map
+    on an input of ``shape`` ``(C, H, W, D)`` has at least ``min_size`` voxels along every spatial axis
+    (``layer1`` if none has)."""
+    backbone = encoder.backbone
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [getattr(backbone, name).register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:])))
+        for name in ("layer1", "layer2", "layer3", "layer4")]
+    device = next(encoder.parameters()).device
+    probe = torch.zeros(1, *shape, device=device)
+    try:
+        with torch.no_grad():
+            if isinstance(encoder, SliceSequenceEncoder):
+                backbone(probe[..., 0])  # one slice: (1, C, H, W)
+            else:
+                encoder(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    fitting = [name for name, size in sizes.items() if min(size) >= min_size]
+    name = fitting[-1] if fitting else "layer1"
+    return name, getattr(backbone, name)
+
+
+def grad_cam(image: np.ndarray, groups: list[ImageScore], device: torch.device, min_size: int = 4
+             ) -> tuple[np.ndarray, str]:
+    """``((H, W, D) Grad-CAM map, stage name)``: each group's Grad-CAM of its score, weighted by its share."""
+    volume = torch.from_numpy(image)[None].to(device)
+    spatial = volume.shape[2:]
+    total = np.zeros(tuple(spatial), dtype=np.float32)
+    for group in groups:
+        name, layer = cam_layer(group.encoder, tuple(volume.shape[1:]), min_size)
+        cam = LayerGradCam(group.score, layer).attribute(volume, relu_attributions=True)
+        if isinstance(group.encoder, SliceSequenceEncoder):  # (S, 1, h, w): one map per slice
+            cam = LayerAttribution.interpolate(cam, tuple(spatial[:2]), interpolate_mode="bilinear")
+            total += group.weight * cam[:, 0].permute(1, 2, 0).detach().cpu().numpy()  # (H, W, S)
+        else:  # (1, 1, h, w, d)
+            cam = LayerAttribution.interpolate(cam, tuple(spatial), interpolate_mode="trilinear")
+            total += group.weight * cam[0, 0].detach().cpu().numpy()
+    return total, name
+
+
+def slice_attributions(image: np.ndarray, groups: list[ImageScore], device: torch.device, n_steps: int = 32
+                       ) -> tuple[np.ndarray, float]:
+    """``((S,) attribution of each axial slice, max |convergence delta|)`` for the slice ResNet+LSTM:
+    Integrated Gradients on the LSTM's input (the per-slice features) from those of a zero volume."""
+    volume = torch.from_numpy(image)[None].to(device)
+    total, deltas = np.zeros(volume.shape[-1]), []
+    for group in groups:
+        if not isinstance(group.encoder, SliceSequenceEncoder):
+            raise StrokeSSLError("slice attributions need the slice ResNet+LSTM image encoder (slice_lstm_*)")
+        attribution, delta = LayerIntegratedGradients(group.score, group.encoder.lstm).attribute(
+            volume, baselines=torch.zeros_like(volume), n_steps=n_steps, attribute_to_layer_input=True,
+            return_convergence_delta=True)
+        attribution = attribution[0] if isinstance(attribution, (list, tuple)) else attribution
+        total += group.weight * attribution[0].sum(dim=-1).detach().cpu().numpy()  # (S,)
+        deltas.append(float(delta.abs().max()))
+    return total, max(deltas)
 
 
 def to_original_grid(saliency: np.ndarray, affine: np.ndarray, reference: str | Path) -> nib.Nifti1Image:
@@ -97,43 +201,3 @@ def save_nifti(image: nib.Nifti1Image, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return path
-
-
-def montage(image: np.ndarray, saliency: np.ndarray, path: str | Path, slices: int = 6,
-            title: str = "Occlusion saliency (red: raised the predicted risk)") -> Path:
-    """PNG of the ``slices`` axial slices holding the most |saliency|, the first MRI channel in grey
-    under the map; ``image`` ``(C, H, W, D)``, ``saliency`` ``(H, W, D)``."""
-    mass = np.abs(saliency).sum(axis=(0, 1))  # (D,)
-    chosen = sorted(np.argsort(mass)[::-1][:slices])
-    limit = float(np.abs(saliency).max()) or 1.0
-    figure = Figure(figsize=(2.2 * len(chosen), 2.6), dpi=110)
-    FigureCanvasAgg(figure)
-    for i, z in enumerate(chosen):
-        ax = figure.add_subplot(1, len(chosen), i + 1)
-        ax.imshow(np.rot90(image[0, :, :, z]), cmap="gray")
-        ax.imshow(np.rot90(saliency[:, :, z]), cmap="bwr", vmin=-limit, vmax=limit, alpha=0.45)
-        ax.set_title(f"axial slice {z}", fontsize=8)
-        ax.axis("off")
-    figure.suptitle(title, fontsize=9)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(str(tmp), format="png", bbox_inches="tight")
-    return path
-
-
-def subject_saliency(run_dir: str | Path, cohort: Cohort, subject: str,
-                     models: FoldModels | None = None) -> list[Path]:
-    """A fine-tuning run's occlusion saliency for ``subject``: ``RUN/report/subjects/<ID>_saliency.nii.gz``
-    (on the grid of the subject's first sequence) and ``<ID>_saliency.png``; returns both paths.
-    ``models``: the run's fold models when already loaded."""
-    from finetune.inference import load_fold_models
-
-    if not (Path(run_dir) / "model.json").is_file():
-        raise StrokeSSLError("--subject needs a fine-tuning run (image saliency explains its fold models)")
-    models = models or load_fold_models(run_dir)
-    result = occlusion_saliency(models, cohort, subject)
-    reference = next(p for p in (cohort.image_paths[subject].get(s) for s in models.sequences) if p is not None)
-    folder = Path(run_dir) / "report" / "subjects"
-    nifti = save_nifti(to_original_grid(result["saliency"], result["affine"], reference),
-                       folder / f"{subject}_saliency.nii.gz")
-    return [nifti, montage(result["image"], result["saliency"], folder / f"{subject}_saliency.png")]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from torch import nn
 
 from multimodal.encoders.registry import register_encoder
 from multimodal.errors import ConfigError
+
+Piece = tuple[torch.Tensor, int]  # (B, k, ...) per-feature inputs, index of the first feature they cover
 
 
 def _check_features(num_continuous: int, category_sizes: list[int]) -> tuple[int, int]:
@@ -42,13 +45,34 @@ def _tabular_inputs(
 
 
 def presence(batch: dict[str, torch.Tensor], missing: torch.Tensor) -> torch.Tensor:
-    """``(B, F)`` float presence of each feature: 1 present, 0 missing. An optional ``presence``
-    entry in ``[0, 1]`` scales the present ones towards their missing token (the straight path that
-    Integrated Gradients walks from "every feature missing" to the subject, ``finetune.explain``);
-    a missing value stays missing whatever it says. With 0/1 values the result is exactly the hard mask."""
-    present = (~missing).to(torch.float32)
+    """``(B, F)`` float presence of each feature: 1 present, 0 missing (the hard mask)."""
+    return (~missing).to(torch.float32)
+
+
+def along_path(batch: dict[str, torch.Tensor], pieces_of: Callable[[dict[str, torch.Tensor]], list[Piece]]
+               ) -> list[torch.Tensor]:
+    """An encoder's per-feature inputs, on the straight path Integrated Gradients walks (``finetune.explain``).
+
+    ``pieces_of(table)`` gives the encoder's inputs as ``(tensor (B, k, ...), first feature)`` pairs,
+    where dim 1 of each tensor covers features ``first .. first + k``. Without a ``presence`` entry
+    they are returned as they are. With ``presence`` ``(B, F)`` in ``[0, 1]``, feature j's pieces are
+    ``presence_j * subject + (1 - presence_j) * baseline``, where the baseline is the table under
+    ``baseline`` (e.g. training medians) or, by default, the same table with every feature missing
+    (the learned missing-value token). Presence 1 gives exactly the subject, 0 exactly the baseline.
+    """
+    pieces = pieces_of(batch)
     given = batch.get("presence")
-    return present if given is None else present * given.to(present.dtype)
+    if given is None:
+        return [tensor for tensor, _ in pieces]
+    baseline = batch.get("baseline")
+    if baseline is None:
+        baseline = {**batch, "missing": torch.ones_like(batch["missing"], dtype=torch.bool)}
+    out = []
+    for (tensor, first), (base, _) in zip(pieces, pieces_of(baseline), strict=True):
+        g = given[:, first: first + tensor.shape[1]].to(tensor.dtype)
+        g = g.reshape(*g.shape, *[1] * (tensor.ndim - 2))
+        out.append(g * tensor + (1.0 - g) * base)
+    return out
 
 
 class _CategoricalEmbedding(nn.Module):
@@ -105,15 +129,18 @@ class TabularEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.num_features: int = dim
 
-    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``-> (B, 1 + n_features, dim)``: [CLS] then the feature tokens, after the final norm."""
+    def _feature_tokens(self, batch: dict[str, torch.Tensor]) -> list[Piece]:
+        """``[(B, n_features, dim) tokens, 0]``: present features keep their token, missing ones get
+        the learned MISSING token."""
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
         cont_tokens = cont.unsqueeze(-1) * self.cont_weight + self.cont_bias  # (B, n_cont, dim)
         tokens = torch.cat([cont_tokens, self.cat_embed(cat)], dim=1)  # (B, n_features, dim)
-        # Present features keep their token, missing ones get the learned MISSING token; a soft
-        # presence (attribution paths) blends the two. With a 0/1 mask this is exactly a select.
         p = presence(batch, missing).to(tokens.dtype).unsqueeze(-1)  # (B, n_features, 1)
-        tokens = p * tokens + (1.0 - p) * self.missing_token.to(tokens.dtype)
+        return [(p * tokens + (1.0 - p) * self.missing_token.to(tokens.dtype), 0)]
+
+    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-> (B, 1 + n_features, dim)``: [CLS] then the feature tokens, after the final norm."""
+        (tokens,) = along_path(batch, self._feature_tokens)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return self.norm(self.transformer(torch.cat([cls, tokens], dim=1)))
 
@@ -160,12 +187,17 @@ class TabularMLP(nn.Module):
     def forward_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """-> dict ``embedding (B, dim)`` only: an MLP has no per-feature tokens, so there is no
         ``tokens`` key (callers that need tokens, like matching fusion, need ``ft_transformer``)."""
+        cont, flags, cat = along_path(batch, self._inputs)
+        return {"embedding": self.mlp(torch.cat([cont, flags, cat.flatten(1)], dim=1))}
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> list[Piece]:
+        """Continuous values (0 where missing), the missing flags, and the categorical embeddings
+        (bucket 0's where missing), each with the first feature it covers."""
         cont, cat, missing = _tabular_inputs(batch, self.num_continuous, self.num_categorical)
-        p = presence(batch, missing).to(cont.dtype)  # (B, n_features): 0/1, or soft on attribution paths
+        p = presence(batch, missing).to(cont.dtype)  # (B, n_features)
         cat_p = p[:, self.num_continuous:].unsqueeze(-1)
         cat_tokens = cat_p * self.cat_embed(cat) + (1.0 - cat_p) * self.cat_embed(torch.zeros_like(cat))
-        inputs = [cont * p[:, :self.num_continuous], 1.0 - p, cat_tokens.flatten(1)]  # (B, n_cat * category_dim)
-        return {"embedding": self.mlp(torch.cat(inputs, dim=1))}
+        return [(cont * p[:, :self.num_continuous], 0), (1.0 - p, 0), (cat_tokens, self.num_continuous)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, dim)``."""

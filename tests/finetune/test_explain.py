@@ -1,6 +1,7 @@
 """``strokessl embed`` / ``explain``: planted structure is found, outputs hold what they promise."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,27 +80,56 @@ def test_embed_writes_rows_in_cohort_order_and_ids_only_when_asked(runs, tmp_pat
 
 def test_explain_report_for_both_kinds_of_run(runs, capsys):
     cohort, pretrained, finetuned = runs
-    assert main(["explain", str(pretrained), "--cohort", str(cohort)]) == 0
+    ids = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].tolist()
+    assert main(["explain", str(pretrained), "--cohort", str(cohort), "--gallery", "1"]) == 0
     analysis = json.loads((pretrained / "report" / "explain.json").read_text())
     assert 0.0 <= analysis["space"]["recall@10_image_to_table"] <= 1.0 and analysis["space"]["n"] == 40
     assert {"nihss", "age", "sex", "smoking"} <= set(analysis["decoded_from_image"])
     assert "Which clinical facts the MRI encoder learned" in (pretrained / "report" / "explain.md").read_text()
-    assert main(["explain", str(finetuned), "--cohort", str(cohort.parent / "cohort.csv")]) == 0
-    analysis = json.loads((finetuned / "report" / "explain.json").read_text())
+    # A pretraining run's image–record similarity is attributed like a fine-tuned logit.
+    assert analysis["attribution"]["what"] == "image–record similarity"
+    assert len(analysis["gallery"]["subjects"]) == 1
+    assert main(["explain", str(finetuned), "--cohort", str(cohort.parent / "cohort.csv"), "--gallery", "2",
+                 "--subject", ids[0]]) == 0
+    report = finetuned / "report"
+    analysis = json.loads((report / "explain.json").read_text())
     assert analysis["kind"] == "fine-tuning" and analysis["space"] == {}  # no shared projection space
     ranked = [r["feature"] for r in analysis["attribution"]["ranking"]]
     assert {"nihss", "age", "smoking"} <= set(ranked) and len(ranked) == len(set(ranked))
-    assert "Which clinical features drive the predicted risk" in (finetuned / "report" / "explain.md").read_text()
+    assert "Which clinical features drive the recurrence logit" in (report / "explain.md").read_text()
+    risks = [entry["score"] for entry in analysis["gallery"]["subjects"]]
+    assert len(risks) == 2 and risks[0] >= risks[1]
+    # The HTML shows every picture the report names, and no report file names a subject.
+    page = (report / "explain.html").read_text()
+    pictures = re.findall(r"<img src='([^']+)'", page)
+    assert len(pictures) == 4 and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
+    for name in ("explain.md", "explain.html", "explain.json"):
+        text = (report / name).read_text()
+        assert not any(re.search(rf"\b{s}\b", text) for s in ids[1:]), name
+    subject = json.loads((report / "subjects" / f"{ids[0]}.json").read_text())
+    assert subject["risk_group"] == ("high" if subject["probability"] >= subject["threshold"] else "low")
+    assert len(subject["top_features"]) == 10
+    assert (report / "subjects" / f"{ids[0]}.png").read_bytes()[:4] == b"\x89PNG"
+    for kind in ("occlusion", "gradcam"):
+        import nibabel as nib
+
+        saliency = nib.load(str(report / "subjects" / f"{ids[0]}_{kind}.nii.gz"))
+        original = nib.load(str(cohort.parent / "images" / f"{ids[0]}_flair.nii.gz"))
+        assert saliency.shape == original.shape and np.allclose(saliency.affine, original.affine)
+    assert main(["explain", str(pretrained), "--cohort", str(cohort), "--subject", ids[0]]) == 2
+    assert "needs a fine-tuning run" in capsys.readouterr().err
     assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", "x", "--color-by", "nihs"]) == 2
     assert "nihs" in capsys.readouterr().err
 
 
 def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path):
     """Sanity check (Adebayo et al. style, the tabular half): a planted risk factor outranks pure-noise
-    features, and each subject's attributions sum to its logit change from the all-missing baseline."""
+    features, each subject's attributions sum to its logit change from the baseline (both baselines),
+    and re-initialising the head takes the planted factor's dominance away."""
     from conftest import write_cohort, write_nifti
 
     from finetune.explain.attribution import global_ranking, tabular_attributions
+    from finetune.explain.scorer import fold_scorer
     from finetune.inference import load_fold_models
     from multimodal.cohort import load_cohort
     from multimodal.config import load_cohort_config
@@ -113,7 +143,9 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
         write_nifti(tmp_path / "img" / f"s{i}.nii.gz", image, np.diag([14.0, 14.0, 14.0, 1.0]))
         rows.append({"subject_id": f"s{i}", "flair": f"img/s{i}.nii.gz", "recurrence_12m": label,
                      "marker": round(float(rng.normal(1.5 * label, 1.0)), 3),
-                     "noise_a": round(float(rng.normal()), 3), "noise_b": round(float(rng.normal()), 3)})
+                     "noise_a": round(float(rng.normal()), 3), "noise_b": round(float(rng.normal()), 3),
+                     "site": ["A", "B", "B"][i % 3]})
+    rows[1]["marker"] = None  # a missing value
     cohort = write_cohort(tmp_path, rows)
     config = write_tiny_config(tmp_path / "run.yaml", cohort,
                                finetune={"folds": 3, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"],
@@ -121,30 +153,43 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
     assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
     assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
     models, subjects = load_fold_models(tmp_path / "ft"), load_cohort(load_cohort_config(cohort))
-    result = tabular_attributions(models, subjects)
+    scorer = fold_scorer(models)
+    result = tabular_attributions(scorer, subjects)
+    marker = result["features"].index("marker")
     ranking = global_ranking(result["attributions"], result["features"])
     assert ranking[0]["feature"] == "marker" and ranking[0]["lower"] > max(r["upper"] for r in ranking[1:])
-    completeness = result["attributions"].sum(axis=1) - (result["logit"] - result["baseline_logit"])
-    assert np.all(np.abs(completeness) <= np.abs(result["delta"]) + 1e-4)
+    assert result["attributions"][1, marker] == 0.0  # missing for this subject: nothing moves from "missing"
+    for baseline in ("missing", "median"):
+        run = result if baseline == "missing" else tabular_attributions(scorer, subjects, baseline=baseline)
+        completeness = run["attributions"].sum(axis=1) - (run["score"] - run["baseline_score"])
+        assert np.all(np.abs(completeness) <= np.abs(run["delta"]) + 1e-4), baseline
+    # Against the training medians, a subject at the most frequent category gets 0 for it.
+    site = result["features"].index("site")
+    assert np.all(run["attributions"][subjects.features["site"].to_numpy() == "B", site] == 0.0)
+    assert np.any(run["attributions"][subjects.features["site"].to_numpy() == "A", site] != 0.0)
     # Model randomisation: re-initialised heads lose the planted factor's dominance.
     import torch
 
     torch.manual_seed(0)
     for fold in models.folds:
         fold.model.head[-1].reset_parameters()
-    randomised = tabular_attributions(models, subjects)
-    share = {name: np.abs(r["attributions"][:, 0]).sum() / np.abs(r["attributions"]).sum()
+    randomised = tabular_attributions(fold_scorer(models), subjects)
+    share = {name: np.abs(r["attributions"][:, marker]).sum() / np.abs(r["attributions"]).sum()
              for name, r in (("trained", result), ("random", randomised))}
-    assert result["features"][0] == "marker" and share["trained"] > 0.6 and share["random"] < share["trained"] - 0.2
+    assert share["trained"] > 0.6 and share["random"] < share["trained"] - 0.2, share
 
 
-def test_occlusion_saliency_finds_a_planted_lesion_on_the_input_grid(tmp_path):
-    """Positives carry a bright cube at a fixed place; an image-only model's saliency for a positive,
-    brought back to the input's grid (same shape and affine as the NIfTI), puts far more of its mass in
-    the cube than the cube's share of the head."""
+def test_saliency_finds_a_planted_lesion_on_the_input_grid(tmp_path):
+    """Positives carry a bright cube at a fixed place. For an image-only model, the occlusion map of a
+    positive puts far more of its mass in the cube than the cube's share of the head; the occlusion and
+    Grad-CAM maps on the input's grid keep its shape and affine; re-initialised encoders lose the cube
+    (model randomisation)."""
     from conftest import write_cohort, write_nifti
 
-    from finetune.explain.saliency import subject_saliency
+    from finetune.explain.run import _maps
+    from finetune.explain.saliency import subject_image, to_original_grid
+    from finetune.explain.scorer import fold_scorer
+    from finetune.inference import load_fold_models
     from multimodal.cohort import load_cohort
     from multimodal.config import load_cohort_config
 
@@ -168,12 +213,67 @@ def test_occlusion_saliency_finds_a_planted_lesion_on_the_input_grid(tmp_path):
                                          "branches": "image"})
     assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
     assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
-    nifti, png = subject_saliency(tmp_path / "ft", load_cohort(load_cohort_config(cohort)), "s0")
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    import nibabel as nib
+    subjects = load_cohort(load_cohort_config(cohort))
+    models = load_fold_models(tmp_path / "ft")
 
-    saliency, original = nib.load(str(nifti)), nib.load(str(tmp_path / "img" / "s0.nii.gz"))
-    assert saliency.shape == original.shape and np.allclose(saliency.affine, original.affine)
-    mass = np.abs(np.asarray(saliency.dataobj))
-    share_in_lesion = mass[lesion].sum() / mass[head].sum()
-    assert share_in_lesion > 3 * lesion.sum() / head.sum(), share_in_lesion
+    def shares(subject: str) -> dict[str, float]:
+        scorer = fold_scorer(models)
+        image, groups = subject_image(scorer, subjects, subject)
+        out = {}
+        for name, values in _maps(image, groups, scorer.device).items():
+            back = to_original_grid(values, image["affine"], tmp_path / "img" / f"{subject}.nii.gz")
+            original = nib.load(str(tmp_path / "img" / f"{subject}.nii.gz"))
+            assert back.shape == original.shape and np.allclose(back.affine, original.affine)
+            assert np.all(np.isfinite(back.dataobj))
+            mass = np.abs(np.asarray(back.dataobj))
+            out[name.split()[0]] = float(mass[lesion].sum() / mass[head].sum())
+        return out
+
+    import nibabel as nib
+    import torch
+
+    positives = ["s0", "s3"]
+    trained = [shares(s) for s in positives]
+    fraction = lesion.sum() / head.sum()
+    # Grad-CAM is drawn and saved but does not localise the cube on this 16³ model (share 0.03 against a
+    # volume fraction of 0.04; see docs/explain.md); occlusion is the map whose sanity is checked.
+    assert all(t["occlusion"] > 3 * fraction for t in trained), (trained, fraction)
+    torch.manual_seed(0)  # cascading randomisation: the image encoder and the head's last layer
+    for fold in models.folds:
+        encoder = fold.model.encoder("image")
+        for module in [*encoder.modules(), fold.model.head[-1]]:
+            if hasattr(module, "reset_parameters") and module is not encoder:
+                module.reset_parameters()
+    randomised = [shares(s) for s in positives]
+    # A random network still reacts to the brightest structure (measured 0.15-0.30 of the mass against
+    # 0.42-0.43 trained), so the check is that the trained model's share clearly exceeds it.
+    mean = {name: np.mean([r["occlusion"] for r in runs]) for name, runs in (("trained", trained), ("random", randomised))}
+    assert mean["random"] < 0.75 * mean["trained"], (trained, randomised)
+
+
+def test_slice_attributions_complete_and_ignore_empty_slices():
+    """Slice ResNet+LSTM: each slice's attribution to the score, from an empty volume; a slice equal to
+    the baseline (empty) gets exactly 0, the attributions add up to the score change within the delta,
+    and per-slice Grad-CAM has one map per slice on the input grid."""
+    import torch
+
+    from finetune.explain.saliency import ImageScore, grad_cam, slice_attributions
+    from multimodal.encoders.slices import SliceSequenceEncoder
+
+    torch.manual_seed(0)
+    encoder = SliceSequenceEncoder("resnet10t", in_channels=2, lstm_hidden=8).eval()
+    weights = torch.randn(16)
+
+    def score(volumes: torch.Tensor) -> torch.Tensor:
+        return encoder(volumes) @ weights
+
+    image = np.zeros((2, 16, 16, 10), np.float32)
+    image[:, 3:13, 3:13, 3:7] = np.random.default_rng(0).normal(size=(2, 10, 10, 4))
+    groups = [ImageScore(score, encoder, 1.0)]
+    per_slice, delta = slice_attributions(image, groups, torch.device("cpu"), n_steps=64)
+    assert per_slice.shape == (10,) and np.all(per_slice[[0, 1, 2, 7, 8, 9]] == 0.0) and np.abs(per_slice).sum() > 0
+    with torch.no_grad():
+        change = float(score(torch.from_numpy(image)[None]) - score(torch.zeros(1, 2, 16, 16, 10)))
+    assert abs(per_slice.sum() - change) <= delta + 1e-4
+    cam, stage = grad_cam(image, groups, torch.device("cpu"))
+    assert cam.shape == (16, 16, 10) and np.all(cam >= 0) and stage.startswith("layer")

@@ -1,0 +1,158 @@
+"""The explain stage's pictures (matplotlib, Agg; no subject id drawn unless the caller passes one).
+
+* ``projection_figure``: each modality's embedding in 2D, PCA beside t-SNE, coloured by the label;
+* ``attribution_figure``: the global feature ranking as bars with their bootstrap intervals;
+* ``saliency_montage``: the most attributed axial slices, MRI in grey under the occlusion map and
+  under Grad-CAM;
+* ``subject_figure``: one subject on one page: risk against the threshold with the risk group, the
+  top features with their values and signed attributions, and the saliency montage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+
+from multimodal.checkpoint import atomic_path
+
+LABEL_COLOURS = {"0": "#4C72B0", "1": "#C44E52", "unlabeled": "#BBBBBB"}
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG atomically."""
+    path = Path(path)
+    FigureCanvasAgg(figure)
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), format="png", bbox_inches="tight")
+    return path
+
+
+def _label_names(labels: np.ndarray) -> np.ndarray:
+    return np.array(["unlabeled" if np.isnan(v) else str(int(v)) for v in labels])
+
+
+def projection_figure(embeddings: dict[str, np.ndarray], present: dict[str, np.ndarray], labels: np.ndarray,
+                      path: str | Path, seed: int = 0) -> Path:
+    """PNG with one row per modality: PCA and t-SNE (perplexity ≤ 30) of its ``(N, D)`` embedding,
+    subjects lacking the modality left out, coloured by ``labels`` ``(N,)`` (NaN = unlabeled)."""
+    names = _label_names(labels)
+    figure = Figure(figsize=(8.4, 3.8 * len(embeddings)), dpi=100)
+    for row, (modality, values) in enumerate(embeddings.items()):
+        rows = present[modality]
+        x = values[rows].astype(np.float64)
+        tag = names[rows]
+        layouts = {"PCA": PCA(n_components=2, random_state=seed).fit_transform(x)}
+        if len(x) > 5:
+            perplexity = float(min(30.0, (len(x) - 1) / 3))
+            layouts["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                                    random_state=seed).fit_transform(x)
+        for col, (method, xy) in enumerate(layouts.items()):
+            ax = figure.add_subplot(len(embeddings), 2, 2 * row + col + 1)
+            for name in ("unlabeled", "0", "1"):  # positives drawn last, on top
+                chosen = tag == name
+                if chosen.any():
+                    ax.scatter(xy[chosen, 0], xy[chosen, 1], s=9, c=LABEL_COLOURS[name], alpha=0.8,
+                               label=f"{'label ' if name != 'unlabeled' else ''}{name} ({int(chosen.sum())})")
+            ax.set_title(f"{modality} embedding, {method}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.legend(fontsize=7, loc="best")
+    return save_figure(figure, path)
+
+
+def attribution_figure(ranking: list[dict[str, Any]], path: str | Path, what: str, top: int = 20) -> Path:
+    """Horizontal bars of mean |attribution| with 95 % bootstrap intervals, largest on top; red where the
+    mean signed attribution is positive (pushes the score up), blue where negative."""
+    shown = ranking[:top][::-1]
+    figure = Figure(figsize=(6.4, 0.32 * len(shown) + 1.2), dpi=100)
+    ax = figure.add_subplot(1, 1, 1)
+    y = np.arange(len(shown))
+    means = np.array([r["mean_abs"] for r in shown])
+    errors = np.array([[r["mean_abs"] - r["lower"] for r in shown], [r["upper"] - r["mean_abs"] for r in shown]])
+    colours = ["#C44E52" if r["mean_signed"] > 0 else "#4C72B0" for r in shown]
+    ax.barh(y, means, xerr=errors, color=colours, capsize=2)
+    ax.set_yticks(y, [r["feature"] for r in shown], fontsize=8)
+    ax.set_xlabel(f"mean |Integrated Gradients| on the {what} (95 % bootstrap CI)", fontsize=8)
+    ax.set_title("red: raises it on average, blue: lowers it", fontsize=8)
+    return save_figure(figure, path)
+
+
+def top_slices(saliency: np.ndarray, count: int = 6) -> list[int]:
+    """The ``count`` axial slices (last axis) holding the most |saliency|, in slice order."""
+    mass = np.abs(saliency).sum(axis=(0, 1))
+    return sorted(int(z) for z in np.argsort(mass)[::-1][:count])
+
+
+def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, np.ndarray], slices: list[int]) -> None:
+    """One row per map over the first MRI channel; values under 10 % of the map's largest |value| and
+    everything outside the head are left transparent, so the anatomy stays readable."""
+    inside = (image > image.reshape(image.shape[0], -1).min(axis=1)[:, None, None, None] + 1e-6).any(axis=0)
+    for row, (title, values) in enumerate(maps.items()):
+        signed = bool((values < 0).any())
+        limit = float(np.abs(values[inside]).max()) if inside.any() else 0.0
+        limit = limit or 1.0
+        shown = np.ma.masked_where(~inside | (np.abs(values) < 0.1 * limit), values)
+        for col, z in enumerate(slices):
+            ax = figure.add_subplot(grid[row, col])
+            ax.imshow(np.rot90(image[0, :, :, z]), cmap="gray")
+            ax.imshow(np.rot90(shown[:, :, z]), cmap="bwr" if signed else "hot", alpha=0.55,
+                      vmin=-limit if signed else 0.0, vmax=limit)
+            ax.axis("off")
+            if col == 0:
+                ax.set_title(f"{title} · axial slice {z}", fontsize=7, loc="left")
+            else:
+                ax.set_title(f"slice {z}", fontsize=7)
+
+
+def saliency_montage(image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, title: str,
+                     slices: int = 6) -> Path:
+    """PNG: one row per map in ``maps`` (title -> ``(H, W, D)``) over the first MRI channel of ``image``
+    ``(C, H, W, D)``, on the ``slices`` axial slices where the first map holds the most |saliency|."""
+    chosen = top_slices(next(iter(maps.values())), slices)
+    figure = Figure(figsize=(2.0 * len(chosen), 2.2 * len(maps) + 0.4), dpi=100)
+    grid = figure.add_gridspec(len(maps), len(chosen))
+    _draw_montage(figure, grid, image, maps, chosen)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
+
+
+def subject_figure(path: str | Path, *, probability: float, threshold: float, features: list[dict[str, Any]],
+                   image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
+                   title: str = "", slices: int = 6) -> Path:
+    """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
+    features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
+    ``saliency_montage`` (None: no image part)."""
+    group = "HIGH" if probability >= threshold else "LOW"
+    rows = 2 + (len(maps) if maps else 0)
+    figure = Figure(figsize=(12.0, 1.3 + 0.3 * max(len(features), 1) + (2.2 * len(maps) if maps else 0)), dpi=100)
+    heights = [0.9, 0.35 * max(len(features), 1)] + ([2.2] * len(maps) if maps else [])
+    grid = figure.add_gridspec(rows, slices, height_ratios=heights, hspace=0.45)
+    ax = figure.add_subplot(grid[0, :])
+    ax.barh([0], [probability], color="#C44E52" if group == "HIGH" else "#4C72B0", height=0.5)
+    ax.axvline(threshold, color="black", linestyle="--")
+    ax.set_xlim(0, 1)
+    ax.set_yticks([])
+    ax.set_xlabel("predicted 12-month recurrence risk (fold-ensemble mean)", fontsize=8)
+    ax.set_title(f"{title + ': ' if title else ''}risk {probability:.2f}, {group} risk group "
+                 f"(threshold {threshold:.2f}, dashed)", fontsize=10)
+    ax = figure.add_subplot(grid[1, :])
+    if features:
+        shown = features[::-1]
+        y = np.arange(len(shown))
+        ax.barh(y, [f["attribution"] for f in shown],
+                color=["#C44E52" if f["attribution"] > 0 else "#4C72B0" for f in shown])
+        ax.set_yticks(y, [f"{f['feature']} = {f['value']}" for f in shown], fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("Integrated Gradients on the logit (red: towards recurrence)", fontsize=8)
+    else:
+        ax.axis("off")
+    if maps:
+        sub = grid[2:, :].subgridspec(len(maps), slices, hspace=0.3)
+        _draw_montage(figure, sub, image, maps, top_slices(next(iter(maps.values())), slices))
+    return save_figure(figure, path)

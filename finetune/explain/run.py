@@ -1,0 +1,169 @@
+"""``strokessl explain RUN --cohort C [--subject ID]``: every explain step, and the report.
+
+1. embed the cohort with the run's encoders and analyse the embedding space (``analysis``), with
+   a PCA / t-SNE picture;
+2. Integrated Gradients of the clinical features (``attribution``) on the run's score: the fold
+   ensemble's recurrence logit, or a pretraining run's image–record similarity;
+3. a saliency gallery (occlusion + Grad-CAM montages, ``saliency``) of the highest-risk subjects (the
+   most similar image–record pairs for a pretraining run), captioned by rank, never by subject id;
+4. with ``--subject``: that subject's one-page PNG (risk, group and threshold; top features with
+   their values and signed attributions; saliency montage), its occlusion and Grad-CAM maps as NIfTI
+   on the grid of its own first sequence, and a JSON with the numbers (slice attributions too for the
+   slice ResNet+LSTM), under ``RUN/report/subjects/``;
+5. ``report/explain.md``, ``explain.html`` and ``explain.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from finetune.explain.analysis import analyse
+from finetune.explain.attribution import BASELINES, global_ranking, tabular_attributions
+from finetune.explain.embed import RunEmbeddings, embed_run
+from finetune.explain.figures import (
+    attribution_figure,
+    projection_figure,
+    saliency_montage,
+    subject_figure,
+)
+from finetune.explain.report import write_report
+from finetune.explain.saliency import (
+    grad_cam,
+    occlusion,
+    save_nifti,
+    slice_attributions,
+    subject_image,
+    to_original_grid,
+)
+from finetune.inference import ensemble_probabilities
+from multimodal.checkpoint import atomic_write_text
+from multimodal.encoders.slices import SliceSequenceEncoder
+from multimodal.errors import StrokeSSLError
+
+logger = logging.getLogger(__name__)
+
+
+def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, subject: str | None = None,
+                baseline: str = "missing", gallery: int = 4, n_steps: int = 32) -> dict[str, Any]:
+    """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``)."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    report = run_dir / "report"
+    embedded = embed_run(run_dir, cohort_path)
+    cohort, scorer = embedded.cohort, embedded.scorer
+    if subject is not None and embedded.kind != "fine-tuning":
+        raise StrokeSSLError("--subject needs a fine-tuning run (it explains the fold models' predicted risk)")
+    if subject is not None and subject not in cohort.ids:
+        raise StrokeSSLError(f"--subject {subject!r} is not in cohort {cohort.config.source}")
+    analysis = analyse(embedded, seed=seed)
+    analysis["projection_figure"] = projection_figure(
+        embedded.embeddings, embedded.present, cohort.labels, report / "explain_projection.png", seed).name
+    attributions = None
+    if scorer is not None and "table" in scorer.modalities:
+        attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
+        analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
+    risk = None
+    if embedded.kind == "fine-tuning":
+        risk = ensemble_probabilities(embedded.models, cohort)["probability"].to_numpy()
+    if scorer is not None and "image" in scorer.modalities and gallery > 0:
+        analysis["gallery"] = _gallery(embedded, risk, attributions, report, gallery)
+    if subject is not None:
+        analysis["subject_files"] = [p.name for p in explain_subject(embedded, subject, risk, attributions, run_dir)]
+    analysis["seconds"] = time.perf_counter() - start
+    path = write_report(run_dir, analysis)
+    logger.info("wrote %s and %s (%.0f s)", path, path.with_suffix(".html"), analysis["seconds"])
+    return analysis
+
+
+def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: int, n_steps: int) -> dict[str, Any]:
+    gap = result["score"] - result["baseline_score"]
+    ranking = global_ranking(result["attributions"], result["features"], seed=seed)
+    figure = attribution_figure(ranking, report / "explain_attribution.png", what)
+    return {"what": what, "baseline": result["baseline"], "baseline_text": BASELINES[result["baseline"]],
+            "n_steps": n_steps, "subjects": len(gap), "ranking": ranking, "figure": figure.name,
+            "max_abs_convergence_delta": float(np.abs(result["delta"]).max()),
+            "max_abs_score_gap": float(np.abs(gap).max())}
+
+
+def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dict[str, Any] | None,
+             report: Path, count: int) -> dict[str, Any]:
+    """Occlusion + Grad-CAM montages of the ``count`` highest-scoring subjects with an image."""
+    cohort, scorer = embedded.cohort, embedded.scorer
+    if risk is not None:
+        order, title = risk, "Saliency gallery: the highest predicted risks"
+        text = ("Occlusion (red: the region raised the predicted risk, blue: lowered it) and Grad-CAM (where "
+                "the encoder's feature maps drive the logit) over the first MRI sequence, for the subjects "
+                "with the highest fold-ensemble risk; each row shows the axial slices holding the most "
+                "occlusion saliency.")
+    else:
+        order = np.full(len(cohort.ids), -np.inf)
+        if attributions is not None:
+            order[attributions["rows"]] = attributions["score"]
+        title = "Saliency gallery: the most similar image–record pairs"
+        text = ("Occlusion and Grad-CAM of the image–record cosine similarity (which regions drive the "
+                "alignment) for the subjects whose image and record the pretrained model finds most similar.")
+    candidates = [i for i in np.argsort(-order, kind="stable") if embedded.present["image"][i]][:count]
+    entries = []
+    for rank, i in enumerate(tqdm(candidates, desc="saliency gallery", unit="subject"), start=1):
+        image, groups = subject_image(scorer, cohort, cohort.ids[i])
+        maps = _maps(image, groups, scorer.device)
+        label = cohort.labels[i]
+        what = f"risk {order[i]:.2f}" if risk is not None else f"similarity {order[i]:.2f}"
+        caption = f"rank {rank}: {what}, outcome {'unknown' if np.isnan(label) else int(label)}"
+        figure = saliency_montage(image["image"], maps, report / "explain_gallery" / f"rank{rank}.png", caption)
+        entries.append({"rank": rank, "score": float(order[i]), "figure": f"explain_gallery/{figure.name}",
+                        "caption": caption})
+    return {"title": title, "text": text, "subjects": entries}
+
+
+def _maps(image: dict[str, np.ndarray], groups: list, device: Any) -> dict[str, np.ndarray]:
+    cam, stage = grad_cam(image["image"], groups, device)
+    return {"occlusion": occlusion(image["image"], groups, device), f"Grad-CAM ({stage})": cam}
+
+
+def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
+                    run_dir: Path, top: int = 10) -> list[Path]:
+    """``RUN/report/subjects/<ID>.png``, ``<ID>.json`` and, with an image, ``<ID>_occlusion.nii.gz`` and
+    ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths."""
+    cohort, scorer = embedded.cohort, embedded.scorer
+    folder = run_dir / "report" / "subjects"
+    position = cohort.ids.index(subject)
+    threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
+    probability = float(risk[position])
+    features: list[dict[str, Any]] = []
+    if attributions is not None and position in set(attributions["rows"].tolist()):
+        row = attributions["attributions"][list(attributions["rows"]).index(position)]
+        values = cohort.features.iloc[position]
+        for j in np.argsort(-np.abs(row))[:top]:
+            name = attributions["features"][j]
+            value = values[name]
+            features.append({"feature": name, "value": "missing" if value is None or value != value else str(value),
+                             "attribution": float(row[j])})
+    numbers: dict[str, Any] = {"probability": probability, "threshold": threshold,
+                               "risk_group": "high" if probability >= threshold else "low", "top_features": features}
+    written: list[Path] = []
+    image = maps = None
+    if "image" in scorer.modalities and embedded.present["image"][position]:
+        image, groups = subject_image(scorer, cohort, subject)
+        maps = _maps(image, groups, scorer.device)
+        sequences = [s for s in scorer.sequences if cohort.image_paths[subject].get(s) is not None]
+        reference = cohort.image_paths[subject][sequences[0]]
+        for values, stem in zip(maps.values(), ("occlusion", "gradcam"), strict=True):
+            written.append(save_nifti(to_original_grid(values, image["affine"], reference),
+                                      folder / f"{subject}_{stem}.nii.gz"))
+        numbers["nifti_reference"] = f"sequence {sequences[0]}"
+        if all(isinstance(g.encoder, SliceSequenceEncoder) for g in groups):
+            per_slice, delta = slice_attributions(image["image"], groups, scorer.device)
+            numbers["slice_attributions"] = {"values": per_slice.tolist(), "max_abs_convergence_delta": delta}
+        image = image["image"]
+    written.append(subject_figure(folder / f"{subject}.png", probability=probability, threshold=threshold,
+                                  features=features, image=image, maps=maps, title=subject))
+    atomic_write_text(folder / f"{subject}.json", json.dumps(numbers, indent=2) + "\n")
+    return [*written, folder / f"{subject}.json"]
