@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed), synthesise a 300-subject cohort, validate it, pretrain on it, fine-tune on
 # the frozen pretrained encoders with repeated 3-fold cross-validation (CPU-sized), and end with
-# the plain-words verdict against the tabular baselines; the explain reports are written before it.
+# the explain report and, last, the metrics table with the plain-words verdict against the tabular baselines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -32,10 +32,21 @@ else
     [ -f "$FINETUNE/folds.json" ] && flag="--resume"
     strokessl finetune configs/demo.yaml --init runs/demo $flag
 fi
-# What the embedding space holds and which clinical features drive the risk: report/explain.md.
+# The explain report: embedding space, feature attributions, saliency of the highest-risk subjects,
+# and one subject's page (report/explain.html, report/subjects/).
 strokessl explain runs/demo --cohort "$COHORT/cohort.yaml" > /dev/null
-strokessl explain "$FINETUNE" --cohort "$COHORT/cohort.yaml" > /dev/null
+strokessl explain "$FINETUNE" --cohort "$COHORT/cohort.yaml" --subject sub-0001 > /dev/null
 echo
-echo "Embedding-space and attribution reports: runs/demo/report/explain.md, $FINETUNE/report/explain.md"
-# The last word: did multimodal pretraining beat the tabular baselines (paired bootstrap ΔAUROC)?
-python -c "import json; from finetune.summary import verdict; print(); print(chr(10).join(verdict(json.load(open('$FINETUNE/metrics.json')))))"
+echo "Explain reports: runs/demo/report/explain.html, $FINETUNE/report/explain.html"
+echo "  one subject's page: $FINETUNE/report/subjects/sub-0001.png (+ occlusion / Grad-CAM NIfTI over its FLAIR)"
+# The last word: the metrics table, and under it whether multimodal pretraining beat the tabular
+# baselines (paired bootstrap ΔAUROC), in plain words.
+python - <<PY
+import json
+from finetune.summary import format_metrics, verdict
+metrics = json.load(open("$FINETUNE/metrics.json"))
+print()
+print(format_metrics(metrics))
+print()
+print("\n".join(verdict(metrics)))
+PY

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     synth.add_argument("--sequences", default="flair,dwi", help="comma-separated: flair, dwi, t1 (default flair,dwi)")
     synth.add_argument("--prevalence", type=float, default=0.15, help="mean 12-month recurrence risk (default 0.15)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--infarct-masks", action="store_true",
+                       help="also write truth/<id>_infarct.nii.gz (ground truth for checking saliency maps)")
 
     validate = commands.add_parser(
         "validate", help="check a cohort (table + every image) and print a summary",
@@ -141,6 +143,10 @@ def run_synth(args: argparse.Namespace) -> int:
         args.out, n=args.n, grid=args.grid, labeled_fraction=args.labeled_fraction,
         seed=args.seed, sequences=sequences, prevalence=args.prevalence,
     )
+    if args.infarct_masks:
+        from multimodal.synthetic_masks import write_infarct_masks
+
+        logger.info("wrote infarct masks in %s", write_infarct_masks(path.parent))
     logger.info("wrote %s", path)
     return 0
 

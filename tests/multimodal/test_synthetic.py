@@ -188,3 +188,33 @@ def test_latent_image_quantities_stay_out_of_the_clinical_table(cohort_dir: Path
     latent = {"infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"}
     assert latent <= set(pd.read_csv(cohort_dir / "risk.csv", nrows=0).columns)
     assert not header & latent
+
+
+def test_infarct_masks_lie_on_the_first_sequence_and_sit_in_its_bright_dwi(cohort_dir: Path) -> None:
+    """Replayed masks: the first sequence's grid and affine, a volume close to the latent one, and the
+    DWI (where infarct is the brightest tissue) brighter inside the mask than in the rest of the head."""
+    from multimodal.synthetic_masks import write_infarct_masks
+
+    truth = write_infarct_masks(cohort_dir)
+    risk = pd.read_csv(cohort_dir / "risk.csv")
+    checked = 0
+    for _, row in risk.iterrows():
+        mask = nib.load(str(truth / f"{row.subject_id}_infarct.nii.gz"))
+        flair = nib.load(str(cohort_dir / "images" / f"{row.subject_id}_flair.nii.gz"))
+        assert mask.shape == flair.shape and np.allclose(mask.affine, flair.affine)
+        fraction = np.asarray(mask.dataobj)
+        ml = fraction.sum() * abs(np.linalg.det(mask.affine[:3, :3])) / 1000
+        # Sampled at ~9 mm voxels, a small infarct loses some partial volume: compare the larger ones.
+        assert ml <= row.infarct_volume_ml * 1.2 + 1.0
+        if row.infarct_volume_ml >= 10:
+            assert ml == pytest.approx(row.infarct_volume_ml, rel=0.3)
+            # The DWI has its own grid: bring the mask over in world space (nearest neighbour).
+            dwi = nib.load(str(cohort_dir / "images" / f"{row.subject_id}_dwi.nii.gz"))
+            from nibabel.processing import resample_from_to
+
+            inside = np.asarray(resample_from_to(mask, dwi, order=1).dataobj) > 0.5
+            signal = np.asarray(dwi.dataobj, dtype=float)
+            head = signal > np.percentile(signal, 60)
+            assert signal[inside].mean() > 1.5 * signal[head & ~inside].mean()
+            checked += 1
+    assert checked >= 2
