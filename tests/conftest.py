@@ -59,8 +59,11 @@ TINY_PRETRAIN = {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.
                  "projection_hidden": 32}
 
 
-def write_tiny_config(path: Path, cohort: Path, pretrain: dict | None = None, finetune: dict | None = None) -> Path:
-    """A run config for ``cohort`` with the tiny encoders; ``pretrain`` entries override ``TINY_PRETRAIN``."""
-    path.write_text(yaml.safe_dump({**TINY_IMAGING, "cohort": str(cohort), "model": {"encoders": TINY_ENCODERS},
+def write_tiny_config(path: Path, cohort: Path, pretrain: dict | None = None, finetune: dict | None = None,
+                      encoders: dict | None = None) -> Path:
+    """A run config for ``cohort`` with the tiny encoders (``encoders`` entries replace modalities of
+    ``TINY_ENCODERS``); ``pretrain`` entries override ``TINY_PRETRAIN``."""
+    path.write_text(yaml.safe_dump({**TINY_IMAGING, "cohort": str(cohort),
+                                    "model": {"encoders": {**TINY_ENCODERS, **(encoders or {})}},
                                     "pretrain": {**TINY_PRETRAIN, **(pretrain or {})}, "finetune": finetune or {}}))
     return path

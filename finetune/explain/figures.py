@@ -124,15 +124,16 @@ def saliency_montage(image: np.ndarray, maps: dict[str, np.ndarray], path: str |
 
 def subject_figure(path: str | Path, *, probability: float, threshold: float, features: list[dict[str, Any]],
                    image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
-                   title: str = "", slices: int = 6) -> Path:
+                   slice_values: np.ndarray | None = None, title: str = "", slices: int = 6) -> Path:
     """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
     features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
-    ``saliency_montage`` (None: no image part)."""
+    ``saliency_montage`` (None: no image part); ``slice_values`` ``(D,)``: each axial slice's
+    attribution (slice ResNet+LSTM), drawn as bars."""
     group = "HIGH" if probability >= threshold else "LOW"
-    rows = 2 + (len(maps) if maps else 0)
-    figure = Figure(figsize=(12.0, 1.3 + 0.3 * max(len(features), 1) + (2.2 * len(maps) if maps else 0)), dpi=100)
-    heights = [0.9, 0.35 * max(len(features), 1)] + ([2.2] * len(maps) if maps else [])
-    grid = figure.add_gridspec(rows, slices, height_ratios=heights, hspace=0.45)
+    maps = maps or {}
+    heights = [0.9, 0.35 * max(len(features), 1)] + ([1.2] if slice_values is not None else []) + [2.2] * len(maps)
+    figure = Figure(figsize=(12.0, sum(heights) + 0.6), dpi=100)
+    grid = figure.add_gridspec(len(heights), slices, height_ratios=heights, hspace=0.45)
     ax = figure.add_subplot(grid[0, :])
     ax.barh([0], [probability], color="#C44E52" if group == "HIGH" else "#4C72B0", height=0.5)
     ax.axvline(threshold, color="black", linestyle="--")
@@ -152,7 +153,16 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
         ax.set_xlabel("Integrated Gradients on the logit (red: towards recurrence)", fontsize=8)
     else:
         ax.axis("off")
+    row = 2
+    if slice_values is not None:
+        ax = figure.add_subplot(grid[row, :])
+        ax.bar(np.arange(len(slice_values)), slice_values,
+               color=["#C44E52" if v > 0 else "#4C72B0" for v in slice_values])
+        ax.set_xlabel("axial slice", fontsize=8)
+        ax.set_ylabel("attribution", fontsize=8)
+        ax.set_title("each slice's contribution to the logit (Integrated Gradients, from an empty volume)", fontsize=8)
+        row += 1
     if maps:
-        sub = grid[2:, :].subgridspec(len(maps), slices, hspace=0.3)
+        sub = grid[row:, :].subgridspec(len(maps), slices, hspace=0.3)
         _draw_montage(figure, sub, image, maps, top_slices(next(iter(maps.values())), slices))
     return save_figure(figure, path)

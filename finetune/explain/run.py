@@ -163,7 +163,9 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
             per_slice, delta = slice_attributions(image["image"], groups, scorer.device)
             numbers["slice_attributions"] = {"values": per_slice.tolist(), "max_abs_convergence_delta": delta}
         image = image["image"]
+    per_slice = numbers.get("slice_attributions", {}).get("values")
     written.append(subject_figure(folder / f"{subject}.png", probability=probability, threshold=threshold,
-                                  features=features, image=image, maps=maps, title=subject))
+                                  features=features, image=image, maps=maps, title=subject,
+                                  slice_values=None if per_slice is None else np.array(per_slice)))
     atomic_write_text(folder / f"{subject}.json", json.dumps(numbers, indent=2) + "\n")
     return [*written, folder / f"{subject}.json"]

@@ -277,3 +277,24 @@ def test_slice_attributions_complete_and_ignore_empty_slices():
     assert abs(per_slice.sum() - change) <= delta + 1e-4
     cam, stage = grad_cam(image, groups, torch.device("cpu"))
     assert cam.shape == (16, 16, 10) and np.all(cam >= 0) and stage.startswith("layer")
+
+
+def test_explain_a_slice_lstm_run_per_slice(runs, tmp_path):
+    """The slice ResNet+LSTM end to end: the subject's JSON holds one attribution per axial slice, and
+    the Grad-CAM map (per slice) comes back on the input's grid."""
+    cohort, _, _ = runs
+    ids = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].tolist()
+    config = write_tiny_config(tmp_path / "run.yaml", cohort, encoders={
+        "image": {"name": "slice_lstm_resnet10t", "args": {"lstm_hidden": 8}}},
+        finetune={"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]})
+    assert main(["pretrain", str(config), "--set", f"run.dir={tmp_path / 'pre'}"]) == 0
+    assert main(["finetune", str(config), "--init", str(tmp_path / "pre"), "--set", f"run.dir={tmp_path / 'ft'}"]) == 0
+    assert main(["explain", str(tmp_path / "ft"), "--cohort", str(cohort), "--gallery", "1", "--subject", ids[1]]) == 0
+    subjects = tmp_path / "ft" / "report" / "subjects"
+    numbers = json.loads((subjects / f"{ids[1]}.json").read_text())
+    assert len(numbers["slice_attributions"]["values"]) == 16  # the 16³ grid's axial slices
+    import nibabel as nib
+
+    cam = nib.load(str(subjects / f"{ids[1]}_gradcam.nii.gz"))
+    assert cam.shape == nib.load(str(cohort.parent / "images" / f"{ids[1]}_flair.nii.gz")).shape
+    assert np.asarray(cam.dataobj).min() >= 0.0
