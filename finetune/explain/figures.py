@@ -93,6 +93,8 @@ def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, 
     """One row per map over the first MRI channel; values under 10 % of the map's largest |value| and
     everything outside the head are left transparent, so the anatomy stays readable."""
     inside = (image > image.reshape(image.shape[0], -1).min(axis=1)[:, None, None, None] + 1e-6).any(axis=0)
+    # One grey scale for every slice (a bright lesion must not darken its own slice).
+    low, high = np.percentile(image[0][inside], [1, 99.5]) if inside.any() else (image.min(), image.max())
     for row, (title, values) in enumerate(maps.items()):
         signed = bool((values < 0).any())
         limit = float(np.abs(values[inside]).max()) if inside.any() else 0.0
@@ -100,7 +102,7 @@ def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, 
         shown = np.ma.masked_where(~inside | (np.abs(values) < 0.1 * limit), values)
         for col, z in enumerate(slices):
             ax = figure.add_subplot(grid[row, col])
-            ax.imshow(np.rot90(image[0, :, :, z]), cmap="gray")
+            ax.imshow(np.rot90(image[0, :, :, z]), cmap="gray", vmin=low, vmax=high)
             ax.imshow(np.rot90(shown[:, :, z]), cmap="bwr" if signed else "hot", alpha=0.55,
                       vmin=-limit if signed else 0.0, vmax=limit)
             ax.axis("off")
@@ -131,7 +133,7 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
     attribution (slice ResNet+LSTM), drawn as bars."""
     group = "HIGH" if probability >= threshold else "LOW"
     maps = maps or {}
-    heights = [0.9, 0.35 * max(len(features), 1)] + ([1.2] if slice_values is not None else []) + [2.2] * len(maps)
+    heights = [0.9, 0.35 * max(len(features), 1) if features else 0.05] + ([1.2] if slice_values is not None else []) + [2.2] * len(maps)
     figure = Figure(figsize=(12.0, sum(heights) + 0.6), dpi=100)
     grid = figure.add_gridspec(len(heights), slices, height_ratios=heights, hspace=0.45)
     ax = figure.add_subplot(grid[0, :])

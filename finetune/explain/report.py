@@ -66,7 +66,7 @@ def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
     rows = [[r["feature"], f"{r['mean_abs']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]", f"{r['mean_signed']:+.3f}"]
             for r in attribution["ranking"]]
     return [("h2", f"Which clinical features drive the {what}"),
-            ("p", f"Integrated Gradients of the {what}, from a baseline where {attribution['baseline_text']} "
+            ("p", f"Integrated Gradients of the {what}, from a baseline with {attribution['baseline_text']} "
                   f"({attribution['n_steps']} steps; the largest convergence delta was "
                   f"{attribution['max_abs_convergence_delta']:.2g} against score changes up to "
                   f"{attribution['max_abs_score_gap']:.2g}). Mean |attribution| over {attribution['subjects']} "
@@ -74,7 +74,7 @@ def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
                   "average (+ raises the score). Against the missing-value baseline, a feature's attribution is its "
                   "effect relative to its being unknown; `--baseline median` measures it against a typical patient."),
             ("img", attribution["figure"], "global feature attribution"),
-            ("table", ["feature", "mean |attribution| [95 % CI]", "mean signed"], rows)]
+            ("table", ["feature", "mean absolute attribution [95 % CI]", "mean signed"], rows)]
 
 
 def gallery_blocks(gallery: dict[str, Any]) -> list[Block]:
