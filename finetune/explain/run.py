@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from finetune.explain.analysis import analyse
 from finetune.explain.attribution import BASELINES, global_ranking, tabular_attributions
-from finetune.explain.embed import RunEmbeddings, embed_run
+from finetune.explain.embed import RunEmbeddings, embed_run, run_kind
 from finetune.explain.figures import (
     attribution_figure,
     projection_figure,
@@ -43,7 +43,9 @@ from finetune.explain.saliency import (
     to_original_grid,
 )
 from finetune.inference import ensemble_probabilities
+from finetune.predict import new_cohort_config
 from multimodal.checkpoint import atomic_write_text
+from multimodal.cohort import load_cohort
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
 
@@ -56,12 +58,14 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
     start = time.perf_counter()
     run_dir = Path(run_dir)
     report = run_dir / "report"
+    if subject is not None:  # refused before the slow steps
+        if run_kind(run_dir) != "fine-tuning":
+            raise StrokeSSLError("--subject needs a fine-tuning run (it explains the fold models' predicted risk)")
+        config = new_cohort_config(run_dir, Path(cohort_path))
+        if subject not in load_cohort(config).ids:
+            raise StrokeSSLError(f"--subject {subject!r} is not in cohort {config.source}")
     embedded = embed_run(run_dir, cohort_path)
     cohort, scorer = embedded.cohort, embedded.scorer
-    if subject is not None and embedded.kind != "fine-tuning":
-        raise StrokeSSLError("--subject needs a fine-tuning run (it explains the fold models' predicted risk)")
-    if subject is not None and subject not in cohort.ids:
-        raise StrokeSSLError(f"--subject {subject!r} is not in cohort {cohort.config.source}")
     analysis = analyse(embedded, seed=seed)
     analysis["projection_figure"] = projection_figure(
         embedded.embeddings, embedded.present, cohort.labels, report / "explain_projection.png", seed).name

@@ -118,6 +118,8 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys):
         assert saliency.shape == original.shape and np.allclose(saliency.affine, original.affine)
     assert main(["explain", str(pretrained), "--cohort", str(cohort), "--subject", ids[0]]) == 2
     assert "needs a fine-tuning run" in capsys.readouterr().err
+    assert main(["explain", str(finetuned), "--cohort", str(cohort), "--subject", "sub-9999"]) == 2
+    assert "'sub-9999' is not in cohort" in capsys.readouterr().err
     assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", "x", "--color-by", "nihs"]) == 2
     assert "nihs" in capsys.readouterr().err
 
