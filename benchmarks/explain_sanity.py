@@ -33,7 +33,7 @@ import torch
 from finetune.explain.attribution import global_ranking, tabular_attributions
 from finetune.explain.embed import embed_run
 from finetune.explain.run import _maps, explain_run
-from finetune.explain.saliency import head_mask, subject_image, to_original_grid
+from finetune.explain.saliency import subject_image, to_original_grid
 from finetune.explain.scorer import fold_scorer
 from finetune.inference import ensemble_probabilities, load_fold_models
 from multimodal.linear_probes import probe_factors
@@ -54,7 +54,7 @@ def lesion_ratios(models, cohort, cohort_dir: Path, subjects: list[str]) -> list
         image, groups = subject_image(scorer, cohort, subject)
         reference = cohort.image_paths[subject][scorer.sequences[0]]
         infarct = np.asarray(nib.load(str(cohort_dir / "truth" / f"{subject}_infarct.nii.gz")).dataobj) > 0.5
-        head = np.asarray(to_original_grid(head_mask(image["image"]).numpy().astype(np.float32), image["affine"],
+        head = np.asarray(to_original_grid(image["head_mask"].astype(np.float32), image["affine"],
                                            reference).dataobj) > 0.5
         infarct &= head
         row = {"infarct_voxels": int(infarct.sum()), "head_voxels": int(head.sum())}

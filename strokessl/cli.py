@@ -104,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     embed.add_argument("--color-by", nargs="*", default=[], metavar="COLUMN",
                        help="clinical columns to colour the projector by, beside the label")
     embed.add_argument("--with-ids", action="store_true", help="also write subject ids (patient identifiers)")
+    embed.add_argument("--allow-missing-features", action="store_true",
+                       help="fine-tuning run: score clinical columns absent from the cohort as missing values")
 
     explain = commands.add_parser(
         "explain", help="what the embedding space holds and what drives the model: report/explain.html",
@@ -122,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "median / most frequent category")
     explain.add_argument("--gallery", type=int, default=4, metavar="N",
                          help="saliency montages of the N highest-risk subjects in the report (0: none)")
+    explain.add_argument("--allow-missing-features", action="store_true",
+                         help="fine-tuning run: score clinical columns absent from the cohort as missing values")
     return parser.parse_args(argv)
 
 
@@ -214,7 +218,8 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     from finetune.explain.embed import embed_run, write_embeddings
 
-    write_embeddings(embed_run(args.run, args.cohort), args.out, args.color_by, args.with_ids)
+    write_embeddings(embed_run(args.run, args.cohort, allow_missing_features=args.allow_missing_features), args.out,
+                     args.color_by, args.with_ids)
     return 0
 
 
@@ -223,7 +228,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from finetune.explain.run import explain_run
 
     analysis = explain_run(args.run, args.cohort, seed=args.seed, subject=args.subject, baseline=args.baseline,
-                           gallery=args.gallery)
+                           gallery=args.gallery, allow_missing_features=args.allow_missing_features)
     sys.stdout.write(markdown(sections(analysis)) + "\n")
     return 0
 

@@ -35,14 +35,18 @@ BASELINES = {"missing": "every clinical feature missing (its learned missing-val
              "median": "every clinical feature at its training median or most frequent category"}
 
 
-def reference_table(template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def reference_table(template: dict[str, torch.Tensor], category_sizes: list[int]) -> dict[str, torch.Tensor]:
     """The ``median`` baseline shaped like ``template``: robust z-score 0 (the training median) for every
-    continuous feature, category code 1 (the preprocessor orders categories most frequent first), none missing."""
-    out = {"missing": torch.zeros_like(template["missing"], dtype=torch.bool)}
+    continuous feature, category code 1 (the preprocessor orders categories most frequent first), none
+    missing; a categorical feature with no category in training (size 1) stays missing."""
+    n_cont = template["continuous"].shape[1] if "continuous" in template else 0
+    seen = torch.tensor([True] * n_cont + [size > 1 for size in category_sizes], device=template["missing"].device)
+    out = {"missing": (~seen).expand_as(template["missing"]).clone()}
     if "continuous" in template:
         out["continuous"] = torch.zeros_like(template["continuous"])
     if "categorical" in template:
-        out["categorical"] = torch.ones_like(template["categorical"])
+        codes = torch.tensor([int(size > 1) for size in category_sizes], device=template["categorical"].device)
+        out["categorical"] = codes.expand_as(template["categorical"]).clone()
     return out
 
 
@@ -95,7 +99,7 @@ def tabular_attributions(scorer: Scorer, cohort: Cohort, baseline: str = "missin
                 tiled = {k: v.repeat(steps, *[1] * (v.ndim - 1)) for k, v in table.items()}
                 path = {**tiled, "presence": presence}
                 if baseline == "median":
-                    path["baseline"] = reference_table(tiled)
+                    path["baseline"] = reference_table(tiled, member.preprocessor.category_sizes)
                 embeddings = {m: e.repeat(steps, 1) for m, e in embedded.items()}
                 embeddings["table"] = member.encoders["table"](path)
                 scores.append(member.head(embeddings, {m: p.repeat(steps) for m, p in flags.items()}))

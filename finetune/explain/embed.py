@@ -26,7 +26,7 @@ from finetune.init import (
     reconcile_features,
     reconcile_sequences,
 )
-from finetune.predict import new_cohort_config
+from finetune.predict import check_feature_columns, new_cohort_config
 from multimodal.checkpoint import atomic_path
 from multimodal.cohort import Cohort, load_cohort
 from multimodal.config import load_cohort_config
@@ -68,14 +68,19 @@ def run_kind(run_dir: Path) -> str:
 
 
 @torch.no_grad()
-def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16) -> RunEmbeddings:
-    """Every subject of the cohort (``cohort.yaml``; a bare CSV for fine-tuning runs) through the run's encoders."""
+def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16,
+              allow_missing_features: bool = False) -> RunEmbeddings:
+    """Every subject of the cohort (``cohort.yaml``; a bare CSV for fine-tuning runs) through the run's
+    encoders. A fine-tuning run refuses clinical columns that differ from training, as ``predict`` does,
+    unless ``allow_missing_features`` (absent ones then enter as missing values)."""
     run_dir, cohort_path = Path(run_dir), Path(cohort_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if run_kind(run_dir) == "fine-tuning":
         models = load_fold_models(run_dir, device)
         cohort = load_cohort(new_cohort_config(run_dir, cohort_path))
         fold = models.folds[0]
+        if "table" in models.modalities:
+            check_feature_columns(fold.preprocessor.feature_names, list(cohort.features.columns), allow_missing_features)
         cache = volume_cache(models.run_config, cohort.config, models.sequences) if "image" in models.modalities else None
         dataset = build_dataset(cohort, cache=cache, others=models.others, seed=models.run_config.seed,
                                 preprocessor=fold.preprocessor if "table" in models.modalities else None)
@@ -154,6 +159,8 @@ def write_embeddings(result: RunEmbeddings, out: str | Path, color_by: list[str]
     columns = [label, *(cohort.features[c].astype(str).tolist() for c in color_by or []),
                *([list(cohort.ids)] if with_ids else [])]
     metadata = [list(row) for row in zip(*columns, strict=True)]
+    if len(header) == 1:  # the projector reads one column without a header row (else it is one row too long)
+        metadata, header = label, None
     writer = SummaryWriter(str(out / "tb"))
     for m, values in {**result.embeddings, **{f"{m}_projection": v for m, v in result.projections.items()}}.items():
         writer.add_embedding(torch.from_numpy(values), metadata=metadata, metadata_header=header, tag=m)

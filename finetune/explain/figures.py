@@ -38,10 +38,14 @@ def _label_names(labels: np.ndarray) -> np.ndarray:
 
 
 def projection_figure(embeddings: dict[str, np.ndarray], present: dict[str, np.ndarray], labels: np.ndarray,
-                      path: str | Path, seed: int = 0) -> Path:
+                      path: str | Path, seed: int = 0) -> Path | None:
     """PNG with one row per modality: PCA and t-SNE (perplexity ≤ 30) of its ``(N, D)`` embedding,
-    subjects lacking the modality left out, coloured by ``labels`` ``(N,)`` (NaN = unlabeled)."""
+    subjects lacking the modality left out, coloured by ``labels`` ``(N,)`` (NaN = unlabeled). None
+    (nothing drawn) when no modality has 3 subjects."""
     names = _label_names(labels)
+    embeddings = {m: v for m, v in embeddings.items() if present[m].sum() >= 3}  # a 2D layout needs a few points
+    if not embeddings:
+        return None
     figure = Figure(figsize=(8.4, 3.8 * len(embeddings)), dpi=100)
     for row, (modality, values) in enumerate(embeddings.items()):
         rows = present[modality]
@@ -89,10 +93,12 @@ def top_slices(saliency: np.ndarray, count: int = 6) -> list[int]:
     return sorted(int(z) for z in np.argsort(mass)[::-1][:count])
 
 
-def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, np.ndarray], slices: list[int]) -> None:
+def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, np.ndarray], slices: list[int],
+                  head: np.ndarray | None = None) -> None:
     """One row per map over the first MRI channel; values under 10 % of the map's largest |value| and
-    everything outside the head are left transparent, so the anatomy stays readable."""
-    inside = (image > image.reshape(image.shape[0], -1).min(axis=1)[:, None, None, None] + 1e-6).any(axis=0)
+    everything outside ``head`` ``(H, W, D)`` bool (default: the whole volume) are left transparent,
+    so the anatomy stays readable."""
+    inside = np.ones(image.shape[1:], dtype=bool) if head is None else np.asarray(head, dtype=bool)
     # One grey scale for every slice (a bright lesion must not darken its own slice).
     low, high = np.percentile(image[0][inside], [1, 99.5]) if inside.any() else (image.min(), image.max())
     for row, (title, values) in enumerate(maps.items()):
@@ -113,20 +119,22 @@ def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, 
 
 
 def saliency_montage(image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, title: str,
-                     slices: int = 6) -> Path:
+                     slices: int = 6, head: np.ndarray | None = None) -> Path:
     """PNG: one row per map in ``maps`` (title -> ``(H, W, D)``) over the first MRI channel of ``image``
-    ``(C, H, W, D)``, on the ``slices`` axial slices where the first map holds the most |saliency|."""
+    ``(C, H, W, D)``, on the ``slices`` axial slices where the first map holds the most |saliency|;
+    ``head`` as in ``_draw_montage``."""
     chosen = top_slices(next(iter(maps.values())), slices)
     figure = Figure(figsize=(2.0 * len(chosen), 2.2 * len(maps) + 0.4), dpi=100)
     grid = figure.add_gridspec(len(maps), len(chosen))
-    _draw_montage(figure, grid, image, maps, chosen)
+    _draw_montage(figure, grid, image, maps, chosen, head)
     figure.suptitle(title, fontsize=9)
     return save_figure(figure, path)
 
 
 def subject_figure(path: str | Path, *, probability: float, threshold: float, features: list[dict[str, Any]],
                    image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
-                   slice_values: np.ndarray | None = None, title: str = "", slices: int = 6) -> Path:
+                   slice_values: np.ndarray | None = None, head: np.ndarray | None = None, title: str = "",
+                   slices: int = 6) -> Path:
     """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
     features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
     ``saliency_montage`` (None: no image part); ``slice_values`` ``(D,)``: each axial slice's
@@ -166,5 +174,5 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
         row += 1
     if maps:
         sub = grid[row:, :].subgridspec(len(maps), slices, hspace=0.3)
-        _draw_montage(figure, sub, image, maps, top_slices(next(iter(maps.values())), slices))
+        _draw_montage(figure, sub, image, maps, top_slices(next(iter(maps.values())), slices), head)
     return save_figure(figure, path)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from finetune.explain.analysis import analyse
@@ -35,6 +37,7 @@ from finetune.explain.figures import (
 )
 from finetune.explain.report import write_report
 from finetune.explain.saliency import (
+    ImageScore,
     grad_cam,
     occlusion,
     save_nifti,
@@ -53,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 
 def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, subject: str | None = None,
-                baseline: str = "missing", gallery: int = 4, n_steps: int = 32) -> dict[str, Any]:
+                baseline: str = "missing", gallery: int = 4, n_steps: int = 32,
+                allow_missing_features: bool = False) -> dict[str, Any]:
     """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -64,11 +68,12 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
         config = new_cohort_config(run_dir, Path(cohort_path))
         if subject not in load_cohort(config).ids:
             raise StrokeSSLError(f"--subject {subject!r} is not in cohort {config.source}")
-    embedded = embed_run(run_dir, cohort_path)
+    embedded = embed_run(run_dir, cohort_path, allow_missing_features=allow_missing_features)
     cohort, scorer = embedded.cohort, embedded.scorer
     analysis = analyse(embedded, seed=seed)
-    analysis["projection_figure"] = projection_figure(
-        embedded.embeddings, embedded.present, cohort.labels, report / "explain_projection.png", seed).name
+    projection = projection_figure(embedded.embeddings, embedded.present, cohort.labels,
+                                   report / "explain_projection.png", seed)
+    analysis["projection_figure"] = projection.name if projection is not None else None
     attributions = None
     if scorer is not None and "table" in scorer.modalities:
         attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
@@ -79,7 +84,8 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
     if scorer is not None and "image" in scorer.modalities and gallery > 0:
         analysis["gallery"] = _gallery(embedded, risk, attributions, report, gallery)
     if subject is not None:
-        analysis["subject_files"] = [p.name for p in explain_subject(embedded, subject, risk, attributions, run_dir)]
+        for written in explain_subject(embedded, subject, risk, attributions, run_dir):
+            logger.info("wrote %s", written)  # the subject's files stay out of the cohort-level report
     analysis["seconds"] = time.perf_counter() - start
     path = write_report(run_dir, analysis)
     logger.info("wrote %s and %s (%.0f s)", path, path.with_suffix(".html"), analysis["seconds"])
@@ -88,11 +94,15 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
 
 def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: int, n_steps: int) -> dict[str, Any]:
     gap = result["score"] - result["baseline_score"]
+    delta = float(np.abs(result["delta"]).max())
+    if delta > 0.05 * float(np.abs(gap).max()):
+        logger.warning("Integrated Gradients did not converge well (largest delta %.3g against score changes up to "
+                       "%.3g): read the attributions with care", delta, float(np.abs(gap).max()))
     ranking = global_ranking(result["attributions"], result["features"], seed=seed)
     figure = attribution_figure(ranking, report / "explain_attribution.png", what)
     return {"what": what, "baseline": result["baseline"], "baseline_text": BASELINES[result["baseline"]],
             "n_steps": n_steps, "subjects": len(gap), "ranking": ranking, "figure": figure.name,
-            "max_abs_convergence_delta": float(np.abs(result["delta"]).max()),
+            "max_abs_convergence_delta": delta,
             "max_abs_score_gap": float(np.abs(gap).max())}
 
 
@@ -121,15 +131,17 @@ def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dic
         label = cohort.labels[i]
         what = f"risk {order[i]:.2f}" if risk is not None else f"similarity {order[i]:.2f}"
         caption = f"rank {rank}: {what}, outcome {'unknown' if np.isnan(label) else int(label)}"
-        figure = saliency_montage(image["image"], maps, report / "explain_gallery" / f"rank{rank}.png", caption)
+        figure = saliency_montage(image["image"], maps, report / "explain_gallery" / f"rank{rank}.png", caption,
+                                  head=image["head_mask"])
         entries.append({"rank": rank, "score": float(order[i]), "figure": f"explain_gallery/{figure.name}",
                         "caption": caption})
     return {"title": title, "text": text, "subjects": entries}
 
 
-def _maps(image: dict[str, np.ndarray], groups: list, device: Any) -> dict[str, np.ndarray]:
+def _maps(image: dict[str, np.ndarray], groups: list[ImageScore], device: torch.device) -> dict[str, np.ndarray]:
+    """``{"occlusion": (H, W, D), "Grad-CAM (<stage>)": (H, W, D)}`` for one subject's preprocessed image."""
     cam, stage = grad_cam(image["image"], groups, device)
-    return {"occlusion": occlusion(image["image"], groups, device), f"Grad-CAM ({stage})": cam}
+    return {"occlusion": occlusion(image["image"], groups, device, image["head_mask"]), f"Grad-CAM ({stage})": cam}
 
 
 def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
@@ -138,6 +150,7 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
     ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths."""
     cohort, scorer = embedded.cohort, embedded.scorer
     folder = run_dir / "report" / "subjects"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", subject)  # an id with "/" or spaces stays one file name
     position = cohort.ids.index(subject)
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     probability = float(risk[position])
@@ -147,29 +160,29 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
         values = cohort.features.iloc[position]
         for j in np.argsort(-np.abs(row))[:top]:
             name = attributions["features"][j]
-            value = values[name]
+            value = values.get(name)  # None: a column absent from the cohort (--allow-missing-features)
             features.append({"feature": name, "value": "missing" if value is None or value != value else str(value),
                              "attribution": float(row[j])})
     numbers: dict[str, Any] = {"probability": probability, "threshold": threshold,
                                "risk_group": "high" if probability >= threshold else "low", "top_features": features}
     written: list[Path] = []
-    image = maps = None
+    image = maps = head = None
     if "image" in scorer.modalities and embedded.present["image"][position]:
         image, groups = subject_image(scorer, cohort, subject)
         maps = _maps(image, groups, scorer.device)
         sequences = [s for s in scorer.sequences if cohort.image_paths[subject].get(s) is not None]
         reference = cohort.image_paths[subject][sequences[0]]
-        for values, stem in zip(maps.values(), ("occlusion", "gradcam"), strict=True):
+        for values, kind in zip(maps.values(), ("occlusion", "gradcam"), strict=True):
             written.append(save_nifti(to_original_grid(values, image["affine"], reference),
-                                      folder / f"{subject}_{stem}.nii.gz"))
+                                      folder / f"{stem}_{kind}.nii.gz"))
         numbers["nifti_reference"] = f"sequence {sequences[0]}"
         if all(isinstance(g.encoder, SliceSequenceEncoder) for g in groups):
             per_slice, delta = slice_attributions(image["image"], groups, scorer.device)
             numbers["slice_attributions"] = {"values": per_slice.tolist(), "max_abs_convergence_delta": delta}
-        image = image["image"]
+        image, head = image["image"], image["head_mask"]
     per_slice = numbers.get("slice_attributions", {}).get("values")
-    written.append(subject_figure(folder / f"{subject}.png", probability=probability, threshold=threshold,
-                                  features=features, image=image, maps=maps, title=subject,
+    written.append(subject_figure(folder / f"{stem}.png", probability=probability, threshold=threshold,
+                                  features=features, image=image, maps=maps, head=head, title=subject,
                                   slice_values=None if per_slice is None else np.array(per_slice)))
-    atomic_write_text(folder / f"{subject}.json", json.dumps(numbers, indent=2) + "\n")
-    return [*written, folder / f"{subject}.json"]
+    atomic_write_text(folder / f"{stem}.json", json.dumps(numbers, indent=2) + "\n")
+    return [*written, folder / f"{stem}.json"]

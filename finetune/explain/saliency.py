@@ -4,8 +4,8 @@ Every map explains the ``Scorer``'s score (a fine-tuning run's mean fold logit, 
 image–record similarity) for one subject, with the clinical record and other modalities held at
 the subject's own, averaged over the members (fold models):
 
-* ``occlusion`` (Captum ``Occlusion``): a cube (``window`` voxels, step ``stride``) slides over the
-  preprocessed volume; the tissue inside it is set to the head's mean intensity (0 after the
+* ``occlusion`` (Captum ``Occlusion``): a cube (``window`` voxels, as its step) slides over the
+  preprocessed volume; the tissue inside it (the cache's head mask) is set to the head's mean intensity (0 after the
   per-channel z-score) in every channel, the background left as it is; the map is how much the
   score drops. Signed: positive = the region raised the score; 0 in the air around the head.
 * ``grad_cam`` (Captum ``LayerGradCam``, upsampled with ``LayerAttribution.interpolate``): for the
@@ -28,6 +28,7 @@ import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -67,58 +68,61 @@ def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[st
         raise StrokeSSLError(f"subject {subject!r} has no image to explain")
     cached = cache.load(record)
     device = scorer.device
-    fixed = []
+    fixed, present = [], []
     for member in scorer.members:
         item = scorer.dataset(cohort, member, [subject])[0]
         batch = to_device({m: _batched(item[m]) for m in member.encoders if m != "image"}, device)
         with torch.no_grad():
             fixed.append({m: member.encoders[m](batch[m]) for m in batch})
+        # The subject's own modality presence, so a missing record is scored as predict scores it.
+        present.append({m: flag.reshape(1).to(device) for m, flag in item["present"].items()})
     groups = []
     for encoder, indices in scorer.shared("image"):
 
-        def score(volumes: torch.Tensor, encoder=encoder, indices=indices) -> torch.Tensor:
+        def score(volumes: torch.Tensor, encoder: nn.Module = encoder, indices: list[int] = indices) -> torch.Tensor:
+            n = volumes.shape[0]
             embedded = encoder(volumes)
             scores = []
             for i in indices:
-                embeddings = {m: e.expand(volumes.shape[0], -1) for m, e in fixed[i].items()}
-                scores.append(scorer.members[i].head({**embeddings, "image": embedded}, None))
+                embeddings = {m: e.expand(n, -1) for m, e in fixed[i].items()}
+                flags = {m: f.expand(n) for m, f in present[i].items()}
+                scores.append(scorer.members[i].head({**embeddings, "image": embedded}, flags))
             return torch.stack(scores).mean(dim=0)
 
         groups.append(ImageScore(score, encoder, len(indices) / len(scorer.members)))
-    return {"image": cached["image"].numpy(), "affine": cached["affine"].numpy().astype(np.float64)}, groups
+    image = {"image": cached["image"].numpy(), "affine": cached["affine"].numpy().astype(np.float64)}
+    image["head_mask"] = cached["head_mask"].numpy().astype(bool)
+    return image, groups
 
 
-def _batched(value):
+def _batched(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: v[None] for k, v in value.items()}
     return value[None]
 
 
-def occlusion(image: np.ndarray, groups: list[ImageScore], device: torch.device, window: int = 4,
-              stride: int = 4) -> np.ndarray:
-    """``(H, W, D)`` occlusion map of ``image`` ``(C, H, W, D)`` for the scorer's score, summed over channels."""
+def occlusion(image: np.ndarray, groups: list[ImageScore], device: torch.device, head: np.ndarray,
+              window: int | None = None) -> np.ndarray:
+    """``(H, W, D)`` occlusion map of ``image`` ``(C, H, W, D)`` for the scorer's score: the drop when the
+    cube of side ``window`` (default: an eighth of the shortest axis, at least 4 voxels, so a grid of any
+    size costs about 512 forward passes) around a voxel is occluded in every sequence. ``head``
+    ``(H, W, D)`` bool: the tissue that is occluded; the air around it is left as it is."""
     volume = torch.from_numpy(image)[None].to(device)
     channels = volume.shape[1]
+    window = window or max(4, round(min(volume.shape[2:]) / 8))
 
     def score(volumes: torch.Tensor) -> torch.Tensor:
         return sum(group.weight * group.score(volumes) for group in groups)
 
     # Tissue is replaced by the head's mean (0 after the z-score); air stays air, so a cube over the
     # background changes nothing (replacing air by 0 would paint a bright block the model reacts to).
-    baseline = torch.where(head_mask(image, volume.device)[None, None], torch.zeros_like(volume), volume)
+    tissue = torch.from_numpy(np.asarray(head, dtype=bool)).to(device)[None, None]
+    baseline = torch.where(tissue, torch.zeros_like(volume), volume)
     with torch.no_grad():
         attribution = Occlusion(score).attribute(
             volume, sliding_window_shapes=(channels, window, window, window),
-            strides=(channels, stride, stride, stride), baselines=baseline, perturbations_per_eval=16)
-    return attribution[0].sum(dim=0).cpu().numpy()
-
-
-def head_mask(image: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    """``(H, W, D)`` bool: voxels above the background in any channel of ``image`` ``(C, H, W, D)``
-    (preprocessing leaves the background at each channel's minimum)."""
-    volume = torch.as_tensor(image, device=device)
-    background = volume.flatten(1).amin(dim=1)[:, None, None, None]
-    return (volume > background + 1e-6).any(dim=0)
+            strides=(channels, window, window, window), baselines=baseline, perturbations_per_eval=16)
+    return attribution[0, 0].cpu().numpy()  # the window spans every channel: each holds the same drop
 
 
 def cam_layer(encoder: nn.Module, shape: tuple[int, ...], min_size: int = 4) -> tuple[str, nn.Module]:
@@ -154,7 +158,14 @@ def grad_cam(image: np.ndarray, groups: list[ImageScore], device: torch.device, 
     total = np.zeros(tuple(spatial), dtype=np.float32)
     for group in groups:
         name, layer = cam_layer(group.encoder, tuple(volume.shape[1:]), min_size)
-        cam = LayerGradCam(group.score, layer).attribute(volume, relu_attributions=True)
+        chunk = getattr(group.encoder, "slice_chunk", None)
+        if chunk is not None:  # Captum keeps one activation per layer call: every slice in one pass
+            group.encoder.slice_chunk = None
+        try:
+            cam = LayerGradCam(group.score, layer).attribute(volume, relu_attributions=True)
+        finally:
+            if chunk is not None:
+                group.encoder.slice_chunk = chunk
         if isinstance(group.encoder, SliceSequenceEncoder):  # (S, 1, h, w): one map per slice
             cam = LayerAttribution.interpolate(cam, tuple(spatial[:2]), interpolate_mode="bilinear")
             total += group.weight * cam[:, 0].permute(1, 2, 0).detach().cpu().numpy()  # (H, W, S)
@@ -175,7 +186,7 @@ def slice_attributions(image: np.ndarray, groups: list[ImageScore], device: torc
             raise StrokeSSLError("slice attributions need the slice ResNet+LSTM image encoder (slice_lstm_*)")
         attribution, delta = LayerIntegratedGradients(group.score, group.encoder.lstm).attribute(
             volume, baselines=torch.zeros_like(volume), n_steps=n_steps, attribute_to_layer_input=True,
-            return_convergence_delta=True)
+            return_convergence_delta=True, internal_batch_size=4)  # 4 path steps × S slices at a time
         attribution = attribution[0] if isinstance(attribution, (list, tuple)) else attribution
         total += group.weight * attribution[0].sum(dim=-1).detach().cpu().numpy()  # (S,)
         deltas.append(float(delta.abs().max()))
@@ -189,7 +200,10 @@ def to_original_grid(saliency: np.ndarray, affine: np.ndarray, reference: str | 
     shape = target.shape[:3]
     source = nib.Nifti1Image(saliency.astype(np.float32), affine)
     out = resample_from_to(source, (shape, target.affine), order=1, mode="constant", cval=0.0)
-    return nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), target.affine)
+    image = nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), target.affine)
+    image.set_sform(target.affine, code=int(target.header["sform_code"]) or 1)  # the input's codes, so
+    image.set_qform(target.affine, code=int(target.header["qform_code"]) or 1)  # viewers align them alike
+    return image
 
 
 def save_nifti(image: nib.Nifti1Image, path: str | Path) -> Path:

@@ -43,12 +43,8 @@ class Scorer:
     modalities: list[str]
     sequences: list[str]
     run_config: RunConfig
+    device: torch.device  # where the members' models are
     others: dict[str, dict[str, Any]] = field(default_factory=dict)  # modalities beyond image / table
-
-    @property
-    def device(self) -> torch.device:
-        tensors = (t for enc in self.members[0].encoders.values() for t in (*enc.parameters(), *enc.buffers()))
-        return next(tensors, torch.empty(0)).device  # a parameter-free encoder (the probe's design) runs on CPU
 
     def cache(self, cohort: Cohort) -> VolumeCache | None:
         """The run's MRI cache for ``cohort`` (None when the run reads no image)."""
@@ -81,8 +77,9 @@ def fold_scorer(models: FoldModels) -> Scorer:
     """A fine-tuning run's fold ensemble: the mean recurrence logit of its fold models."""
     members = [Member({m: fold.model.encoder(m) for m in fold.model.modalities}, fold.model.forward_from_embeddings,
                       fold.preprocessor) for fold in models.folds]
+    device = next(models.folds[0].model.parameters()).device
     return Scorer("recurrence logit", members, list(models.modalities), list(models.sequences), models.run_config,
-                  dict(models.others))
+                  device, dict(models.others))
 
 
 def similarity_scorer(model: nn.Module, preprocessor: TabularPreprocessor, sequences: list[str],
@@ -96,4 +93,5 @@ def similarity_scorer(model: nn.Module, preprocessor: TabularPreprocessor, seque
         return (image * table).sum(dim=-1)
 
     member = Member({"image": model.image_encoder, "table": model.table_encoder}, similarity, preprocessor)
-    return Scorer("image–record similarity", [member], ["image", "table"], list(sequences), run_config)
+    return Scorer("image–record similarity", [member], ["image", "table"], list(sequences), run_config,
+                  next(model.parameters()).device)

@@ -76,9 +76,13 @@ def test_embed_writes_rows_in_cohort_order_and_ids_only_when_asked(runs, tmp_pat
     assert text.splitlines()[0].split("\t") == ["label", "sex", "nihss"] and not any(s in text for s in ids)
     assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", str(tmp_path / "b"), "--with-ids"]) == 0
     assert np.load(tmp_path / "b" / "embeddings.npz")["subject_id"].tolist() == ids
+    # The label alone: TensorBoard's projector wants one line per point and no header.
+    assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", str(tmp_path / "c")]) == 0
+    lines = sorted((tmp_path / "c" / "tb").rglob("metadata.tsv"))[0].read_text().splitlines()
+    assert len(lines) == 40 and set(lines) <= {"0", "1", "unlabeled"}
 
 
-def test_explain_report_for_both_kinds_of_run(runs, capsys):
+def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     cohort, pretrained, finetuned = runs
     ids = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].tolist()
     assert main(["explain", str(pretrained), "--cohort", str(cohort), "--gallery", "1"]) == 0
@@ -120,6 +124,10 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys):
     assert "needs a fine-tuning run" in capsys.readouterr().err
     assert main(["explain", str(finetuned), "--cohort", str(cohort), "--subject", "sub-9999"]) == 2
     assert "'sub-9999' is not in cohort" in capsys.readouterr().err
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(cohort.parent / "cohort.csv").rename(columns={"age": "AGE"}).to_csv(renamed, index=False)
+    assert main(["explain", str(finetuned), "--cohort", str(renamed)]) == 2
+    assert "'AGE' looks like 'age'" in capsys.readouterr().err
     assert main(["embed", str(pretrained), "--cohort", str(cohort), "--out", "x", "--color-by", "nihs"]) == 2
     assert "nihs" in capsys.readouterr().err
 
@@ -163,8 +171,11 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
     assert result["attributions"][1, marker] == 0.0  # missing for this subject: nothing moves from "missing"
     for baseline in ("missing", "median"):
         run = result if baseline == "missing" else tabular_attributions(scorer, subjects, baseline=baseline)
-        completeness = run["attributions"].sum(axis=1) - (run["score"] - run["baseline_score"])
-        assert np.all(np.abs(completeness) <= np.abs(run["delta"]) + 1e-4), baseline
+        # Completeness: Captum's delta is sum(attributions) - (score - baseline score); it must be small
+        # beside the score changes it accounts for (a path integral that converged).
+        gap = run["score"] - run["baseline_score"]
+        assert np.abs(run["delta"]).max() < 0.02 * np.abs(gap).max(), baseline
+        np.testing.assert_allclose(run["attributions"].sum(axis=1), gap, atol=0.02 * np.abs(gap).max())
     # Against the training medians, a subject at the most frequent category gets 0 for it.
     site = result["features"].index("site")
     assert np.all(run["attributions"][subjects.features["site"].to_numpy() == "B", site] == 0.0)
@@ -276,9 +287,12 @@ def test_slice_attributions_complete_and_ignore_empty_slices():
     assert per_slice.shape == (10,) and np.all(per_slice[[0, 1, 2, 7, 8, 9]] == 0.0) and np.abs(per_slice).sum() > 0
     with torch.no_grad():
         change = float(score(torch.from_numpy(image)[None]) - score(torch.zeros(1, 2, 16, 16, 10)))
-    assert abs(per_slice.sum() - change) <= delta + 1e-4
+    assert abs(change) > 0 and delta < 0.02 * abs(change) and abs(per_slice.sum() - change) < 0.02 * abs(change)
     cam, stage = grad_cam(image, groups, torch.device("cpu"))
     assert cam.shape == (16, 16, 10) and np.all(cam >= 0) and stage.startswith("layer")
+    encoder.slice_chunk = 3  # the ResNet runs in chunks of 3 slices: Grad-CAM must still see every slice
+    np.testing.assert_allclose(grad_cam(image, groups, torch.device("cpu"))[0], cam, rtol=1e-4, atol=1e-6)
+    assert encoder.slice_chunk == 3
 
 
 def test_explain_a_slice_lstm_run_per_slice(runs, tmp_path):
