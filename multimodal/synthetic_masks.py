@@ -9,6 +9,7 @@ no such file, and the explain stage never reads one (only ``benchmarks/explain_s
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from multimodal.checkpoint import atomic_path
 from multimodal.errors import CohortError
 from multimodal.synthetic import _grid, _make_subject, _sample, load_anatomy
 from multimodal.synthetic_clinical import draw_clinical, radiology_report
@@ -47,5 +49,6 @@ def write_infarct_masks(cohort_dir: str | Path) -> Path:
         image = nib.Nifti1Image(fraction.astype(np.float32), affine)
         image.set_sform(affine, code=1)
         image.set_qform(affine, code=1)
-        nib.save(image, str(out / f"sub-{i + 1:04d}_infarct.nii.gz"))
+        with atomic_path(out / f"sub-{i + 1:04d}_infarct.nii.gz") as tmp:  # never a half-written mask
+            tmp.write_bytes(gzip.compress(image.to_bytes()))
     return out

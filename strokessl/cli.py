@@ -124,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "median / most frequent category")
     explain.add_argument("--gallery", type=int, default=4, metavar="N",
                          help="saliency montages of the N highest-risk subjects in the report (0: none)")
+    explain.add_argument("--with-ids", action="store_true",
+                         help="add subject ids (patient identifiers) to report/explain_attributions.csv")
     explain.add_argument("--allow-missing-features", action="store_true",
                          help="fine-tuning run: score clinical columns absent from the cohort as missing values")
     return parser.parse_args(argv)
@@ -228,7 +230,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from finetune.explain.run import explain_run
 
     analysis = explain_run(args.run, args.cohort, seed=args.seed, subject=args.subject, baseline=args.baseline,
-                           gallery=args.gallery, allow_missing_features=args.allow_missing_features)
+                           gallery=args.gallery, allow_missing_features=args.allow_missing_features,
+                           with_ids=args.with_ids)
     sys.stdout.write(markdown(sections(analysis)) + "\n")
     return 0
 

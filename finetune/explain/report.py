@@ -74,6 +74,8 @@ def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
                   "average (+ raises the score). Against the missing-value baseline, a feature's attribution is its "
                   "effect relative to its being unknown; `--baseline median` measures it against a typical patient."),
             ("img", attribution["figure"], "global feature attribution"),
+            ("p", f"Every subject's attributions: `{attribution.get('table', 'explain_attributions.csv')}` (rows in "
+                  "cohort order; subject ids only with `strokessl explain --with-ids`)."),
             ("table", ["feature", "mean absolute attribution [95 % CI]", "mean signed"], rows)]
 
 

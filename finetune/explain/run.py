@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -47,7 +48,7 @@ from finetune.explain.saliency import (
 )
 from finetune.inference import ensemble_probabilities
 from finetune.predict import new_cohort_config
-from multimodal.checkpoint import atomic_write_text
+from multimodal.checkpoint import atomic_path, atomic_write_text
 from multimodal.cohort import load_cohort
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
@@ -57,8 +58,9 @@ logger = logging.getLogger(__name__)
 
 def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, subject: str | None = None,
                 baseline: str = "missing", gallery: int = 4, n_steps: int = 32,
-                allow_missing_features: bool = False) -> dict[str, Any]:
-    """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``)."""
+                allow_missing_features: bool = False, with_ids: bool = False) -> dict[str, Any]:
+    """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``).
+    ``with_ids`` adds the subject ids to ``report/explain_attributions.csv`` (rows in cohort order)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     report = run_dir / "report"
@@ -78,6 +80,7 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
     if scorer is not None and "table" in scorer.modalities:
         attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
         analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
+        analysis["attribution"]["table"] = _write_attributions(attributions, cohort, report, with_ids).name
     risk = None
     if embedded.kind == "fine-tuning":
         risk = ensemble_probabilities(embedded.models, cohort)["probability"].to_numpy()
@@ -104,6 +107,21 @@ def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: 
             "n_steps": n_steps, "subjects": len(gap), "ranking": ranking, "figure": figure.name,
             "max_abs_convergence_delta": delta,
             "max_abs_score_gap": float(np.abs(gap).max())}
+
+
+def _write_attributions(result: dict[str, Any], cohort: Any, report: Path, with_ids: bool) -> Path:
+    """``report/explain_attributions.csv``: one row per attributed subject (``row`` = its position in the
+    cohort), its score, baseline score, convergence delta and one column per feature; ids only ``with_ids``."""
+    frame = pd.DataFrame(result["attributions"], columns=result["features"])
+    frame.insert(0, "row", result["rows"])
+    if with_ids:
+        frame.insert(0, "subject_id", [cohort.ids[i] for i in result["rows"]])
+    for position, key in enumerate(("score", "baseline_score", "delta"), start=1 + with_ids):
+        frame.insert(position, key, result[key])
+    path = report / "explain_attributions.csv"
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    return path
 
 
 def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dict[str, Any] | None,

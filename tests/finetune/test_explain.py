@@ -110,6 +110,12 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     for name in ("explain.md", "explain.html", "explain.json"):
         text = (report / name).read_text()
         assert not any(re.search(rf"\b{s}\b", text) for s in ids[1:]), name
+    table = pd.read_csv(report / "explain_attributions.csv")
+    assert "subject_id" not in table.columns and table["row"].tolist() == list(range(40))
+    features = [c for c in table.columns if c not in ("row", "score", "baseline_score", "delta")]
+    assert sorted(features) == sorted(ranked)
+    np.testing.assert_allclose(table[features].sum(axis=1), table["score"] - table["baseline_score"],
+                               atol=0.02 * np.abs(table["score"] - table["baseline_score"]).max())
     subject = json.loads((report / "subjects" / f"{ids[0]}.json").read_text())
     assert subject["risk_group"] == ("high" if subject["probability"] >= subject["threshold"] else "low")
     assert len(subject["top_features"]) == 10
