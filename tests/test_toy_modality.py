@@ -123,3 +123,18 @@ def test_pairwise_clip_trains_the_third_encoder():
     terms["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.report_encoder.parameters())
 
+
+
+def test_explain_runs_with_a_third_modality(runs):
+    """The explain stage holds the extra modality at the subject's own embedding while it attributes the
+    clinical record and the image (fine-tuning run), and explains a three-modality pretraining run's
+    image–record similarity."""
+    cohort, pretrained, finetuned = runs
+    subject = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].iloc[2]
+    assert main(["explain", str(finetuned), "--cohort", str(cohort), "--gallery", "1", "--subject", subject]) == 0
+    analysis = json.loads((finetuned / "report" / "explain.json").read_text())
+    assert set(analysis["label_probe"]) <= {"image", "table", "report"} and analysis["attribution"]["subjects"] == 40
+    assert (finetuned / "report" / "subjects" / f"{subject}_occlusion.nii.gz").is_file()
+    assert main(["explain", str(pretrained), "--cohort", str(cohort), "--gallery", "0"]) == 0
+    analysis = json.loads((pretrained / "report" / "explain.json").read_text())
+    assert analysis["attribution"]["what"] == "image–record similarity" and "gallery" not in analysis
