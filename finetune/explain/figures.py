@@ -78,7 +78,8 @@ def attribution_figure(ranking: list[dict[str, Any]], path: str | Path, what: st
     ax = figure.add_subplot(1, 1, 1)
     y = np.arange(len(shown))
     means = np.array([r["mean_abs"] for r in shown])
-    errors = np.array([[r["mean_abs"] - r["lower"] for r in shown], [r["upper"] - r["mean_abs"] for r in shown]])
+    # A percentile interval need not contain the mean (skewed resamples, float rounding): clip at 0.
+    errors = np.clip([[r["mean_abs"] - r["lower"] for r in shown], [r["upper"] - r["mean_abs"] for r in shown]], 0, None)
     colours = ["#C44E52" if r["mean_signed"] > 0 else "#4C72B0" for r in shown]
     ax.barh(y, means, xerr=errors, color=colours, capsize=2)
     ax.set_yticks(y, [r["feature"] for r in shown], fontsize=8)

@@ -186,6 +186,10 @@ def test_integrated_gradients_rank_a_planted_factor_first_and_complete(tmp_path)
     site = result["features"].index("site")
     assert np.all(run["attributions"][subjects.features["site"].to_numpy() == "B", site] == 0.0)
     assert np.any(run["attributions"][subjects.features["site"].to_numpy() == "A", site] != 0.0)
+    # A table-only run through the CLI: attributions, no saliency gallery.
+    assert main(["explain", str(tmp_path / "ft"), "--cohort", str(cohort), "--gallery", "2"]) == 0
+    analysis = json.loads((tmp_path / "ft" / "report" / "explain.json").read_text())
+    assert analysis["attribution"]["ranking"][0]["feature"] == "marker" and "gallery" not in analysis
     # Model randomisation: re-initialised heads lose the planted factor's dominance.
     import torch
 
