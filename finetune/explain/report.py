@@ -3,11 +3,13 @@
 A block is ``("h1" | "h2" | "p", text)``, ``("table", header, rows)`` or ``("img", relative path,
 caption)``; ``sections`` turns the explain results (``analysis.analyse`` plus the attribution and
 the saliency gallery that ``explain.run`` adds) into blocks, ``markdown`` and ``html`` render them.
-The HTML is self-contained apart from the PNGs next to it (no script, no network).
+The HTML is one self-contained file (PNGs inlined, no script, no network); the Markdown links the
+PNGs beside it.
 """
 
 from __future__ import annotations
 
+import base64
 import html as html_escape
 import json
 import math
@@ -126,7 +128,9 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
           "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}figcaption{font-size:85%;color:#555}")
 
 
-def html(blocks: list[Block]) -> str:
+def html(blocks: list[Block], folder: Path | None = None) -> str:
+    """The blocks as one HTML page; pictures found under ``folder`` are inlined (base64 PNG), so the
+    page is a single file to share, others are linked by their relative path."""
     escape = html_escape.escape
     title = next((b[1] for b in blocks if b[0] == "h1"), "explain")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
@@ -140,7 +144,10 @@ def html(blocks: list[Block]) -> str:
             body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         elif kind == "img":
-            parts.append(f"<figure><img src='{escape(block[1])}' alt='{escape(block[2])}'>"
+            source = escape(block[1])
+            if folder is not None and (folder / block[1]).is_file():
+                source = "data:image/png;base64," + base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
+            parts.append(f"<figure><img src='{source}' alt='{escape(block[2])}'>"
                          f"<figcaption>{escape(block[2])}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -152,5 +159,5 @@ def write_report(run_dir: str | Path, analysis: dict[str, Any]) -> Path:
     blocks = sections(analysis)
     atomic_write_text(report / "explain.json", json.dumps(analysis, indent=2, default=float))
     atomic_write_text(report / "explain.md", markdown(blocks) + "\n")
-    atomic_write_text(report / "explain.html", html(blocks) + "\n")
+    atomic_write_text(report / "explain.html", html(blocks, report) + "\n")
     return report / "explain.md"

@@ -1,5 +1,6 @@
 """``strokessl embed`` / ``explain``: planted structure is found, outputs hold what they promise."""
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -105,8 +106,10 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     assert len(risks) == 2 and risks[0] >= risks[1]
     # The HTML shows every picture the report names, and no report file names a subject.
     page = (report / "explain.html").read_text()
-    pictures = re.findall(r"<img src='([^']+)'", page)
-    assert len(pictures) == 4 and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
+    pictures = re.findall(r"<img src='data:image/png;base64,([^']+)'", page)  # inlined: one file to share
+    assert len(pictures) == 4 and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pictures)
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (report / "explain.md").read_text())
+    assert len(linked) == 4 and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in linked)
     for name in ("explain.md", "explain.html", "explain.json"):
         text = (report / name).read_text()
         assert not any(re.search(rf"\b{s}\b", text) for s in ids[1:]), name
