@@ -8,6 +8,7 @@ of ``strokessl finetune`` and the explain stage all go through them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -145,9 +146,29 @@ def fold_architecture(architecture: dict[str, Any], branches: str) -> ModelConfi
     return config
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """A hash of ``module``'s parameter and buffer values: equal for the same weights (the frozen,
+    pretrained encoder every fold of a frozen run shares)."""
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode(encoder: torch.nn.Module, dataset: Dataset, modality: str, batch_size: int,
+           device: torch.device) -> torch.Tensor:
+    """``(N, D)`` embeddings of ``dataset``'s ``modality`` input by ``encoder`` (in eval mode), in order, on the CPU."""
+    return torch.cat([encoder(to_device(batch[modality], device)).float().cpu()
+                      for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
+
+
 def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame:
     """Every fold model on ``subjects``: columns ``probability`` (the mean) and ``probability_<fold>``,
-    indexed by subject id. Sequences the models need must be in the cohort."""
+    indexed by subject id. Sequences the models need must be in the cohort. Folds whose image (or
+    other non-table) encoder has the same weights share one pass of it over the cohort; the clinical
+    table goes through each fold's own preprocessor and table encoder."""
     config, settings = models.run_config, models.settings
     missing = [s for s in models.sequences if s not in subjects.sequences]
     if missing and "image" in models.modalities:
@@ -157,11 +178,22 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
         cache = volume_cache(config, subjects.config, models.sequences)
         cache.warm(subjects.records(), workers=config.data.workers)
     device = next(models.folds[0].model.parameters()).device
+    inputs = build_dataset(subjects, cache=cache, others=models.others, seed=config.seed)  # all but the table
+    shared: dict[tuple[str, str], torch.Tensor] = {}  # (modality, weights digest) -> (N, D)
     columns = {}
     for fold in models.folds:
-        dataset = build_dataset(subjects, cache=cache,
-                                preprocessor=fold.preprocessor if "table" in models.modalities else None,
-                                others=models.others, seed=config.seed)
+        embeddings, present = {}, dict(inputs.present)
+        for m in fold.model.modalities:
+            if m == "table":
+                table = build_dataset(subjects, preprocessor=fold.preprocessor, seed=config.seed)
+                embeddings[m], present[m] = encode(fold.model.encoder(m), table, m, settings.batch_size, device), \
+                    table.present[m]
+                continue
+            key = (m, weights_digest(fold.model.encoder(m)))
+            if key not in shared:
+                shared[key] = encode(fold.model.encoder(m), inputs, m, settings.batch_size, device)
+            embeddings[m] = shared[key]
+        dataset = EmbeddingDataset(embeddings, np.zeros(len(subjects.ids)), present)
         columns[f"probability_{fold.name}"] = apply_recalibration(
             predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
     frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))

@@ -70,12 +70,11 @@ def tabular_attributions(scorer: Scorer, cohort: Cohort, baseline: str = "missin
     tables = [member.preprocessor.transform_tensors(cohort.features) for member in scorer.members]
     features = scorer.members[0].preprocessor.feature_names
     shared = {m: scorer.shared(m) for m in scorer.modalities if m != "table"}
-    needs_pair = scorer.what != "recurrence logit"  # a similarity needs both modalities
     chunks: dict[str, list[np.ndarray]] = {"attributions": [], "delta": [], "score": [], "baseline_score": [],
                                            "rows": []}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="integrated gradients", unit="batch"):
         keep = torch.ones(len(batch["index"]), dtype=torch.bool)
-        if needs_pair:
+        if scorer.pairs_only:
             keep = batch["present"]["image"] & batch["present"]["table"]
             if not keep.any():
                 continue

@@ -133,6 +133,11 @@ def _embed(dataset, cache, cohort: Cohort, kind: str, batch_size: int, device: t
         {m: torch.cat(v).numpy() for m, v in projected.items() if v})
 
 
+def outcome_names(labels: np.ndarray) -> list[str]:
+    """``(N,)`` labels (NaN = unlabeled) as the words projectors and plots show: "0", "1", "unlabeled"."""
+    return ["unlabeled" if np.isnan(v) else str(int(v)) for v in labels]
+
+
 def write_embeddings(result: RunEmbeddings, out: str | Path, color_by: list[str] | None = None,
                      with_ids: bool = False) -> Path:
     """``OUT/embeddings.npz`` (per modality ``<m>`` (N, D), ``<m>_projection``, ``<m>_present``, ``label``;
@@ -155,7 +160,7 @@ def write_embeddings(result: RunEmbeddings, out: str | Path, color_by: list[str]
     from torch.utils.tensorboard import SummaryWriter
 
     header = ["label", *(color_by or []), *(["subject_id"] if with_ids else [])]
-    label = ["unlabeled" if np.isnan(v) else str(int(v)) for v in cohort.labels]
+    label = outcome_names(cohort.labels)
     columns = [label, *(cohort.features[c].astype(str).tolist() for c in color_by or []),
                *([list(cohort.ids)] if with_ids else [])]
     metadata = [list(row) for row in zip(*columns, strict=True)]

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
+from finetune.explain.embed import outcome_names
 from multimodal.checkpoint import atomic_path
 
 LABEL_COLOURS = {"0": "#4C72B0", "1": "#C44E52", "unlabeled": "#BBBBBB"}
@@ -33,16 +34,12 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def _label_names(labels: np.ndarray) -> np.ndarray:
-    return np.array(["unlabeled" if np.isnan(v) else str(int(v)) for v in labels])
-
-
 def projection_figure(embeddings: dict[str, np.ndarray], present: dict[str, np.ndarray], labels: np.ndarray,
                       path: str | Path, seed: int = 0) -> Path | None:
     """PNG with one row per modality: PCA and t-SNE (perplexity ≤ 30) of its ``(N, D)`` embedding,
     subjects lacking the modality left out, coloured by ``labels`` ``(N,)`` (NaN = unlabeled). None
     (nothing drawn) when no modality has 3 subjects."""
-    names = _label_names(labels)
+    names = np.array(outcome_names(labels))
     embeddings = {m: v for m, v in embeddings.items() if present[m].sum() >= 3}  # a 2D layout needs a few points
     if not embeddings:
         return None

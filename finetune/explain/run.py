@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from finetune.explain.analysis import analyse
 from finetune.explain.attribution import BASELINES, global_ranking, tabular_attributions
-from finetune.explain.embed import RunEmbeddings, embed_run, run_kind
+from finetune.explain.embed import RunEmbeddings, embed_run, outcome_names, run_kind
 from finetune.explain.figures import (
     attribution_figure,
     projection_figure,
@@ -146,9 +146,8 @@ def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dic
     for rank, i in enumerate(tqdm(candidates, desc="saliency gallery", unit="subject"), start=1):
         image, groups = subject_image(scorer, cohort, cohort.ids[i])
         maps = _maps(image, groups, scorer.device)
-        label = cohort.labels[i]
         what = f"risk {order[i]:.2f}" if risk is not None else f"similarity {order[i]:.2f}"
-        caption = f"rank {rank}: {what}, outcome {'unknown' if np.isnan(label) else int(label)}"
+        caption = f"rank {rank}: {what}, outcome {outcome_names(cohort.labels[i:i + 1])[0]}"
         figure = saliency_montage(image["image"], maps, report / "explain_gallery" / f"rank{rank}.png", caption,
                                   head=image["head_mask"])
         entries.append({"rank": rank, "score": float(order[i]), "figure": f"explain_gallery/{figure.name}",
@@ -173,8 +172,9 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     probability = float(risk[position])
     features: list[dict[str, Any]] = []
-    if attributions is not None and position in set(attributions["rows"].tolist()):
-        row = attributions["attributions"][list(attributions["rows"]).index(position)]
+    found = np.flatnonzero(attributions["rows"] == position) if attributions is not None else []
+    if len(found):
+        row = attributions["attributions"][found[0]]
         values = cohort.features.iloc[position]
         for j in np.argsort(-np.abs(row))[:top]:
             name = attributions["features"][j]

@@ -10,7 +10,6 @@ model) whose scores are averaged, so the tabular Integrated Gradients and the im
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.inference import FoldModels
+from finetune.inference import FoldModels, weights_digest
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
 from multimodal.data import MultimodalDataset, VolumeCache, build_dataset, volume_cache
@@ -45,6 +44,8 @@ class Scorer:
     run_config: RunConfig
     device: torch.device  # where the members' models are
     others: dict[str, dict[str, Any]] = field(default_factory=dict)  # modalities beyond image / table
+    pairs_only: bool = False  # the score needs every modality (a similarity): attribute only complete subjects
+    _shared: dict[str, list[tuple[nn.Module, list[int]]]] = field(default_factory=dict, repr=False)
 
     def cache(self, cohort: Cohort) -> VolumeCache | None:
         """The run's MRI cache for ``cohort`` (None when the run reads no image)."""
@@ -55,16 +56,14 @@ class Scorer:
     def shared(self, modality: str) -> list[tuple[nn.Module, list[int]]]:
         """Members grouped by identical ``modality`` encoder weights: ``[(encoder, member indices)]``.
         Frozen fine-tuning gives every fold the same pretrained encoder, which then runs once per input
-        instead of once per fold."""
-        groups: dict[str, tuple[nn.Module, list[int]]] = {}
-        for i, member in enumerate(self.members):
-            encoder = member.encoders[modality]
-            digest = hashlib.sha1()
-            for name, tensor in encoder.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            groups.setdefault(digest.hexdigest(), (encoder, []))[1].append(i)
-        return list(groups.values())
+        instead of once per fold (as in ``ensemble_probabilities``)."""
+        if modality not in self._shared:
+            groups: dict[str, tuple[nn.Module, list[int]]] = {}
+            for i, member in enumerate(self.members):
+                encoder = member.encoders[modality]
+                groups.setdefault(weights_digest(encoder), (encoder, []))[1].append(i)
+            self._shared[modality] = list(groups.values())
+        return self._shared[modality]
 
     def dataset(self, cohort: Cohort, member: Member, ids: list[str] | None = None,
                 cache: VolumeCache | None = None) -> MultimodalDataset:
@@ -94,4 +93,4 @@ def similarity_scorer(model: nn.Module, preprocessor: TabularPreprocessor, seque
 
     member = Member({"image": model.image_encoder, "table": model.table_encoder}, similarity, preprocessor)
     return Scorer("image–record similarity", [member], ["image", "table"], list(sequences), run_config,
-                  next(model.parameters()).device)
+                  next(model.parameters()).device, pairs_only=True)
