@@ -55,7 +55,8 @@ class ImageScore:
 
 
 def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[str, np.ndarray], list[ImageScore]]:
-    """The subject's preprocessed volume ``{"image": (C, H, W, D), "affine": (4, 4)}`` and its score as a
+    """The subject's preprocessed volume ``{"image": (C, H, W, D), "affine": (4, 4), "head_mask": (H, W, D)
+    bool}`` and its score as a
     function of the volume alone (other modalities fixed at the subject's own), one per group of members
     sharing an image encoder; the scorer's score is the weighted sum of the groups'."""
     if "image" not in scorer.modalities:
