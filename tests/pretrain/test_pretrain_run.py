@@ -16,6 +16,7 @@ TINY = {
     **TINY_IMAGING,
     "model": {
         "image_encoder": "resnet3d_10",
+        "image_encoder_args": {"widen_factor": 0.25},
         "tabular_encoder": "ft_transformer",
         "tabular_encoder_args": {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0},
     },
