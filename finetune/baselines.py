@@ -259,9 +259,28 @@ def fit_predict_baseline(
         test_frame = test_frame.drop(columns=[c for c in empty if c in test_frame.columns])
     if train_frame.shape[1] == 0:
         raise CohortError("baseline has no feature with a value in the training fold")
+    _fit_to_size(model.named_steps["classifier"], labels, kwargs)
     model.fit(train_frame, labels)
     if len(test_frame) == 0:
         return np.zeros(0, dtype=np.float64)
     probs = model.predict_proba(_align_columns(test_frame, train_frame))
     positive = list(model.classes_).index(1)
-    return np.asarray(probs[:, positive], dtype=np.float64)
+    result = np.asarray(probs[:, positive], dtype=np.float64)
+    if len(result) > 1 and np.ptp(result) == 0.0:
+        logger.warning("baseline %s predicts %.3g for every subject (trained on %d subjects, %d positive): its "
+                       "AUROC is 0.5 by construction, not a measurement", name, result[0], len(labels), labels.sum())
+    return result
+
+
+def _fit_to_size(classifier: Any, labels: np.ndarray, overridden: dict[str, Any]) -> None:
+    """Shrink the settings a small training fold cannot meet (scikit-learn's defaults assume hundreds
+    of rows), unless the caller set them: no more inner CV folds than the smaller class has subjects,
+    and at most a third of the fold per leaf, since 20 per leaf left a 24-subject fold without a
+    single split (a constant prediction, measured)."""
+    smallest = int(np.bincount(labels, minlength=2).min())
+    if isinstance(classifier, LogisticRegressionCV) and "cv" not in overridden:
+        cv = classifier.cv
+        if isinstance(cv, StratifiedKFold) and smallest < cv.n_splits:
+            classifier.set_params(cv=StratifiedKFold(max(2, smallest), shuffle=True, random_state=cv.random_state))
+    if isinstance(classifier, HistGradientBoostingClassifier) and "min_samples_leaf" not in overridden:
+        classifier.set_params(min_samples_leaf=min(classifier.min_samples_leaf, max(1, len(labels) // 3)))

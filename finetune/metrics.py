@@ -94,12 +94,15 @@ def equal_mass_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = E
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort by probability and split into ``bins`` groups of (nearly) equal size.
 
-    Ties are ordered by label (negatives first), so the result does not depend on row order.
-    Returns per-bin (mean predicted probability, observed event rate, count), each (bins,).
+    Equal probabilities always share a bin (a bin edge inside a run of ties moves to its start):
+    splitting ties by label would make a constant predictor look miscalibrated (ECE 0.5 instead of
+    |p − event rate|). So there may be fewer, unequal bins. Returns per-bin (mean predicted
+    probability, observed event rate, count), each (bins',), bins' <= bins.
     """
     y, p = check_predictions(labels, probabilities)
-    order = np.lexsort((y, p))
-    starts = _bin_starts(len(p), bins)
+    order = np.argsort(p, kind="stable")
+    ordered = p[order]
+    starts = np.unique(np.searchsorted(ordered, ordered[_bin_starts(len(p), bins)], side="left"))
     counts = np.diff(np.append(starts, len(p)))
     return (np.add.reduceat(p[order], starts) / counts,
             np.add.reduceat(y[order].astype(float), starts) / counts, counts)
@@ -281,11 +284,17 @@ def _batch_metrics(scores: np.ndarray, n_neg: int, threshold: float,
     }
     out.update({k: v for k, v in threshold_metrics.items() if k in names})
     if "ece" in names:
-        order = np.argsort(scores, axis=1, kind="stable")  # ties: negatives first, as lexsort above
-        starts = _bin_starts(n, ECE_BINS)
-        p_sum = np.add.reduceat(np.take_along_axis(scores, order, axis=1), starts, axis=1)
-        y_sum = np.add.reduceat((order >= n_neg).astype(float), starts, axis=1)
-        out["ece"] = np.abs(p_sum - y_sum).sum(1) / n
+        order = np.argsort(scores, axis=1, kind="stable")
+        s = np.take_along_axis(scores, order, axis=1)
+        # equal_mass_bins' tie rule: a tie group joins the bin of its last member (edges move to its start)
+        is_end = np.ones(s.shape, dtype=bool)
+        is_end[:, :-1] = s[:, :-1] != s[:, 1:]
+        end = np.minimum.accumulate(np.where(is_end, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
+        base_bin = np.searchsorted(_bin_starts(n, ECE_BINS), np.arange(n), side="right") - 1  # (N,)
+        flat = (np.arange(len(s))[:, None] * ECE_BINS + base_bin[end]).ravel()  # (B * N,) row-major bin ids
+        p_sum = np.bincount(flat, weights=s.ravel(), minlength=len(s) * ECE_BINS)
+        y_sum = np.bincount(flat, weights=(order >= n_neg).ravel().astype(float), minlength=len(s) * ECE_BINS)
+        out["ece"] = np.abs(p_sum - y_sum).reshape(len(s), ECE_BINS).sum(1) / n
     if "calibration_intercept" in names or "calibration_slope" in names:
         x = logit(np.clip(scores, PROB_CLIP, 1 - PROB_CLIP))
         out["calibration_intercept"], out["calibration_slope"] = _logistic_calibration(y, x)

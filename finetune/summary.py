@@ -24,7 +24,7 @@ from finetune.metrics import (
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
 from finetune.test_cohort import evaluate_test_cohort
 from finetune.thresholds import choose_threshold
-from multimodal.checkpoint import atomic_write_text
+from multimodal.checkpoint import atomic_write_text, strict_json
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
 
@@ -72,7 +72,8 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     thresholds = {"model": threshold}
     for name in settings.baselines:
         q = frame[name].to_numpy()
-        thresholds[name] = choose_threshold(y, q, settings.threshold, settings.target_sensitivity)
+        thresholds[name] = choose_threshold(y, q, settings.threshold, settings.target_sensitivity,
+                                            name=f"baseline {name}")
         metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
     if test is not None:
@@ -84,8 +85,18 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     plot_calibration(y, p, report / "calibration.png")
     plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
     atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(strict_json(metrics), indent=2, allow_nan=False))
     return run_dir
+
+
+def _n(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted, or "n/a" where it is undefined (NaN in memory, null in metrics.json)."""
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def _ci(entry: dict[str, Any], spec: str = ".3f") -> str:
+    """``estimate [lower, upper]`` of a bootstrap entry."""
+    return f"{_n(entry.get('estimate'), spec)} [{_n(entry.get('lower'), spec)}, {_n(entry.get('upper'), spec)}]"
 
 
 def _metric_table(section: dict[str, Any]) -> list[str]:
@@ -96,13 +107,11 @@ def _metric_table(section: dict[str, Any]) -> list[str]:
     for key in keys:
         cells = []
         for name in names:
-            entry = columns[name].get(key, {})
-            cells.append(f"{entry.get('estimate', float('nan')):.3f} [{entry.get('lower', float('nan')):.3f}, "
-                         f"{entry.get('upper', float('nan')):.3f}]")
+            cells.append(_ci(columns[name].get(key, {})))
         lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
     for name, delta in section["delta_auroc"].items():
-        lines.append(f"ΔAUROC model − {name}: {delta['delta']:+.3f} [{delta['lower']:+.3f}, {delta['upper']:+.3f}], "
-                     f"p = {delta['p_value']:.3f}")
+        lines.append(f"ΔAUROC model − {name}: {_n(delta['delta'], '+.3f')} [{_n(delta['lower'], '+.3f')}, "
+                     f"{_n(delta['upper'], '+.3f')}], p = {_n(delta['p_value'])}")
     return lines
 
 
@@ -113,10 +122,10 @@ def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
     """Plain words: does the model beat each tabular baseline? One line per baseline, from the
     paired bootstrap ΔAUROC (model − baseline); "beats" only when the whole 95 % CI is above 0."""
     model = section["model"]["auroc"]
-    lines = [f"Model AUROC {where}: {model['estimate']:.3f} [{model['lower']:.3f}, {model['upper']:.3f}]"]
+    lines = [f"Model AUROC {where}: {_ci(model)}"]
     folds = section.get("fold_summary", {}).get("auroc")
     if folds:  # pooling mixes folds whose scores sit on different scales: the mean of the folds beside it
-        lines[0] += f" pooled; mean of the {int(folds['n'])} folds {folds['mean']:.3f} (SD {folds['std']:.3f})"
+        lines[0] += f" pooled; mean of the {int(folds['n'])} folds {_n(folds['mean'])} (SD {_n(folds['std'])})"
     for name, delta in section.get("delta_auroc", {}).items():
         base = section["baselines"][name]["auroc"]
         label = _BASELINE_NAMES.get(name, name.replace("_", " "))
@@ -127,7 +136,7 @@ def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
             words = f"the model does not beat {label}: it is worse by {ci}"
         else:
             words = f"the model does not beat {label}: ΔAUROC {ci}, the interval includes 0"
-        lines.append(f"  {words} ({label} alone: {base['estimate']:.3f} [{base['lower']:.3f}, {base['upper']:.3f}])")
+        lines.append(f"  {words} ({label} alone: {_ci(base)})")
     deltas = list(section.get("delta_auroc", {}).values())
     if deltas:
         paid = all(d["lower"] > 0 for d in deltas)
@@ -144,7 +153,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
              f"threshold {metrics['threshold']:.3f}", *_metric_table(metrics)]
     folds = metrics.get("fold_summary", {}).get("auroc")
     if folds:
-        lines.append(f"per-fold AUROC: mean {folds['mean']:.3f}, SD {folds['std']:.3f} over {int(folds['n'])} folds")
+        lines.append(f"per-fold AUROC: mean {_n(folds['mean'])}, SD {_n(folds['std'])} over {int(folds['n'])} folds")
     test = metrics.get("test")
     if test:
         lines += ["", f"fixed test cohort {test['cohort']}: {test['n']} subjects, {test['positives']} positive",

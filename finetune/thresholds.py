@@ -38,7 +38,7 @@ def _probabilities(probabilities: Any, n: int) -> np.ndarray:
 
 
 def choose_threshold(labels: Any, probabilities: Any, method: str = "youden",
-                     target_sensitivity: float | None = None) -> float:
+                     target_sensitivity: float | None = None, name: str = "the model") -> float:
     """The decision threshold chosen on validation ``labels`` (N,) 0/1 and ``probabilities`` (N,).
 
     * ``"youden"``: maximises Youden's J = sensitivity + specificity − 1 over the ROC; among
@@ -46,6 +46,7 @@ def choose_threshold(labels: Any, probabilities: Any, method: str = "youden",
     * ``"sensitivity"``: the highest threshold whose sensitivity is ≥ ``target_sensitivity``
       (in (0, 1]), i.e. the best specificity that still meets the target.
 
+    ``name`` says whose probabilities these are in the warning for classes it cannot separate.
     Returns a threshold in [0, 1] for the rule ``probability >= threshold``. Raises
     ``ConfigError`` for an unknown method or a missing / out-of-range target, ``CohortError`` if
     the labels hold a single class (no ROC exists).
@@ -77,9 +78,9 @@ def choose_threshold(labels: Any, probabilities: Any, method: str = "youden",
         best = int(np.argmax(j))  # first maximum = highest threshold among ties
         if j[best] <= 0.0:
             logger.warning(
-                "validation probabilities do not separate the classes (max Youden J = %.3g); "
+                "%s: validation probabilities do not separate the classes (max Youden J = %.3g); "
                 "the threshold %.4g calls every subject at or above it positive",
-                j[best], thresholds[best],
+                name, j[best], thresholds[best],
             )
         return float(thresholds[best])
 

@@ -237,8 +237,8 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
         key = str(value).strip().casefold()
         if key not in mapping:
             problems.append(Problem(
-                f"label {value!r} is not one of {sorted(mapping)}; fix the value or set label_map "
-                "in the cohort config",
+                f"label {value!r} is not one of {sorted(mapping)}; fix the value, set label_map in the "
+                f"cohort config, or add {str(value).strip()!r} to its na_values if it means unknown",
                 subject=str(subject), column=config.label,
             ))
             continue
@@ -267,9 +267,13 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     labels, label_problems = map_labels(config, frame)
     problems += label_problems
     duplicated = frame[config.id].duplicated().to_numpy()
+    first_row = {}
+    for row, subject in enumerate(frame[config.id]):
+        first_row.setdefault(subject, row)
     for row in np.flatnonzero(duplicated):
-        subject = str(frame.at[row, config.id])
-        problems.append(Problem(f"id appears more than once (row {row + 2}); ids must be unique", subject=subject, column=config.id))
+        subject = frame.at[row, config.id]
+        problems.append(Problem(f"id appears more than once (row {row + 2}, first in row {first_row[subject] + 2}); "
+                                "ids must be unique", subject=str(subject), column=config.id))
         for column in config.images.values():
             path = resolve_image_path(config, frame.at[row, column])
             if path is not None and not path.is_file():

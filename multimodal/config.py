@@ -221,7 +221,7 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> 
 def _unknown_key_error(where: str, key: str, valid: list[str]) -> ConfigError:
     hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {sorted(valid)}"
-    return ConfigError(f"unknown config key {where}{key!r}{did_you_mean}")
+    return ConfigError(f"unknown config key {where + key!r}{did_you_mean}")
 
 
 def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:

@@ -79,6 +79,21 @@ def probe_multiclass_auroc(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     return float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
 
 
+RARE = "other (levels under 3 rows)"
+
+
+def _pool_rare_levels(values: pd.Series, x: np.ndarray) -> tuple[pd.Series, np.ndarray]:
+    """Categorical ``values`` with every level under 3 rows merged into ``RARE`` (CV needs 3 per
+    class); if that pool is itself under 3 rows its rows are left out. ``x`` keeps the same rows."""
+    counts = values.value_counts()
+    rare = counts.index[counts < 3]
+    if len(rare) == 0:
+        return values, x
+    pooled = values.where(~values.isin(rare), RARE)
+    keep = (pooled != RARE).to_numpy() if counts[rare].sum() < 3 else np.ones(len(values), dtype=bool)
+    return pooled[keep], x[keep]
+
+
 def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Cross-validated linear-probe scores of each target column from ``embedding (N, D)``.
 
@@ -94,8 +109,10 @@ def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -
     for column in targets.columns:
         keep = targets[column].notna().to_numpy()
         values, x = targets[column][keep], embedding[keep]
-        binary = _binary(values)
         numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.isna().any():  # categorical: pool levels under 3 rows, drop the pool if it is one too
+            values, x = _pool_rare_levels(values.astype(str), x)
+        binary = _binary(values)
         counts = values.astype(str).value_counts()
         if binary is not None and min(binary.sum(), len(binary) - binary.sum()) >= 3:
             out["auroc"][column] = probe_auroc(x, binary, seed)
@@ -104,8 +121,8 @@ def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -
         elif binary is None and numeric.notna().all() and numeric.nunique() > 1 and len(values) >= 2 * FOLDS:
             out["r2"][column] = probe_r2(x, numeric.to_numpy(float), seed)
         else:
-            why = ("a class has fewer than 3 rows" if binary is not None else "not numeric"
-                   if numeric.isna().any() else f"constant or under {2 * FOLDS} rows")
+            why = ("a class has fewer than 3 rows" if binary is not None or numeric.isna().any()
+                   else f"constant or under {2 * FOLDS} rows")
             out["skipped"][column] = why
             logger.info("skipping target %s: %s (%d rows)", column, why, len(values))
             continue

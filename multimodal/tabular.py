@@ -32,6 +32,7 @@ from multimodal.checkpoint import atomic_write_text
 from multimodal.errors import CohortError, StrokeSSLError
 
 logger = logging.getLogger(__name__)
+_SAID_UNSEEN: set[tuple[str, int, tuple[str, ...]]] = set()  # unseen-category warnings already logged
 
 # 1.349 = IQR of a standard normal, so IQR / 1.349 estimates the standard deviation robustly.
 _IQR_TO_STD = 1.349
@@ -177,10 +178,13 @@ class TabularPreprocessor:
             codes = np.array([index.get(v, 0) if v is not None else 0 for v in canon], dtype=np.int64)
             unseen = present & (codes == 0)
             if unseen.any():
-                logger.warning(
-                    "column %r: %d row(s) hold categories unseen in training (%s); they use the unknown bucket",
-                    column, int(unseen.sum()), sorted({str(v) for v in canon[unseen]})[:5],
-                )
+                values = sorted({str(v) for v in canon[unseen]})[:5]
+                # Every fold model transforms the same rows: say it once, the repeats at debug level.
+                said = (column, int(unseen.sum()), tuple(values))
+                level = logging.DEBUG if said in _SAID_UNSEEN else logging.WARNING
+                _SAID_UNSEEN.add(said)
+                logger.log(level, "column %r: %d row(s) hold categories unseen in training (%s); they use the "
+                           "unknown bucket", column, int(unseen.sum()), values)
             categorical[:, j] = codes
             missing[:, offset + j] = ~present
         return {"continuous": continuous, "categorical": categorical, "missing": missing}

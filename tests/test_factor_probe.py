@@ -64,3 +64,21 @@ def test_a_categorical_target_with_several_levels_gets_a_macro_auroc():
     scores = shared(np.c_[signal, rng.normal(size=(150, 4))], pd.DataFrame({"smoking": levels}))
     blind = shared(np.c_[noise, rng.normal(size=(150, 4))], pd.DataFrame({"smoking": levels}))
     assert scores["auroc"]["smoking"] > 0.8 and abs(blind["auroc"]["smoking"] - 0.5) < 0.12
+
+
+def test_rare_levels_of_a_categorical_target_are_pooled_not_the_column_skipped():
+    from multimodal.linear_probes import probe_factors as shared
+
+    rng = np.random.default_rng(1)
+    levels = np.array(["lacunar", "cardioembolic", "large-artery"])[rng.integers(0, 3, 150)].astype(object)
+    levels[:2], levels[2:4] = "dissection", "other"  # two levels of 2 rows: pooled into one of 4
+    signal = np.c_[(levels == "lacunar") * 2.0, (levels == "cardioembolic") * 2.0] + rng.normal(size=(150, 2))
+    scores = shared(np.c_[signal, rng.normal(size=(150, 4))], pd.DataFrame({"toast": levels}))
+    assert scores["auroc"]["toast"] > 0.7 and scores["rows"]["toast"] == 150 and not scores["skipped"]
+    levels[4] = "vasculitis"  # one row: pooled with nothing else of its size, 1 + 4 rows in the pool
+    assert shared(np.c_[signal, rng.normal(size=(150, 4))], pd.DataFrame({"toast": levels}))["rows"]["toast"] == 150
+    single = pd.Series(["a"] * 70 + ["b"] * 78 + ["c"] * 2, dtype=object)  # pool of 2 rows: left out
+    result = shared(rng.normal(size=(150, 3)), pd.DataFrame({"x": single}))
+    assert result["rows"]["x"] == 148 and "x" in result["auroc"]
+    tiny = pd.Series(["a"] * 148 + ["b"] * 2, dtype=object)  # what is left is one level
+    assert shared(rng.normal(size=(150, 3)), pd.DataFrame({"x": tiny}))["skipped"]["x"] == "a class has fewer than 3 rows"

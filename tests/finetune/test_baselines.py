@@ -258,3 +258,24 @@ def test_logistic_regression_strength_is_chosen_by_inner_cross_validation(split:
     # last digits: the chosen C must score within 1e-3 of the best, and beat the grid's ends.
     assert scores[chosen] >= max(scores) - 1e-3, (scores, chosen)
     assert scores[chosen] > min(scores[0], scores[-1])
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_a_fold_of_24_subjects_still_learns_without_warnings(name: str, data: tuple, recwarn) -> None:
+    """scikit-learn's defaults assume hundreds of rows: 20 per leaf left no split (a constant 0.5)
+    and 5 inner folds with 4 positives warned; the baselines size both to the fold."""
+    frame, labels = data
+    train = np.r_[np.flatnonzero(labels == 1)[:4], np.flatnonzero(labels == 0)[:20]]
+    probs = fit_predict_baseline(name, frame.iloc[train], labels[train], frame.iloc[N_TRAIN:], seed=0)
+    assert np.ptp(probs) > 0.01
+    assert roc_auc_score(labels[N_TRAIN:], probs) > 0.55
+    assert not [w for w in recwarn if "least populated class" in str(w.message)]
+
+
+def test_a_constant_baseline_is_called_out(data: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    frame, labels = data
+    train = np.r_[np.flatnonzero(labels == 1)[:4], np.flatnonzero(labels == 0)[:20]]
+    with caplog.at_level(logging.WARNING, logger="finetune.baselines"):  # the user's 20 per leaf: no split
+        fit_predict_baseline("gradient_boosting", frame.iloc[train], labels[train], frame.iloc[N_TRAIN:], seed=0,
+                             min_samples_leaf=20)
+    assert "predicts 0.5 for every subject (trained on 24 subjects, 4 positive)" in caplog.text

@@ -88,6 +88,18 @@ def test_ece_hand_values():
     assert expected_calibration_error(y3, p3) == pytest.approx(reference)
 
 
+def test_ece_keeps_tied_probabilities_in_one_bin():
+    # a constant predictor: one bin, |0.5 − 8/48| (splitting the ties by label gave 0.5)
+    y = np.r_[np.ones(8), np.zeros(40)].astype(int)
+    assert expected_calibration_error(y, np.full(48, 0.5)) == pytest.approx(0.5 - 8 / 48)
+    # two distinct values: two bins whatever the bin count, and row order does not matter
+    p = np.r_[np.full(30, 0.2), np.full(18, 0.6)]
+    y = np.r_[np.ones(6), np.zeros(24), np.ones(9), np.zeros(9)].astype(int)
+    expected = 30 / 48 * abs(0.2 - 6 / 30) + 18 / 48 * abs(0.6 - 9 / 18)
+    order = np.random.default_rng(0).permutation(48)
+    assert expected_calibration_error(y[order], p[order]) == pytest.approx(expected)
+
+
 def test_ece_is_zero_for_perfectly_calibrated_bins():
     p = np.repeat([0.0, 0.25, 0.5, 0.75, 1.0], 4)
     y = np.array([0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1])

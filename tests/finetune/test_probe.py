@@ -97,6 +97,19 @@ def test_verdict_says_whether_the_model_beats_the_baseline(lower, upper, words):
     assert ("paid off" in text and "did not" not in text) == (lower > 0)
 
 
+def test_metrics_read_back_from_json_print_undefined_values_as_n_a():
+    from finetune.summary import format_metrics
+
+    ci = {"estimate": 0.7, "lower": 0.6, "upper": 0.8}
+    undefined = {"estimate": None, "lower": None, "upper": None}  # NaN as metrics.json stores it
+    section = {"model": {"auroc": ci, "ece": undefined}, "baselines": {"gradient_boosting": {"auroc": ci}},
+               "delta_auroc": {"gradient_boosting": {"delta": 0.0, "lower": -0.1, "upper": 0.1, "p_value": None}},
+               "n": 48, "positives": 8, "threshold": 0.3,
+               "fold_summary": {"auroc": {"n": 1, "mean": 0.7, "std": None}}}
+    text = format_metrics(section)
+    assert "n/a [n/a, n/a]" in text and "p = n/a" in text and "SD n/a" in text
+
+
 def test_probe_weighs_embedding_blocks_by_their_use():
     rng = np.random.default_rng(2)
     n = 400

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,10 @@ def test_confusion_at_undefined_rate_is_nan() -> None:
     counts = confusion_at([0, 0], [0.2, 0.7], 0.5)
     assert (counts["fp"], counts["tn"], counts["specificity"]) == (1, 1, 0.5)
     assert np.isnan(counts["sensitivity"])
+
+
+def test_a_threshold_that_separates_nothing_names_whose_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="finetune.thresholds"):
+        threshold = choose_threshold([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], name="baseline gradient_boosting")
+    assert threshold == 0.5
+    assert "baseline gradient_boosting: validation probabilities do not separate the classes" in caplog.text

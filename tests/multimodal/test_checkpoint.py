@@ -76,3 +76,15 @@ def test_an_unwritable_run_folder_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", refuse)  # root ignores file modes, so refuse the way the OS would
     with pytest.raises(StrokeSSLError, match=r"cannot write .*folds \(Permission denied\): make the folder writable"):
         make_folder(tmp_path / "run" / "folds")
+
+
+def test_strict_json_writes_undefined_values_as_null():
+    import json
+
+    import numpy as np
+
+    from multimodal.checkpoint import strict_json
+
+    value = {"slope": float("nan"), "rows": [np.float32(0.5), float("inf"), np.int64(3)], "name": "ece", "n": None}
+    text = json.dumps(strict_json(value), allow_nan=False)  # would raise on a NaN left in
+    assert json.loads(text) == {"slope": None, "rows": [0.5, None, 3], "name": "ece", "n": None}

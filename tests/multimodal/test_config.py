@@ -30,7 +30,7 @@ def test_unknown_top_level_key_names_nearest(tmp_path):
 
 def test_unknown_nested_key_names_section_and_nearest(tmp_path):
     path = write_run_config(tmp_path, {"cohort": "c.yaml", "imaging": {"spacng": [1, 1, 1]}})
-    with pytest.raises(ConfigError, match=r"imaging\.'spacng'.*did you mean 'spacing'"):
+    with pytest.raises(ConfigError, match=r"'imaging\.spacng'.*did you mean 'spacing'"):
         load_run_config(path)
 
 
