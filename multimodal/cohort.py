@@ -329,9 +329,20 @@ def load_cohort(config: CohortConfig) -> Cohort:
 
 
 def _join(problems: list[Problem], config: CohortConfig) -> str:
-    shown = "; ".join(str(p) for p in problems[:10])
-    more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-    return f"{len(problems)} problem(s) in cohort {config.source or config.csv}: {shown}{more} (run `strokessl validate` for the full list)"
+    """One line for the CLI: the same message for many subjects is said once, naming three of them."""
+    groups: dict[tuple[str | None, str], list[str]] = {}
+    for problem in problems:
+        groups.setdefault((problem.column, problem.message), []).append(problem.subject)
+    parts = []
+    for (column, message), subjects in list(groups.items())[:10]:
+        named = [s for s in subjects if s is not None]
+        more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+        where = [f"subject{'s' if len(named) > 1 else ''} {', '.join(named[:3])}{more}"] if named else []
+        where += [f"column {column!r}"] if column is not None else []
+        parts.append(f"{', '.join(where)}: {message}" if where else message)
+    more = f"; and {len(groups) - 10} more kinds" if len(groups) > 10 else ""
+    return (f"{len(problems)} problem(s) in cohort {config.source or config.csv}: {'; '.join(parts)}{more} "
+            "(run `strokessl validate` for the full list)")
 
 
 # --------------------------------------------------------------------------- splits

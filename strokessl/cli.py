@@ -167,14 +167,22 @@ def run_validate(args: argparse.Namespace) -> int:
         run_config = load_run_config(args.config, args.overrides)
         cohort_config = load_cohort_config(run_config.cohort)
         sequences = run_config.imaging.sequences
-        from finetune.config import (
-            finetune_config,  # checks the finetune: and pretrain: sections too
-        )
+        from finetune.config import finetune_config
+        from multimodal.errors import ConfigError
         from pretrain.config import pretrain_config
 
-        folds = finetune_config(run_config).folds
-        settings = pretrain_config(run_config)
-        pretraining = (settings.rows, settings.val_fraction, settings.batch_size)
+        errors = []  # both sections' mistakes in one go, not one per run of validate
+        try:
+            folds = finetune_config(run_config).folds
+        except ConfigError as error:
+            errors.append(str(error))
+        try:
+            settings = pretrain_config(run_config)
+            pretraining = (settings.rows, settings.val_fraction, settings.batch_size)
+        except ConfigError as error:
+            errors.append(str(error))
+        if errors:
+            raise ConfigError("; ".join(dict.fromkeys(errors)))
     else:
         if args.overrides:
             logger.warning("--set applies to run configs; %s is a cohort config", args.config)

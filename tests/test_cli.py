@@ -31,3 +31,14 @@ def test_bad_cohort_exits_2_after_listing_problems(small_cohort, capsys):
     captured = capsys.readouterr()
     assert "subject s03, column 'flair'" in captured.out
     assert "1 error(s)" in captured.err
+
+
+def test_validate_names_every_misspelt_section_key_at_once(small_cohort, tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"cohort": str(small_cohort), "pretrain": {"epoch": 3}, "finetune": {"epoch": 3}}))
+    assert main(["validate", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "unknown config key 'finetune.epoch'" in err and "unknown config key 'pretrain.epoch'" in err

@@ -30,6 +30,17 @@ def test_unmappable_label_names_subject_and_custom_map_fixes_it(tmp_path):
     assert problems == [] and cohort.labels.tolist() == [1, 0]
 
 
+def test_one_line_error_says_a_repeated_problem_once(tmp_path):
+    path = write_cohort(tmp_path, rows(["unknown"] * 5 + ["2", "1"]))
+    with pytest.raises(CohortError) as caught:
+        load_cohort(load_cohort_config(path))
+    text = str(caught.value)
+    assert text.startswith("6 problem(s) in cohort")
+    assert "subjects p000, p001, p002 and 2 more, column 'recurrence_12m': label 'unknown' is not one of" in text
+    assert "add 'unknown' to its na_values" in text and text.count("'unknown' is not one of") == 1
+    assert "subject p005, column 'recurrence_12m': label '2'" in text
+
+
 def test_feature_types_na_values_and_ids(tmp_path):
     table = rows(["1", "0", "0"])
     for row, (age, score, sex) in zip(table, [(70, -999, "M"), (55.5, 3, "unknown"), ("", 2, "F")], strict=True):
