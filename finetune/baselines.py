@@ -267,8 +267,9 @@ def fit_predict_baseline(
     positive = list(model.classes_).index(1)
     result = np.asarray(probs[:, positive], dtype=np.float64)
     if len(result) > 1 and np.ptp(result) == 0.0:
-        logger.warning("baseline %s predicts %.3g for every subject (trained on %d subjects, %d positive): its "
-                       "AUROC is 0.5 by construction, not a measurement", name, result[0], len(labels), labels.sum())
+        logger.warning("baseline %s predicts %.3g for every subject of this fold (trained on %d subjects, %d "
+                       "positive): within the fold it ranks nobody, and pooled over folds only the folds' offsets "
+                       "differ", name, result[0], len(labels), labels.sum())
     return result
 
 
@@ -278,9 +279,9 @@ def _fit_to_size(classifier: Any, labels: np.ndarray, overridden: dict[str, Any]
     and at most a third of the fold per leaf, since 20 per leaf left a 24-subject fold without a
     single split (a constant prediction, measured)."""
     smallest = int(np.bincount(labels, minlength=2).min())
-    if isinstance(classifier, LogisticRegressionCV) and "cv" not in overridden:
+    if isinstance(classifier, LogisticRegressionCV) and overridden.get("cv") is None:
         cv = classifier.cv
         if isinstance(cv, StratifiedKFold) and smallest < cv.n_splits:
             classifier.set_params(cv=StratifiedKFold(max(2, smallest), shuffle=True, random_state=cv.random_state))
-    if isinstance(classifier, HistGradientBoostingClassifier) and "min_samples_leaf" not in overridden:
+    if isinstance(classifier, HistGradientBoostingClassifier) and overridden.get("min_samples_leaf") is None:
         classifier.set_params(min_samples_leaf=min(classifier.min_samples_leaf, max(1, len(labels) // 3)))

@@ -112,9 +112,13 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     modalities = list(model_config.encoders)
     others = {m: spec.args for m, spec in model_config.encoders.items() if m not in BUILT_IN_MODALITIES}
     folds = []
+    preprocessors: dict[str, TabularPreprocessor] = {}  # folds with equal state share one (its warnings once)
     for fold_file in sorted((run_dir / "folds").glob("*.json")):
         fold = json.loads(fold_file.read_text())
-        preprocessor = TabularPreprocessor.from_dict(fold["preprocessor"])
+        state = json.dumps(fold["preprocessor"], sort_keys=True)
+        if state not in preprocessors:
+            preprocessors[state] = TabularPreprocessor.from_dict(fold["preprocessor"])
+        preprocessor = preprocessors[state]
         sizes = encoder_sizes(modalities, sequences, preprocessor)
         encoders = {m: build_encoder(model_config, m, **sizes[m]) for m in modalities}
         model = build_classifier(encoders, settings, len(preprocessor.continuous), preprocessor.category_sizes,

@@ -123,7 +123,7 @@ def plot_calibration(labels: np.ndarray, probabilities: np.ndarray, path: str | 
     ax, hist = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Perfect calibration")
     ax.errorbar(mean_p, rate, yerr=[rate - low, high - rate], fmt="o-", lw=1.5, capsize=3,
-                label=f"Model ({len(counts)} equal-size groups, ECE {expected_calibration_error(y, p, bins):.3f})")
+                label=f"Model ({len(counts)} groups of about equal size, ECE {expected_calibration_error(y, p, bins):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1), title=title, ylabel="Observed event rate (95 % CI)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)

@@ -85,8 +85,14 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     plot_calibration(y, p, report / "calibration.png")
     plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
     atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
-    atomic_write_text(run_dir / "metrics.json", json.dumps(strict_json(metrics), indent=2, allow_nan=False))
+    write_metrics(run_dir / "metrics.json", metrics)
     return run_dir
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """``metrics.json`` as strict JSON: an undefined value (NaN: a calibration slope on separable
+    scores, say) is written as null, which R's and JavaScript's parsers accept, unlike bare NaN."""
+    atomic_write_text(path, json.dumps(strict_json(metrics), indent=2, allow_nan=False))
 
 
 def _n(value: float | None, spec: str = ".3f") -> str:

@@ -82,8 +82,10 @@ def strict_json(value: Any) -> Any:
     ``NaN``, which R's, JavaScript's and most other JSON parsers refuse."""
     if isinstance(value, dict):
         return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [strict_json(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.integer):

@@ -237,8 +237,8 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
         key = str(value).strip().casefold()
         if key not in mapping:
             problems.append(Problem(
-                f"label {value!r} is not one of {sorted(mapping)}; fix the value, set label_map in the "
-                f"cohort config, or add {str(value).strip()!r} to its na_values if it means unknown",
+                f"label {value!r} is not one of {sorted(mapping)}; fix the value or set label_map in the "
+                "cohort config" + _unknown_hint(value),
                 subject=str(subject), column=config.label,
             ))
             continue
@@ -254,6 +254,15 @@ def resolve_image_path(config: CohortConfig, cell: Any) -> Path | None:
     return path if path.is_absolute() else (config.root / path)
 
 
+def _unknown_hint(value: Any) -> str:
+    """How to declare a word that means "unknown": ``na_values`` applies to every column, so a
+    number there (9 for unknown) would also blank that number in the clinical features."""
+    text = str(value).strip()
+    if pd.notna(pd.to_numeric(text, errors="coerce")):
+        return ""
+    return f", or add {text!r} to its na_values if it means unknown"
+
+
 def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     """Read the table and collect table-level problems (without touching image files)."""
     frame = read_table(config)
@@ -263,16 +272,17 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     ids = frame[config.id]
     for row in np.flatnonzero(ids.isna().to_numpy()):
         problems.append(Problem(f"row {row + 2} of {config.csv.name} has an empty id", column=config.id))
+    line = np.flatnonzero(ids.notna().to_numpy()) + 2  # each kept row's line in the CSV (header = line 1)
     frame = frame[ids.notna()].reset_index(drop=True)
     labels, label_problems = map_labels(config, frame)
     problems += label_problems
     duplicated = frame[config.id].duplicated().to_numpy()
-    first_row = {}
+    first_line = {}
     for row, subject in enumerate(frame[config.id]):
-        first_row.setdefault(subject, row)
+        first_line.setdefault(subject, line[row])
     for row in np.flatnonzero(duplicated):
         subject = frame.at[row, config.id]
-        problems.append(Problem(f"id appears more than once (row {row + 2}, first in row {first_row[subject] + 2}); "
+        problems.append(Problem(f"id appears more than once (row {line[row]}, first in row {first_line[subject]}); "
                                 "ids must be unique", subject=str(subject), column=config.id))
         for column in config.images.values():
             path = resolve_image_path(config, frame.at[row, column])

@@ -32,7 +32,6 @@ from multimodal.checkpoint import atomic_write_text
 from multimodal.errors import CohortError, StrokeSSLError
 
 logger = logging.getLogger(__name__)
-_SAID_UNSEEN: set[tuple[str, int, tuple[str, ...]]] = set()  # unseen-category warnings already logged
 
 # 1.349 = IQR of a standard normal, so IQR / 1.349 estimates the standard deviation robustly.
 _IQR_TO_STD = 1.349
@@ -95,6 +94,7 @@ class TabularPreprocessor:
         self.continuous = list(continuous)
         self.categorical = list(categorical)
         self.clip = float(clip)
+        self._said_unseen: set[tuple[str, int, tuple[str, ...]]] = set()  # warnings given (see transform)
 
     # ----------------------------------------------------------------------- fitted state
     @property
@@ -179,10 +179,10 @@ class TabularPreprocessor:
             unseen = present & (codes == 0)
             if unseen.any():
                 values = sorted({str(v) for v in canon[unseen]})[:5]
-                # Every fold model transforms the same rows: say it once, the repeats at debug level.
+                # Folds sharing this preprocessor transform the same rows: say it once, repeats at debug level.
                 said = (column, int(unseen.sum()), tuple(values))
-                level = logging.DEBUG if said in _SAID_UNSEEN else logging.WARNING
-                _SAID_UNSEEN.add(said)
+                level = logging.DEBUG if said in self._said_unseen else logging.WARNING
+                self._said_unseen.add(said)
                 logger.log(level, "column %r: %d row(s) hold categories unseen in training (%s); they use the "
                            "unknown bucket", column, int(unseen.sum()), values)
             categorical[:, j] = codes

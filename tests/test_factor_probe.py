@@ -82,3 +82,13 @@ def test_rare_levels_of_a_categorical_target_are_pooled_not_the_column_skipped()
     assert result["rows"]["x"] == 148 and "x" in result["auroc"]
     tiny = pd.Series(["a"] * 148 + ["b"] * 2, dtype=object)  # what is left is one level
     assert shared(rng.normal(size=(150, 3)), pd.DataFrame({"x": tiny}))["skipped"]["x"] == "a class has fewer than 3 rows"
+
+
+def test_id_like_and_constant_text_columns_are_skipped_with_the_reason():
+    from multimodal.linear_probes import probe_factors as shared
+
+    rng = np.random.default_rng(2)
+    targets = pd.DataFrame({"site_code": [f"c{i // 2}" for i in range(150)], "scanner": ["prisma"] * 150})
+    skipped = shared(rng.normal(size=(150, 3)), targets)["skipped"]
+    assert skipped["site_code"].startswith("most rows hold levels under 3 rows")
+    assert skipped["scanner"] == "constant"

@@ -278,4 +278,4 @@ def test_a_constant_baseline_is_called_out(data: tuple, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="finetune.baselines"):  # the user's 20 per leaf: no split
         fit_predict_baseline("gradient_boosting", frame.iloc[train], labels[train], frame.iloc[N_TRAIN:], seed=0,
                              min_samples_leaf=20)
-    assert "predicts 0.5 for every subject (trained on 24 subjects, 4 positive)" in caplog.text
+    assert "predicts 0.5 for every subject of this fold (trained on 24 subjects, 4 positive)" in caplog.text

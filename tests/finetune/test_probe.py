@@ -110,6 +110,20 @@ def test_metrics_read_back_from_json_print_undefined_values_as_n_a():
     assert "n/a [n/a, n/a]" in text and "p = n/a" in text and "SD n/a" in text
 
 
+def test_metrics_json_is_strict_json(tmp_path):
+    import json
+
+    from finetune.summary import write_metrics
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds {constant}: not JSON other languages can read")
+
+    write_metrics(tmp_path / "metrics.json", {"model": {"calibration_slope": {"estimate": np.float64("nan")}},
+                                              "n": np.int64(48)})
+    assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse) == {
+        "model": {"calibration_slope": {"estimate": None}}, "n": 48}
+
+
 def test_probe_weighs_embedding_blocks_by_their_use():
     rng = np.random.default_rng(2)
     n = 400

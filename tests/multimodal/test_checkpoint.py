@@ -85,6 +85,8 @@ def test_strict_json_writes_undefined_values_as_null():
 
     from multimodal.checkpoint import strict_json
 
-    value = {"slope": float("nan"), "rows": [np.float32(0.5), float("inf"), np.int64(3)], "name": "ece", "n": None}
+    value = {"slope": float("nan"), "rows": [np.float32(0.5), float("inf"), np.int64(3)], "name": "ece", "n": None,
+             "flags": np.array([True, False]), "ok": np.bool_(True)}
     text = json.dumps(strict_json(value), allow_nan=False)  # would raise on a NaN left in
-    assert json.loads(text) == {"slope": None, "rows": [0.5, None, 3], "name": "ece", "n": None}
+    assert json.loads(text) == {"slope": None, "rows": [0.5, None, 3], "name": "ece", "n": None,
+                                "flags": [True, False], "ok": True}

@@ -41,6 +41,18 @@ def test_one_line_error_says_a_repeated_problem_once(tmp_path):
     assert "subject p005, column 'recurrence_12m': label '2'" in text
 
 
+def test_duplicate_ids_name_both_csv_lines_and_numeric_labels_get_no_na_values_hint(tmp_path):
+    path = write_cohort(tmp_path, [{"subject_id": "a", "flair": "x.nii", "recurrence_12m": "1"},
+                                   {"subject_id": "", "flair": "x.nii", "recurrence_12m": "0"},  # line 3, dropped
+                                   {"subject_id": "b", "flair": "x.nii", "recurrence_12m": "9"},
+                                   {"subject_id": "a", "flair": "x.nii", "recurrence_12m": "0"}])
+    _, problems = read_cohort(load_cohort_config(path))
+    text = "\n".join(str(p) for p in problems)
+    assert "id appears more than once (row 5, first in row 2)" in text
+    # na_values blanks a number in every column (NIHSS 9 too): for a numeric code only label_map is offered
+    assert "label '9' is not one of" in text and "na_values" not in text
+
+
 def test_feature_types_na_values_and_ids(tmp_path):
     table = rows(["1", "0", "0"])
     for row, (age, score, sex) in zip(table, [(70, -999, "M"), (55.5, 3, "unknown"), ("", 2, "F")], strict=True):

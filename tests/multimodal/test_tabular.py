@@ -94,3 +94,14 @@ def test_text_in_continuous_column_names_the_column():
     frame = pd.DataFrame({"age": ["70", "eighty", "65"]}, index=["a", "b", "c"])
     with pytest.raises(CohortError, match=r"'age'.*'eighty'"):
         TabularPreprocessor(["age"], []).fit(frame)
+
+
+def test_unseen_category_warning_is_given_once_per_preprocessor(frame, caplog):
+    new = pd.DataFrame({"sex": ["X", "M"]})
+    pre = TabularPreprocessor([], ["sex"]).fit(frame)
+    with caplog.at_level(logging.WARNING, logger="multimodal.tabular"):
+        for _ in range(3):  # e.g. every fold model sharing this preprocessor
+            pre.transform(new)
+        assert caplog.text.count("unseen in training") == 1
+        TabularPreprocessor([], ["sex"]).fit(frame).transform(new)  # another run: warned again
+        assert caplog.text.count("unseen in training") == 2
