@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import difflib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,12 @@ def mixed_column_problems(config: CohortConfig, frame: pd.DataFrame, columns: li
             bad = values[~numeric]
             examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(bad.items())[:5])
             markers = sorted(set(bad.astype(str)))[:3]
+            limits = sorted({v for v in bad.astype(str) if re.fullmatch(r"\s*[<>]=?\s*-?\d+([.,]\d+)?\s*", v)})[:3]
+            hint = (f"; {limits} look like detection limits: write a number in those cells (the limit, or half "
+                    "of it), since na_values would make them missing") if limits else ""
             problems.append(Problem(
                 f"mostly numbers, but {len(bad)} value(s) are not ({examples}); fix those cells, add missing-value "
-                f"markers to na_values (e.g. na_values: {markers}), or declare types: {{{column}: categorical}}",
+                f"markers to na_values (e.g. na_values: {markers}), or declare types: {{{column}: categorical}}{hint}",
                 column=column))
     return problems
 
@@ -351,8 +355,10 @@ def _join(problems: list[Problem], config: CohortConfig) -> str:
         where += [f"column {column!r}"] if column is not None else []
         parts.append(f"{', '.join(where)}: {message}" if where else message)
     more = f"; and {len(groups) - 10} more kinds" if len(groups) > 10 else ""
-    return (f"{len(problems)} problem(s) in cohort {config.source or config.csv}: {'; '.join(parts)}{more} "
-            "(run `strokessl validate` for the full list)")
+    source = config.source or config.csv
+    full_list = ("run `strokessl validate` for the full list" if str(source).endswith((".yaml", ".yml")) else
+                 "a cohort.yaml beside the CSV (README, 'Cohort format') lets `strokessl validate` list them all")
+    return f"{len(problems)} problem(s) in cohort {source}: {'; '.join(parts)}{more} ({full_list})"
 
 
 # --------------------------------------------------------------------------- splits

@@ -178,7 +178,7 @@ class TabularPreprocessor:
             codes = np.array([index.get(v, 0) if v is not None else 0 for v in canon], dtype=np.int64)
             unseen = present & (codes == 0)
             if unseen.any():
-                values = sorted({str(v) for v in canon[unseen]})[:5]
+                values = sorted({str(v).strip() for v in frame[column][unseen]})[:5]  # as the CSV spells them
                 # Folds sharing this preprocessor transform the same rows: say it once, repeats at debug level.
                 said = (column, int(unseen.sum()), tuple(values))
                 level = logging.DEBUG if said in self._said_unseen else logging.WARNING

@@ -217,6 +217,13 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
                 subject=subject, column=column,
             ))
             continue
+        wanted = config.volume_index.get(sequence, 0)
+        if len(shape) == 3 and wanted > 0:  # preprocessing refuses it: say so here, before any training
+            report.errors.append(Problem(
+                f"{path.name} is 3D (one volume) but volume_index: {{{sequence}: {wanted}}} asks for volume {wanted}; "
+                f"every {sequence} file must hold that volume: split the 4D files (keep the volume you want) so "
+                "that all are 3D, and drop volume_index", subject=subject, column=column))
+            continue
         if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
             report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
             continue

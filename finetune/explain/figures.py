@@ -111,7 +111,8 @@ def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, 
                       vmin=-limit if signed else 0.0, vmax=limit)
             ax.axis("off")
             if col == 0:
-                ax.set_title(f"{title} · axial slice {z}", fontsize=7, loc="left")
+                # slices of the preprocessed grid, not the scanner's: the NIfTI maps sit on the subject's own grid
+                ax.set_title(f"{title} · model-grid axial slice {z} of {image.shape[-1]}", fontsize=7, loc="left")
             else:
                 ax.set_title(f"slice {z}", fontsize=7)
 

@@ -81,18 +81,51 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
         attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
         analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
         analysis["attribution"]["table"] = _write_attributions(attributions, cohort, report, with_ids).name
-    risk = None
+    risk, held = None, {}
     if embedded.kind == "fine-tuning":
-        risk = ensemble_probabilities(embedded.models, cohort)["probability"].to_numpy()
+        held = held_out_folds(run_dir, embedded.models)
+        ours = sum(s in held for s in cohort.ids)
+        if ours:
+            logger.info("%d of the %d subjects were in the run's cross-validation (matched by id): each is scored "
+                        "and explained by the fold models that did not train on it", ours, len(cohort.ids))
+        risk = out_of_fold_risk(ensemble_probabilities(embedded.models, cohort), embedded.models, held)
     if scorer is not None and "image" in scorer.modalities and gallery > 0:
-        analysis["gallery"] = _gallery(embedded, risk, attributions, report, gallery)
+        analysis["gallery"] = _gallery(embedded, risk, attributions, report, gallery, held)
     if subject is not None:
-        for written in explain_subject(embedded, subject, risk, attributions, run_dir):
+        for written in explain_subject(embedded, subject, risk, attributions, run_dir, held,
+                                       baseline=baseline, n_steps=n_steps):
             logger.info("wrote %s", written)  # the subject's files stay out of the cohort-level report
     analysis["seconds"] = time.perf_counter() - start
     path = write_report(run_dir, analysis)
     logger.info("wrote %s and %s (%.0f s)", path, path.with_suffix(".html"), analysis["seconds"])
     return analysis
+
+
+def held_out_folds(run_dir: Path, models: Any) -> dict[str, list[int]]:
+    """Subject id -> positions in ``models.folds`` of the fold models whose test part held it in the
+    run's own cross-validation. A fold model that trained on a subject scores it in-sample, so for the
+    run's own subjects explain uses only these, as ``predictions.csv`` does; new subjects get every fold."""
+    splits = json.loads((run_dir / "folds.json").read_text())
+    position = {fold.name: k for k, fold in enumerate(models.folds)}
+    held: dict[str, list[int]] = {}
+    for name, split in splits.items():
+        if name in position:
+            for subject in split["test"]:
+                held.setdefault(subject, []).append(position[name])
+    return held
+
+
+def out_of_fold_risk(probabilities: pd.DataFrame, models: Any, held: dict[str, list[int]]) -> np.ndarray:
+    """``(N,)`` risk per subject of ``ensemble_probabilities``' frame: the mean over the subject's
+    held-out fold models where it has some (``held_out_folds``), else over every fold model."""
+    columns = [f"probability_{fold.name}" for fold in models.folds]
+    values = probabilities[columns].to_numpy()
+    return np.array([values[i, held[s]].mean() if s in held else values[i].mean()
+                     for i, s in enumerate(probabilities.index)])
+
+
+def _scorer_for(scorer: Any, subject: str, held: dict[str, list[int]]) -> Any:
+    return scorer.restricted(held[subject]) if subject in held else scorer
 
 
 def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: int, n_steps: int) -> dict[str, Any]:
@@ -125,7 +158,7 @@ def _write_attributions(result: dict[str, Any], cohort: Any, report: Path, with_
 
 
 def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dict[str, Any] | None,
-             report: Path, count: int) -> dict[str, Any]:
+             report: Path, count: int, held: dict[str, list[int]]) -> dict[str, Any]:
     """Occlusion + Grad-CAM montages of the ``count`` highest-scoring subjects with an image."""
     cohort, scorer = embedded.cohort, embedded.scorer
     if risk is not None:
@@ -133,7 +166,8 @@ def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dic
         text = ("Occlusion (red: the region raised the predicted risk, blue: lowered it) and Grad-CAM (where "
                 "the encoder's feature maps drive the logit) over the first MRI sequence, for the subjects "
                 "with the highest fold-ensemble risk; each row shows the axial slices holding the most "
-                "occlusion saliency.")
+                "occlusion saliency. A subject of the run's own cross-validation is scored and explained by "
+                "the fold models that did not train on it (its out-of-fold risk, as in predictions.csv).")
     else:
         order = np.full(len(cohort.ids), -np.inf)
         if attributions is not None:
@@ -144,7 +178,7 @@ def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dic
     candidates = [i for i in np.argsort(-order, kind="stable") if embedded.present["image"][i]][:count]
     entries = []
     for rank, i in enumerate(tqdm(candidates, desc="saliency gallery", unit="subject"), start=1):
-        image, groups = subject_image(scorer, cohort, cohort.ids[i])
+        image, groups = subject_image(_scorer_for(scorer, cohort.ids[i], held), cohort, cohort.ids[i])
         maps = _maps(image, groups, scorer.device)
         what = f"risk {order[i]:.2f}" if risk is not None else f"similarity {order[i]:.2f}"
         caption = f"rank {rank}: {what}, outcome {outcome_names(cohort.labels[i:i + 1])[0]}"
@@ -162,15 +196,24 @@ def _maps(image: dict[str, np.ndarray], groups: list[ImageScore], device: torch.
 
 
 def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
-                    run_dir: Path, top: int = 10) -> list[Path]:
+                    run_dir: Path, held: dict[str, list[int]], baseline: str = "missing", n_steps: int = 32,
+                    top: int = 10) -> list[Path]:
     """``RUN/report/subjects/<ID>.png``, ``<ID>.json`` and, with an image, ``<ID>_occlusion.nii.gz`` and
-    ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths."""
-    cohort, scorer = embedded.cohort, embedded.scorer
+    ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths. A subject
+    of the run's own cross-validation is explained by its held-out fold models only (``held``)."""
+    cohort = embedded.cohort
+    scorer = _scorer_for(embedded.scorer, subject, held)
     folder = run_dir / "report" / "subjects"
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", subject)  # an id with "/" or spaces stays one file name
     position = cohort.ids.index(subject)
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     probability = float(risk[position])
+    models = len(embedded.scorer.members)
+    basis = (f"out of fold: the {len(held[subject])} of {models} fold models that did not train on this subject"
+             if subject in held else f"all {models} fold models (the subject was not in the run's cross-validation)")
+    if subject in held and attributions is not None:  # the cohort-wide attributions used every fold model
+        attributions = tabular_attributions(scorer, cohort.subset([subject]), baseline=baseline, n_steps=n_steps)
+        attributions["rows"] = np.array([position])
     features: list[dict[str, Any]] = []
     found = np.flatnonzero(attributions["rows"] == position) if attributions is not None else []
     if len(found):
@@ -181,7 +224,7 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
             value = values.get(name)  # None: a column absent from the cohort (--allow-missing-features)
             features.append({"feature": name, "value": "missing" if value is None or value != value else str(value),
                              "attribution": float(row[j])})
-    numbers: dict[str, Any] = {"probability": probability, "threshold": threshold,
+    numbers: dict[str, Any] = {"probability": probability, "threshold": threshold, "scored_by": basis,
                                "risk_group": "high" if probability >= threshold else "low", "top_features": features}
     written: list[Path] = []
     image = maps = head = None
@@ -200,7 +243,8 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
         image, head = image["image"], image["head_mask"]
     per_slice = numbers.get("slice_attributions", {}).get("values")
     written.append(subject_figure(folder / f"{stem}.png", probability=probability, threshold=threshold,
-                                  features=features, image=image, maps=maps, head=head, title=subject,
+                                  features=features, image=image, maps=maps, head=head,
+                                  title=f"{subject} ({'out-of-fold risk' if subject in held else 'all fold models'})",
                                   slice_values=None if per_slice is None else np.array(per_slice)))
     atomic_write_text(folder / f"{stem}.json", json.dumps(numbers, indent=2) + "\n")
     return [*written, folder / f"{stem}.json"]

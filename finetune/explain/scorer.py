@@ -11,7 +11,7 @@ model) whose scores are averaged, so the tabular Integrated Gradients and the im
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,6 +46,11 @@ class Scorer:
     others: dict[str, dict[str, Any]] = field(default_factory=dict)  # modalities beyond image / table
     pairs_only: bool = False  # the score needs every modality (a similarity): attribute only complete subjects
     _shared: dict[str, list[tuple[nn.Module, list[int]]]] = field(default_factory=dict, repr=False)
+
+    def restricted(self, members: list[int]) -> Scorer:
+        """The same score averaged over ``members`` only (e.g. the fold models that never trained on a
+        subject: its out-of-fold score, as ``predictions.csv`` holds it)."""
+        return replace(self, members=[self.members[i] for i in members], _shared={})
 
     def cache(self, cohort: Cohort) -> VolumeCache | None:
         """The run's MRI cache for ``cohort`` (None when the run reads no image)."""

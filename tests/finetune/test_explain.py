@@ -94,8 +94,10 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     # A pretraining run's image–record similarity is attributed like a fine-tuned logit.
     assert analysis["attribution"]["what"] == "image–record similarity"
     assert len(analysis["gallery"]["subjects"]) == 1
+    oof = pd.read_csv(finetuned / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    chosen = oof.index[0]  # a subject of the run's own cross-validation
     assert main(["explain", str(finetuned), "--cohort", str(cohort.parent / "cohort.csv"), "--gallery", "2",
-                 "--subject", ids[0]]) == 0
+                 "--subject", chosen]) == 0
     report = finetuned / "report"
     analysis = json.loads((report / "explain.json").read_text())
     assert analysis["kind"] == "fine-tuning" and analysis["space"] == {}  # no shared projection space
@@ -112,22 +114,30 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     assert len(linked) == 4 and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in linked)
     for name in ("explain.md", "explain.html", "explain.json"):
         text = (report / name).read_text()
-        assert not any(re.search(rf"\b{s}\b", text) for s in ids[1:]), name
+        assert not any(re.search(rf"\b{s}\b", text) for s in ids if s != chosen), name
     table = pd.read_csv(report / "explain_attributions.csv")
     assert "subject_id" not in table.columns and table["row"].tolist() == list(range(40))
     features = [c for c in table.columns if c not in ("row", "score", "baseline_score", "delta")]
     assert sorted(features) == sorted(ranked)
     np.testing.assert_allclose(table[features].sum(axis=1), table["score"] - table["baseline_score"],
                                atol=0.02 * np.abs(table["score"] - table["baseline_score"]).max())
-    subject = json.loads((report / "subjects" / f"{ids[0]}.json").read_text())
+    subject = json.loads((report / "subjects" / f"{chosen}.json").read_text())
     assert subject["risk_group"] == ("high" if subject["probability"] >= subject["threshold"] else "low")
+    # its risk is the out-of-fold one of predictions.csv, not the in-sample mean over every fold model
+    assert subject["probability"] == pytest.approx(oof.loc[chosen, "probability"], abs=1e-5)
+    assert subject["scored_by"].startswith("out of fold: the 1 of 2 fold models")
+    # the gallery ranks by the same risk: out of fold for the run's subjects, every fold model (predict) for the rest
+    assert main(["predict", str(finetuned), "--cohort", str(cohort), "--out", str(tmp_path / "p.csv")]) == 0
+    expected = pd.read_csv(tmp_path / "p.csv", dtype={"subject_id": str}).set_index("subject_id")["probability"]
+    expected.update(oof["probability"])
+    np.testing.assert_allclose(risks, expected.nlargest(2).to_numpy(), atol=1e-5)
     assert len(subject["top_features"]) == 10
-    assert (report / "subjects" / f"{ids[0]}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (report / "subjects" / f"{chosen}.png").read_bytes()[:4] == b"\x89PNG"
     for kind in ("occlusion", "gradcam"):
         import nibabel as nib
 
-        saliency = nib.load(str(report / "subjects" / f"{ids[0]}_{kind}.nii.gz"))
-        original = nib.load(str(cohort.parent / "images" / f"{ids[0]}_flair.nii.gz"))
+        saliency = nib.load(str(report / "subjects" / f"{chosen}_{kind}.nii.gz"))
+        original = nib.load(str(cohort.parent / "images" / f"{chosen}_flair.nii.gz"))
         assert saliency.shape == original.shape and np.allclose(saliency.affine, original.affine)
     assert main(["explain", str(pretrained), "--cohort", str(cohort), "--subject", ids[0]]) == 2
     assert "needs a fine-tuning run" in capsys.readouterr().err

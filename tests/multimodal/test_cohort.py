@@ -39,6 +39,11 @@ def test_one_line_error_says_a_repeated_problem_once(tmp_path):
     assert "subjects p000, p001, p002 and 2 more, column 'recurrence_12m': label 'unknown' is not one of" in text
     assert "add 'unknown' to its na_values" in text and text.count("'unknown' is not one of") == 1
     assert "subject p005, column 'recurrence_12m': label '2'" in text
+    assert text.endswith("(run `strokessl validate` for the full list)")
+    # a bare CSV (as predict reads one) has no cohort.yaml for validate: the hint says how to get one
+    from multimodal.config import CohortConfig
+    with pytest.raises(CohortError, match=r"a cohort\.yaml beside the CSV"):
+        load_cohort(CohortConfig(csv=tmp_path / "cohort.csv", images={"flair": "flair"}))
 
 
 def test_duplicate_ids_name_both_csv_lines_and_numeric_labels_get_no_na_values_hint(tmp_path):

@@ -45,8 +45,12 @@ def test_image_shape_problems(tmp_path):
     assert "unreadable" in messages["s2"]
     assert "no flair image" in messages["s3"] and "missing_images" in messages["s3"]
     path = write_cohort(tmp_path, rows, {"volume_index": {"flair": 1}, "missing_images": "zero"})
-    subjects = {e.subject for e in validate_cohort(load_cohort_config(path)).errors}
-    assert subjects == {"s1", "s2"}
+    errors = {e.subject: e.message for e in validate_cohort(load_cohort_config(path)).errors}
+    assert "s0" not in errors and "s3" not in errors  # the 4D file holds volume 1; s3 is zero-filled
+    assert "2D" in errors["s1"] and "unreadable" in errors["s2"]
+    # a 3D file has no volume 1: preprocessing would refuse it, so validate does
+    others = {s: m for s, m in errors.items() if s not in ("s1", "s2")}
+    assert others and all("is 3D (one volume) but volume_index: {flair: 1}" in m for m in others.values())
 
 
 def test_warnings_for_suspicious_columns(tmp_path):
