@@ -112,7 +112,7 @@ def _draw_montage(figure: Figure, grid: Any, image: np.ndarray, maps: dict[str, 
             ax.axis("off")
             if col == 0:
                 # slices of the preprocessed grid, not the scanner's: the NIfTI maps sit on the subject's own grid
-                ax.set_title(f"{title} · model-grid axial slice {z} of {image.shape[-1]}", fontsize=7, loc="left")
+                ax.set_title(f"{title}\nslice {z} of {image.shape[-1]}, model grid", fontsize=7, loc="left")
             else:
                 ax.set_title(f"slice {z}", fontsize=7)
 
@@ -133,11 +133,12 @@ def saliency_montage(image: np.ndarray, maps: dict[str, np.ndarray], path: str |
 def subject_figure(path: str | Path, *, probability: float, threshold: float, features: list[dict[str, Any]],
                    image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
                    slice_values: np.ndarray | None = None, head: np.ndarray | None = None, title: str = "",
-                   slices: int = 6) -> Path:
+                   slices: int = 6, scored_by: str = "fold-ensemble mean") -> Path:
     """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
     features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
     ``saliency_montage`` (None: no image part); ``slice_values`` ``(D,)``: each axial slice's
-    attribution (slice ResNet+LSTM), drawn as bars."""
+    attribution (slice ResNet+LSTM), drawn as bars; ``scored_by``: which models the risk averages
+    (under the risk bar)."""
     group = "HIGH" if probability >= threshold else "LOW"
     maps = maps or {}
     heights = [0.9, 0.35 * max(len(features), 1) if features else 0.05] + ([1.2] if slice_values is not None else []) + [2.2] * len(maps)
@@ -148,7 +149,7 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
     ax.axvline(threshold, color="black", linestyle="--")
     ax.set_xlim(0, 1)
     ax.set_yticks([])
-    ax.set_xlabel("predicted 12-month recurrence risk (fold-ensemble mean)", fontsize=8)
+    ax.set_xlabel(f"predicted 12-month recurrence risk ({scored_by})", fontsize=8)
     ax.set_title(f"{title + ': ' if title else ''}risk {probability:.2f}, {group} risk group "
                  f"(threshold {threshold:.2f}, dashed)", fontsize=10)
     ax = figure.add_subplot(grid[1, :])

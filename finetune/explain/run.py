@@ -245,6 +245,8 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
     written.append(subject_figure(folder / f"{stem}.png", probability=probability, threshold=threshold,
                                   features=features, image=image, maps=maps, head=head,
                                   title=f"{subject} ({'out-of-fold risk' if subject in held else 'all fold models'})",
+                                  scored_by=(f"mean of the {len(held[subject])} fold models that did not train on it"
+                                             if subject in held else f"mean of all {models} fold models"),
                                   slice_values=None if per_slice is None else np.array(per_slice)))
     atomic_write_text(folder / f"{stem}.json", json.dumps(numbers, indent=2) + "\n")
     return [*written, folder / f"{stem}.json"]
