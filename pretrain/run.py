@@ -38,6 +38,7 @@ from multimodal.checkpoint import (
     load_weights,
     make_folder,
     save_weights,
+    strict_json,
 )
 from multimodal.config import (
     RunConfig,
@@ -363,7 +364,7 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
             writer.add_embedding(features, metadata=metadata, tag=f"val_{name}",
                                  global_step=history[-1]["step"] if history else 0)
     writer.close()
-    atomic_write_text(run_dir / "metrics.json", json.dumps(
-        {"final": val_metrics, "history": history, "val_subjects": len(data.val), "train_subjects": len(data.train)},
-        indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(strict_json(
+        {"final": val_metrics, "history": history, "val_subjects": len(data.val), "train_subjects": len(data.train)}),
+        indent=2, allow_nan=False))
     logger.info("finished: %s", _short({f"val/{k}": v for k, v in val_metrics.items()}))

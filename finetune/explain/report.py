@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from multimodal.checkpoint import atomic_write_text
+from multimodal.checkpoint import atomic_write_text, strict_json
 
 Block = tuple
 
@@ -157,7 +157,7 @@ def write_report(run_dir: str | Path, analysis: dict[str, Any]) -> Path:
     """``RUN/report/explain.json``, ``explain.md`` and ``explain.html``; returns the Markdown path."""
     report = Path(run_dir) / "report"
     blocks = sections(analysis)
-    atomic_write_text(report / "explain.json", json.dumps(analysis, indent=2, default=float))
+    atomic_write_text(report / "explain.json", json.dumps(strict_json(analysis), indent=2, allow_nan=False))
     atomic_write_text(report / "explain.md", markdown(blocks) + "\n")
     atomic_write_text(report / "explain.html", html(blocks, report) + "\n")
     return report / "explain.md"

@@ -69,6 +69,7 @@ def test_resume_skips_finished_folds(config, tmp_path, capsys):
     (run / "metrics.json").unlink()
     (run / "folds" / "r0f1.json").unlink()
     assert main(args) == 2  # an existing run is not overwritten
+    assert "already holds a started fine-tuning run; add --resume to finish it" in capsys.readouterr().err
     assert main([*args, "--set", "finetune.loss=focal", "--resume"]) == 2  # would mix two kinds of folds
     assert "finetune.loss" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
@@ -288,6 +289,6 @@ def test_a_run_stopped_before_its_first_fold_does_not_lock_the_folder(config, tm
     (run / "config.yaml").write_text("cohort: elsewhere.yaml\n")
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 0
     assert (run / "metrics.json").is_file()
-    # once a fold has finished, a second run there needs --resume
+    # a finished run is not overwritten: the message says it is finished and to choose another folder
     assert main(["finetune", str(config), "--set", "finetune.mode=scratch", "--set", f"run.dir={run}"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "already holds a finished fine-tuning run; choose another folder" in capsys.readouterr().err
