@@ -330,11 +330,12 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     run_dir = _default_run_dir(run_config, settings)
     started = any((run_dir / "folds").glob("*.json")) or (run_dir / "metrics.json").exists()
     if started and not resume:
-        finished = (run_dir / "metrics.json").exists()
-        raise StrokeSSLError(f"run folder {run_dir} already holds a {'finished' if finished else 'started'} "
-                             "fine-tuning run; " + ("choose another folder with --set run.dir=... (--resume there "
-                             "only recomputes its summary)" if finished else "add --resume to finish it or choose "
-                             "another folder with --set run.dir=..."))
+        if (run_dir / "metrics.json").exists():
+            what = "finished fine-tuning run; choose another folder with --set run.dir=... (--resume there only " \
+                   "recomputes its summary)"
+        else:
+            what = "started fine-tuning run; add --resume to finish it or choose another folder with --set run.dir=..."
+        raise StrokeSSLError(f"run folder {run_dir} already holds a {what}")
     run_config.run.dir = run_dir
     # A folder whose run stopped before its first fold (a refused config, say) holds nothing to keep.
     if resume and started and (run_dir / "config.yaml").is_file():

@@ -7,7 +7,6 @@ text the CLI prints and the demo ends with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from finetune.metrics import (
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
 from finetune.test_cohort import evaluate_test_cohort
 from finetune.thresholds import choose_threshold
-from multimodal.checkpoint import atomic_write_text, strict_json
+from multimodal.checkpoint import atomic_write_json, atomic_write_text
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
 
@@ -85,14 +84,9 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     plot_calibration(y, p, report / "calibration.png")
     plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
     atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
-    write_metrics(run_dir / "metrics.json", metrics)
+    # strict JSON: an undefined value (a calibration slope on separable scores, say) is written as null
+    atomic_write_json(run_dir / "metrics.json", metrics)
     return run_dir
-
-
-def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    """``metrics.json`` as strict JSON: an undefined value (NaN: a calibration slope on separable
-    scores, say) is written as null, which R's and JavaScript's parsers accept, unlike bare NaN."""
-    atomic_write_text(path, json.dumps(strict_json(metrics), indent=2, allow_nan=False))
 
 
 def _n(value: float | None, spec: str = ".3f") -> str:

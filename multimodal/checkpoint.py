@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -91,6 +92,11 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def atomic_write_json(path: str | Path, value: Any) -> None:
+    """``value`` as indented, strict JSON (``strict_json``: NaN and ±inf as null), written atomically."""
+    atomic_write_text(path, json.dumps(strict_json(value), indent=2, allow_nan=False) + "\n")
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -342,6 +342,11 @@ def load_cohort(config: CohortConfig) -> Cohort:
     return cohort
 
 
+def outcome_names(labels: np.ndarray) -> list[str]:
+    """``(N,)`` labels (NaN = unlabeled) as the words projectors and plots show: "0", "1", "unlabeled"."""
+    return ["unlabeled" if np.isnan(v) else str(int(v)) for v in labels]
+
+
 def _join(problems: list[Problem], config: CohortConfig) -> str:
     """One line for the CLI: the same message for many subjects is said once, naming three of them."""
     groups: dict[tuple[str | None, str], list[str]] = {}

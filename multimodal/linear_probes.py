@@ -110,8 +110,8 @@ def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -
         keep = targets[column].notna().to_numpy()
         values, x = targets[column][keep], embedding[keep]
         numeric = pd.to_numeric(values, errors="coerce")
-        levels = values.nunique()
-        if numeric.isna().any():  # categorical: pool levels under 3 rows, drop the pool if it is one too
+        categorical, levels = bool(numeric.isna().any()), values.nunique()
+        if categorical:  # pool levels under 3 rows, drop the pool if it is one too
             values, x = _pool_rare_levels(values.astype(str), x)
             if (values == RARE).mean() > 0.5:
                 out["skipped"][column] = "most rows hold levels under 3 rows (an id-like or free-text column)"
@@ -121,13 +121,13 @@ def probe_factors(embedding: np.ndarray, targets: pd.DataFrame, seed: int = 0) -
         counts = values.astype(str).value_counts()
         if binary is not None and min(binary.sum(), len(binary) - binary.sum()) >= 3:
             out["auroc"][column] = probe_auroc(x, binary, seed)
-        elif numeric.isna().any() and len(counts) > 2 and counts.min() >= 3:  # categorical, several levels
+        elif categorical and len(counts) > 2 and counts.min() >= 3:  # categorical, several levels
             out["auroc"][column] = probe_multiclass_auroc(x, values.astype(str).to_numpy(), seed)
-        elif binary is None and numeric.notna().all() and numeric.nunique() > 1 and len(values) >= 2 * FOLDS:
+        elif binary is None and not categorical and numeric.nunique() > 1 and len(values) >= 2 * FOLDS:
             out["r2"][column] = probe_r2(x, numeric.to_numpy(float), seed)
         else:
             why = ("constant" if levels < 2 else "a class has fewer than 3 rows"
-                   if binary is not None or numeric.isna().any() else f"under {2 * FOLDS} rows")
+                   if binary is not None or categorical else f"under {2 * FOLDS} rows")
             out["skipped"][column] = why
             logger.info("skipping target %s: %s (%d rows)", column, why, len(values))
             continue

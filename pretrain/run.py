@@ -34,12 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from multimodal.checkpoint import (
     atomic_path,
+    atomic_write_json,
     atomic_write_text,
     load_weights,
     make_folder,
     save_weights,
-    strict_json,
 )
+from multimodal.cohort import outcome_names
 from multimodal.config import (
     RunConfig,
     changed_keys,
@@ -357,14 +358,13 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
     val_metrics, embeddings = evaluation
     # Subject ids are patient identifiers: the projector shows each point's label unless asked.
     labels = dict(zip(data.cohort.ids, data.cohort.labels, strict=True))
-    metadata = list(embeddings["subject_id"]) if pretrain_settings.log_subject_ids else [
-        "unlabeled" if np.isnan(labels[s]) else str(int(labels[s])) for s in embeddings["subject_id"]]
+    metadata = list(embeddings["subject_id"]) if pretrain_settings.log_subject_ids else outcome_names(
+        np.array([labels[s] for s in embeddings["subject_id"]]))
     for name, features in embeddings.items():
         if name != "subject_id" and features is not None:
             writer.add_embedding(features, metadata=metadata, tag=f"val_{name}",
                                  global_step=history[-1]["step"] if history else 0)
     writer.close()
-    atomic_write_text(run_dir / "metrics.json", json.dumps(strict_json(
-        {"final": val_metrics, "history": history, "val_subjects": len(data.val), "train_subjects": len(data.train)}),
-        indent=2, allow_nan=False))
+    atomic_write_json(run_dir / "metrics.json", {"final": val_metrics, "history": history, "val_subjects": len(data.val),
+                                                 "train_subjects": len(data.train)})
     logger.info("finished: %s", _short({f"val/{k}": v for k, v in val_metrics.items()}))

@@ -28,7 +28,7 @@ from finetune.init import (
 )
 from finetune.predict import check_feature_columns, new_cohort_config
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import Cohort, load_cohort
+from multimodal.cohort import Cohort, load_cohort, outcome_names
 from multimodal.config import load_cohort_config
 from multimodal.data import (
     BUILT_IN_MODALITIES,
@@ -131,11 +131,6 @@ def _embed(dataset, cache, cohort: Cohort, kind: str, batch_size: int, device: t
         kind, cohort, {m: torch.cat(v).numpy() for m, v in pooled.items()},
         {m: dataset.present[m].numpy().astype(bool) for m in modalities},
         {m: torch.cat(v).numpy() for m, v in projected.items() if v})
-
-
-def outcome_names(labels: np.ndarray) -> list[str]:
-    """``(N,)`` labels (NaN = unlabeled) as the words projectors and plots show: "0", "1", "unlabeled"."""
-    return ["unlabeled" if np.isnan(v) else str(int(v)) for v in labels]
 
 
 def write_embeddings(result: RunEmbeddings, out: str | Path, color_by: list[str] | None = None,

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from finetune.explain.embed import outcome_names
 from multimodal.checkpoint import atomic_path
+from multimodal.cohort import outcome_names
 
 LABEL_COLOURS = {"0": "#4C72B0", "1": "#C44E52", "unlabeled": "#BBBBBB"}
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import base64
 import html as html_escape
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from multimodal.checkpoint import atomic_write_text, strict_json
+from multimodal.checkpoint import atomic_write_json, atomic_write_text
 
 Block = tuple
 
@@ -157,7 +156,7 @@ def write_report(run_dir: str | Path, analysis: dict[str, Any]) -> Path:
     """``RUN/report/explain.json``, ``explain.md`` and ``explain.html``; returns the Markdown path."""
     report = Path(run_dir) / "report"
     blocks = sections(analysis)
-    atomic_write_text(report / "explain.json", json.dumps(strict_json(analysis), indent=2, allow_nan=False))
+    atomic_write_json(report / "explain.json", analysis)
     atomic_write_text(report / "explain.md", markdown(blocks) + "\n")
     atomic_write_text(report / "explain.html", html(blocks, report) + "\n")
     return report / "explain.md"

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from finetune.explain.analysis import analyse
 from finetune.explain.attribution import BASELINES, global_ranking, tabular_attributions
-from finetune.explain.embed import RunEmbeddings, embed_run, outcome_names, run_kind
+from finetune.explain.embed import RunEmbeddings, embed_run, run_kind
 from finetune.explain.figures import (
     attribution_figure,
     projection_figure,
@@ -46,10 +46,11 @@ from finetune.explain.saliency import (
     subject_image,
     to_original_grid,
 )
-from finetune.inference import ensemble_probabilities
+from finetune.explain.scorer import Scorer
+from finetune.inference import FoldModels, ensemble_probabilities
 from finetune.predict import new_cohort_config
-from multimodal.checkpoint import atomic_path, atomic_write_text
-from multimodal.cohort import load_cohort
+from multimodal.checkpoint import atomic_path, atomic_write_json
+from multimodal.cohort import load_cohort, outcome_names
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
 
@@ -101,7 +102,7 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
     return analysis
 
 
-def held_out_folds(run_dir: Path, models: Any) -> dict[str, list[int]]:
+def held_out_folds(run_dir: Path, models: FoldModels) -> dict[str, list[int]]:
     """Subject id -> positions in ``models.folds`` of the fold models whose test part held it in the
     run's own cross-validation. A fold model that trained on a subject scores it in-sample, so for the
     run's own subjects explain uses only these, as ``predictions.csv`` does; new subjects get every fold."""
@@ -115,7 +116,7 @@ def held_out_folds(run_dir: Path, models: Any) -> dict[str, list[int]]:
     return held
 
 
-def out_of_fold_risk(probabilities: pd.DataFrame, models: Any, held: dict[str, list[int]]) -> np.ndarray:
+def out_of_fold_risk(probabilities: pd.DataFrame, models: FoldModels, held: dict[str, list[int]]) -> np.ndarray:
     """``(N,)`` risk per subject of ``ensemble_probabilities``' frame: the mean over the subject's
     held-out fold models where it has some (``held_out_folds``), else over every fold model."""
     columns = [f"probability_{fold.name}" for fold in models.folds]
@@ -124,7 +125,7 @@ def out_of_fold_risk(probabilities: pd.DataFrame, models: Any, held: dict[str, l
                      for i, s in enumerate(probabilities.index)])
 
 
-def _scorer_for(scorer: Any, subject: str, held: dict[str, list[int]]) -> Any:
+def _scorer_for(scorer: Scorer, subject: str, held: dict[str, list[int]]) -> Scorer:
     return scorer.restricted(held[subject]) if subject in held else scorer
 
 
@@ -248,5 +249,5 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
                                   scored_by=(f"mean of the {len(held[subject])} fold models that did not train on it"
                                              if subject in held else f"mean of all {models} fold models"),
                                   slice_values=None if per_slice is None else np.array(per_slice)))
-    atomic_write_text(folder / f"{stem}.json", json.dumps(numbers, indent=2) + "\n")
+    atomic_write_json(folder / f"{stem}.json", numbers)
     return [*written, folder / f"{stem}.json"]

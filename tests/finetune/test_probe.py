@@ -113,13 +113,13 @@ def test_metrics_read_back_from_json_print_undefined_values_as_n_a():
 def test_metrics_json_is_strict_json(tmp_path):
     import json
 
-    from finetune.summary import write_metrics
+    from multimodal.checkpoint import atomic_write_json
 
     def refuse(constant):
         raise AssertionError(f"metrics.json holds {constant}: not JSON other languages can read")
 
-    write_metrics(tmp_path / "metrics.json", {"model": {"calibration_slope": {"estimate": np.float64("nan")}},
-                                              "n": np.int64(48)})
+    atomic_write_json(tmp_path / "metrics.json", {"model": {"calibration_slope": {"estimate": np.float64("nan")}},
+                                                  "n": np.int64(48)})
     assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse) == {
         "model": {"calibration_slope": {"estimate": None}}, "n": 48}
 
