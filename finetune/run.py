@@ -51,6 +51,7 @@ from finetune.model import (
     precompute_embeddings,
     set_mode,
 )
+from finetune.oracle import ORACLE, fit_predict_oracle, true_image_quantities
 from finetune.probe import fit_linear_probe, load_probe, probe_groups
 from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.summary import summarise_run
@@ -248,6 +249,10 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
         "metrics": classification_metrics(labels(test_ids), test_prob, threshold), "history": history,
         "baselines": baselines,
     }
+    quantities = true_image_quantities(cohort)  # synthetic cohorts only: the generator's truth
+    if quantities is not None and "logistic_regression" in settings.baselines:
+        result[ORACLE] = fit_predict_oracle(frames["train"], labels(train_ids), frames["test"], quantities,
+                                            quantities, seed).tolist()
     return result, model
 
 

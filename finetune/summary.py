@@ -20,6 +20,7 @@ from finetune.metrics import (
     risk_groups,
     summarise_folds,
 )
+from finetune.oracle import MIN_ORACLE_GAIN, ORACLE, oracle_section
 from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
 from finetune.test_cohort import evaluate_test_cohort
 from finetune.thresholds import choose_threshold
@@ -75,6 +76,11 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
                                             name=f"baseline {name}")
         metrics["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         metrics["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    if all(ORACLE in r for r in results.values()) and "logistic_regression" in settings.baselines:
+        oracle = pd.DataFrame([(s, q) for r in results.values() for s, q in zip(r["test_ids"], r[ORACLE], strict=True)],
+                              columns=["subject_id", ORACLE]).groupby("subject_id")[ORACLE].mean()
+        metrics[ORACLE] = oracle_section(y, p, frame["logistic_regression"].to_numpy(),
+                                         oracle.loc[frame.index].to_numpy(), settings.bootstrap, seed)
     if test is not None:
         metrics["test"] = evaluate_test_cohort(run_dir, settings, cohort, test, thresholds, seed)
     report = run_dir / "report"
@@ -137,12 +143,28 @@ def verdict(section: dict[str, Any], where: str = "out of fold") -> list[str]:
         else:
             words = f"the model does not beat {label}: ΔAUROC {ci}, the interval includes 0"
         lines.append(f"  {words} ({label} alone: {_ci(base)})")
+    oracle = section.get(ORACLE)
+    if oracle is not None:
+        lines.append("  " + _oracle_words(oracle))
     deltas = list(section.get("delta_auroc", {}).values())
     if deltas:
         paid = all(d["lower"] > 0 for d in deltas)
         lines.append("  Verdict: multimodal learning " + ("paid off: the model beats every tabular baseline."
                      if paid else "did not pay off here: the model does not beat every tabular baseline."))
     return lines
+
+
+def _oracle_words(oracle: dict[str, Any]) -> str:
+    """How much of what the true image quantities add to logistic regression the model captured."""
+    share = oracle["share"]
+    prize = (f"{share['oracle_gain']:+.3f} [{share['oracle_gain_lower']:+.3f}, {share['oracle_gain_upper']:+.3f}]")
+    head = (f"generator truth: logistic regression given the true image quantities scores {_ci(oracle['auroc'])}, "
+            f"a gain of {prize} over logistic regression")
+    if share["oracle_gain"] < MIN_ORACLE_GAIN:
+        return (f"{head}; under {MIN_ORACLE_GAIN} the image adds too little here to say how much of it the model "
+                "captured")
+    return (f"{head}; the model captured {share['share']:.0%} of that gain "
+            f"[{_n(share['lower'], '.0%')}, {_n(share['upper'], '.0%')}]")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from finetune.baselines import baseline_frame, fit_predict_baseline
 from finetune.config import FinetuneConfig
 from finetune.inference import ensemble_probabilities, load_fold_models
 from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_groups
+from finetune.oracle import ORACLE, fit_predict_oracle, oracle_section, true_image_quantities
 from finetune.plots import plot_calibration, plot_roc
 from multimodal.checkpoint import atomic_path
 from multimodal.cohort import Cohort, load_cohort
@@ -87,6 +88,12 @@ def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: C
         curves[name] = q
         result["baselines"][name] = bootstrap_ci(y, q, thresholds[name], settings.bootstrap, seed)
         result["delta_auroc"][name] = paired_bootstrap_delta_auroc(y, p, q, settings.bootstrap, seed)
+    truth = {name: true_image_quantities(c) for name, c in (("development", development), ("test", test))}
+    if all(t is not None for t in truth.values()) and "logistic_regression" in settings.baselines:  # synthetic cohorts only
+        q = fit_predict_oracle(train_frame, development.labels.astype(int), test_frame, truth["development"],
+                               truth["test"], seed)
+        frame[ORACLE] = q
+        result[ORACLE] = oracle_section(y, p, frame["logistic_regression"].to_numpy(), q, settings.bootstrap, seed)
     with atomic_path(run_dir / "test_predictions.csv") as tmp:
         pd.DataFrame(frame).to_csv(tmp)
     plot_roc(y, curves, run_dir / "report" / "test_roc.png", title="ROC curve: fixed test cohort")

@@ -37,7 +37,12 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from multimodal.errors import CohortError
-from multimodal.synthetic_clinical import WEIGHTS, draw_clinical, radiology_report
+from multimodal.synthetic_clinical import (
+    draw_clinical,
+    get_profile,
+    image_quantities,
+    radiology_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +330,7 @@ def _check_arguments(out: Path, n: int, grid: int, labeled_fraction: float, sequ
 
 def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled_fraction: float = 0.5,
                            seed: int = 0, sequences: Sequence[str] = ("flair", "dwi"),
-                           prevalence: float = 0.15) -> Path:
+                           prevalence: float = 0.15, profile: str = "standard") -> Path:
     """Write a synthetic stroke cohort (NIfTI images, CSV, cohort.yaml, ground truth) into ``out``.
 
     Args:
@@ -336,15 +341,18 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         seed: drives every random draw; the same seed gives a byte-identical ``cohort.csv``.
         sequences: at least two of ``flair``, ``dwi``, ``t1``; the first is the reference grid.
         prevalence: mean 12-month recurrence risk of the generating model.
+        profile: ``standard`` (the record predicts much of what the image shows) or ``image``
+            (image-only quantities carry risk the record barely predicts); see ``RiskProfile``.
 
     Returns:
         The path of ``out/cohort.yaml``, ready for every ``strokessl`` stage.
     """
     out = Path(out)
     sequences = list(sequences)
+    get_profile(profile)  # an unknown name fails before any file is written
     _check_arguments(out, n, grid, labeled_fraction, sequences, prevalence)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    table, risk = draw_clinical(n, seed=seed, prevalence=prevalence)
+    table, risk = draw_clinical(n, seed=seed, prevalence=prevalence, profile=profile)
     ids = [f"sub-{i + 1:04d}" for i in range(n)]
     rng = np.random.default_rng([seed, 1])
     labeled = np.zeros(n, bool)
@@ -373,10 +381,13 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     cohort.loc[~labeled, "recurrence_12m"] = pd.NA
 
     risk = risk.rename(columns={"recurrence_12m": "drawn_label"})
+    quantities = image_quantities(risk)
+    for column in quantities.columns.difference(risk.columns):
+        risk[column] = quantities[column].round(6)
     risk.insert(0, "subject_id", ids)
     risk["labeled"] = labeled.astype(int)
     risk.to_csv(out / "risk.csv", index=False)
-    (out / "truth.json").write_text(json.dumps(_truth(risk, prevalence, n, grid, seed, sequences), indent=2) + "\n")
+    (out / "truth.json").write_text(json.dumps(_truth(risk, prevalence, n, grid, seed, sequences, profile), indent=2) + "\n")
     config = {"csv": "cohort.csv", "id": "subject_id", "images": {s: s for s in sequences},
               "label": "recurrence_12m", "text": ["report"],
               "types": {"hypertension": "categorical", "diabetes": "categorical"}}
@@ -388,8 +399,10 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     return out / "cohort.yaml"
 
 
-def _truth(risk: pd.DataFrame, prevalence: float, n: int, grid: int, seed: int, sequences: list[str]) -> dict:
-    """Prevalence and the AUROC reachable from the true risk and from its image / tabular parts."""
+def _truth(risk: pd.DataFrame, prevalence: float, n: int, grid: int, seed: int, sequences: list[str],
+           profile: str) -> dict:
+    """Prevalence, the AUROC reachable from the true risk and from its image / tabular parts, and
+    which ``risk.csv`` columns hold the true image quantities (an oracle-feature model reads them)."""
     b = risk["intercept"].to_numpy()
     scores = {"bayes": risk["true_risk"].to_numpy(),
               "image_only": expit(b + risk["image_component"].to_numpy()),
@@ -402,7 +415,10 @@ def _truth(risk: pd.DataFrame, prevalence: float, n: int, grid: int, seed: int, 
     return {
         "prevalence": prevalence, "mean_true_risk": float(risk["true_risk"].mean()),
         "label_rate_labeled": float(y[lab].mean()) if lab.any() else None,
-        "intercept": float(b[0]), "weights": dict(zip(("image", "tabular", "interaction"), WEIGHTS, strict=True)),
+        "generator": "strokessl", "profile": profile,
+        "image_quantities": list(image_quantities(risk).columns),
+        "intercept": float(b[0]),
+        "weights": dict(zip(("image", "tabular", "interaction"), get_profile(profile).weights, strict=True)),
         "auroc": {f"{name}_{where}": auroc(s, m) for name, s in scores.items()
                   for where, m in (("labeled", lab), ("all", np.ones_like(lab)))},
         "n": n, "grid": grid, "seed": seed, "sequences": sequences,

@@ -8,14 +8,54 @@ tabular and interaction parts (``WEIGHTS``); ``radiology_report`` writes a short
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from multimodal.errors import CohortError
 
-def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
+
+@dataclass(frozen=True)
+class RiskProfile:
+    """How a synthetic population and its risk are drawn (``strokessl synth --profile``).
+
+    ``standard`` is the original generator: the record predicts much of what the image shows
+    (NIHSS tracks the infarct, age and blood pressure the WMH load). ``image`` makes the image's
+    own quantities carry risk the record barely predicts: NIHSS is a noisy reading of the infarct,
+    WMH load depends little on age and blood pressure, atrophy beyond age varies more, and the
+    image part of the logit weighs more.
+    """
+
+    name: str
+    nihss_noise: float  # SD of NIHSS around its infarct-volume curve
+    wmh_log_mean: float  # log WMH volume (ml) at age 70, SBP 140
+    wmh_age: float  # log-WMH slope per year of age
+    wmh_sbp: float  # ... per mmHg systolic
+    wmh_sd: float  # residual SD of log WMH (the part no clinical value predicts)
+    atrophy_excess_sd: float  # mm of tissue lost beyond what age explains
+    image_terms: tuple[float, float, float]  # log infarct, log WMH, atrophy excess in the image part
+    weights: tuple[float, float, float]  # logit weight of the standardised image, tabular, interaction parts
+
+
+PROFILES = {
+    "standard": RiskProfile("standard", nihss_noise=2.0, wmh_log_mean=float(np.log(5)), wmh_age=0.045, wmh_sbp=0.012,
+                            wmh_sd=0.7, atrophy_excess_sd=0.5, image_terms=(0.8, 0.6, 0.5), weights=(0.5, 0.45, 1.0)),
+    "image": RiskProfile("image", nihss_noise=4.0, wmh_log_mean=float(np.log(8)), wmh_age=0.015, wmh_sbp=0.004,
+                         wmh_sd=0.9, atrophy_excess_sd=0.8, image_terms=(0.6, 0.8, 0.7), weights=(1.1, 0.45, 0.5)),
+}
+
+
+def get_profile(name: str) -> RiskProfile:
+    """The named profile; an unknown name is a ``CohortError`` listing the choices."""
+    if name not in PROFILES:
+        raise CohortError(f"unknown synthetic profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def _draw_population(n: int, rng: np.random.Generator, profile: RiskProfile = PROFILES["standard"]) -> pd.DataFrame:
     """True (complete) clinical values and latent image quantities for ``n`` subjects."""
     age = np.clip(rng.normal(70, 12, n), 30, 95).round()
     male = rng.random(n) < 0.56
@@ -35,10 +75,12 @@ def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
     # Latent image quantities: AF (cardioembolism) makes bigger infarcts; WMH grows with age and SBP.
     infarct = np.clip(np.exp(rng.normal(np.log(10) + 0.5 * af, 1.2)), 0.3, 150)
     infarct[rng.random(n) < 0.08] = 0.0  # no visible lesion (TIA-like or DWI-negative)
-    wmh = np.clip(np.exp(rng.normal(np.log(5) + 0.045 * (age - 70) + 0.012 * (sbp - 140), 0.7)), 0.2, 80)
-    atrophy_excess = rng.normal(0, 0.5, n)  # mm of tissue lost beyond what age explains
+    p = profile
+    wmh = np.clip(np.exp(rng.normal(p.wmh_log_mean + p.wmh_age * (age - 70) + p.wmh_sbp * (sbp - 140), p.wmh_sd)),
+                  0.2, 80)
+    atrophy_excess = rng.normal(0, p.atrophy_excess_sd, n)  # mm of tissue lost beyond what age explains
     atrophy = np.clip(0.05 * np.clip(age - 50, 0, None) + atrophy_excess, 0, 4)
-    nihss = np.clip(1 + 2.2 * np.log1p(infarct) + 0.03 * infarct + rng.normal(0, 2, n), 0, 42).round()
+    nihss = np.clip(1 + 2.2 * np.log1p(infarct) + 0.03 * infarct + rng.normal(0, p.nihss_noise, n), 0, 42).round()
     d_dimer = np.exp(rng.normal(np.log(500) + 0.5 * af + 0.15 * np.log1p(infarct), 0.7)).round()
     # Head size: intracranial volume is ~15 % larger in men (~5 % per axis), plus individual spread.
     head_scale = np.clip(1.0 + np.where(male, 0.025, -0.025) + rng.normal(0, 0.03, n), 0.9, 1.1)
@@ -53,29 +95,34 @@ def _draw_population(n: int, rng: np.random.Generator) -> pd.DataFrame:
     })
 
 
-def _raw_components(df: pd.DataFrame) -> np.ndarray:
+def image_quantities(risk: pd.DataFrame) -> pd.DataFrame:
+    """The true image quantities as they enter the risk (log infarct and WMH volumes, atrophy excess)."""
+    return pd.DataFrame({"log1p_infarct_volume_ml": np.log1p(risk["infarct_volume_ml"]),
+                         "log_wmh_volume_ml": np.log(risk["wmh_volume_ml"]),
+                         "atrophy_excess": risk["atrophy_excess"]}, index=risk.index)
+
+
+def _raw_components(df: pd.DataFrame, profile: RiskProfile = PROFILES["standard"]) -> np.ndarray:
     """(3, N): image, tabular and interaction parts of the logit before standardisation."""
     log_infarct = (np.log1p(df["infarct_volume_ml"]) - 2.2) / 1.1
     af = (df["atrial_fibrillation"] == "yes").to_numpy(float)
-    image = 0.8 * log_infarct + 0.6 * (np.log(df["wmh_volume_ml"]) - 1.6) / 0.8 + 0.5 * df["atrophy_excess"] / 0.5
+    a, b, c = profile.image_terms
+    image = a * log_infarct + b * (np.log(df["wmh_volume_ml"]) - 1.6) / 0.8 + c * df["atrophy_excess"] / 0.5
     tabular = (0.6 * (df["age"] - 70) / 12 + 0.9 * af + 0.4 * (df["hba1c"] - 6) / 1 + 0.4 * df["hypertension"]
                + 0.5 * (df["smoking"] == "current") + 0.2 * (df["smoking"] == "former")
                + 0.3 * (df["systolic_bp"] - 140) / 20 + 0.25 * (df["ldl"] - 3) / 0.9 - 0.2 * (df["hdl"] - 1.3) / 0.35)
     return np.stack([image.to_numpy(float), tabular.to_numpy(float), (af * log_infarct).to_numpy(float)])
 
 
-WEIGHTS = (0.5, 0.45, 1.0)  # logit weight of the standardised image, tabular and interaction parts
-
-
 @lru_cache(maxsize=8)
-def _population_constants(prevalence: float) -> tuple[np.ndarray, np.ndarray, float]:
+def _population_constants(prevalence: float, profile: RiskProfile) -> tuple[np.ndarray, np.ndarray, float]:
     """Component means and SDs on a fixed reference population, and the intercept hitting ``prevalence``.
 
     Fixed constants (not the cohort's own) keep a subject's risk independent of the cohort size.
     """
-    raw = _raw_components(_draw_population(20_000, np.random.default_rng(20240601)))
+    raw = _raw_components(_draw_population(20_000, np.random.default_rng(20240601), profile), profile)
     mean, sd = raw.mean(1), raw.std(1)
-    shift = (np.asarray(WEIGHTS)[:, None] * (raw - mean[:, None]) / sd[:, None]).sum(0)
+    shift = (np.asarray(profile.weights)[:, None] * (raw - mean[:, None]) / sd[:, None]).sum(0)
     low, high = -12.0, 12.0
     for _ in range(60):  # bisection: mean risk is increasing in the intercept
         mid = (low + high) / 2
@@ -83,7 +130,8 @@ def _population_constants(prevalence: float) -> tuple[np.ndarray, np.ndarray, fl
     return mean, sd, (low + high) / 2
 
 
-def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame]:
+def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15,
+                  profile: str = "standard") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Draw the clinical table (with missing cells) and the true risk, without any image.
 
     Returns ``(table, risk)``: ``table`` holds the clinical columns as the CSV stores them (no id,
@@ -91,11 +139,12 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15) -> tuple[pd.D
     drawn label ``recurrence_12m`` for every subject. ``write_synthetic_cohort`` uses exactly this,
     so it is also the cheap way to check prevalence on thousands of subjects.
     """
+    chosen = get_profile(profile)
     rng = np.random.default_rng([seed, 0])
-    truth = _draw_population(n, rng)
-    mean, sd, intercept = _population_constants(float(prevalence))
-    z = (_raw_components(truth) - mean[:, None]) / sd[:, None]
-    parts = np.asarray(WEIGHTS)[:, None] * z
+    truth = _draw_population(n, rng, chosen)
+    mean, sd, intercept = _population_constants(float(prevalence), chosen)
+    z = (_raw_components(truth, chosen) - mean[:, None]) / sd[:, None]
+    parts = np.asarray(chosen.weights)[:, None] * z
     logit = intercept + parts.sum(0)
     latent = ["infarct_volume_ml", "wmh_volume_ml", "atrophy", "atrophy_excess", "head_scale"]
     risk = truth[latent].copy()

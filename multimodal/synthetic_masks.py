@@ -32,7 +32,8 @@ def write_infarct_masks(cohort_dir: str | Path) -> Path:
         raise CohortError(f"{cohort_dir} has no truth.json: infarct masks exist only for cohorts strokessl synth wrote")
     truth = json.loads(truth_file.read_text())
     n, seed, grid, first = int(truth["n"]), int(truth["seed"]), int(truth["grid"]), truth["sequences"][0]
-    _, risk = draw_clinical(n, seed=seed, prevalence=float(truth["prevalence"]))
+    _, risk = draw_clinical(n, seed=seed, prevalence=float(truth["prevalence"]),
+                            profile=truth.get("profile", "standard"))
     anat = load_anatomy()
     out = cohort_dir / "truth"
     out.mkdir(exist_ok=True)
