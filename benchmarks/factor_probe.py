@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from multimodal.linear_probes import (
-    probe_factors,  # the one implementation (also strokessl explain)
+from multimodal.linear_probes import (  # the one implementation (also strokessl explain)
+    probe_factors,
+    probe_partial_r2,
+    table_design,
 )
 
 # torch, MONAI and the project load lazily (~5 s on 2 busy cores): ``probe_factors`` needs none.
@@ -115,6 +117,23 @@ def load_targets(cohort_dir: Path, cohort_config: CohortConfig, ids: list[str], 
     return pd.concat(frames, axis=1)
 
 
+def partial_r2(cohort_dir: Path, cohort: Cohort, ids: list[str], embedding: np.ndarray,
+               seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Per true image quantity (``truth.json``'s ``image_quantities``): the partial R² of the
+    embedding beyond the clinical table, and the R² of the table alone. Empty without the truth."""
+    truth_file, risk_file = cohort_dir / "truth.json", cohort_dir / "risk.csv"
+    if not (truth_file.is_file() and risk_file.is_file()):
+        return {}, {}
+    names = json.loads(truth_file.read_text()).get("image_quantities", [])
+    risk = pd.read_csv(risk_file, dtype={"subject_id": str}).set_index("subject_id").reindex(ids)
+    design = table_design(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
+    partial, table = {}, {}
+    for name in _present(names, risk.columns, "risk.csv"):
+        scores = probe_partial_r2(embedding, risk[name].to_numpy(float), design, seed)
+        partial[name], table[name] = scores["partial_r2"], scores["table_r2"]
+    return partial, table
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", type=Path, help="run config YAML, e.g. configs/demo.yaml")
@@ -160,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         np.savez(args.save_embedding, ids=np.array(ids), embedding=embedding)
     targets = load_targets(args.cohort_dir, cohort_config, ids, args.columns)
     scores = probe_factors(embedding, targets, seed=args.seed)
+    scores["partial_r2"], scores["table_r2"] = partial_r2(args.cohort_dir, cohort, ids, embedding, args.seed)
     label = args.label or (args.init.name if args.init is not None else "random")
     result = {"encoder": str(args.init) if args.init is not None else "random", "label": label,
               "n": len(ids), "embedding_dim": int(embedding.shape[1]), "seed": args.seed, **scores}

@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))  # factor_probe.py beside this file
 sys.path.insert(0, str(HERE.parent))  # the project, when run from a checkout
 
 from finetune.metrics import paired_bootstrap_delta_auroc
+from finetune.oracle import MIN_ORACLE_GAIN, ORACLE
 from finetune.run import run_finetune
 from multimodal.synthetic import write_synthetic_cohort
 from pretrain.run import run_pretrain
@@ -107,12 +108,12 @@ def _sets(section: str, values: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- cohort and splits
-def prepare_cohort(root: Path, profile: Profile, seed: int) -> dict[str, Any]:
+def prepare_cohort(root: Path, profile: Profile, seed: int, risk_profile: str = "standard") -> dict[str, Any]:
     """Synthesise once; split the labeled subjects into a training pool and a fixed test cohort."""
     cohort_yaml = root / "cohort" / "cohort.yaml"
     if not (root / "cohort" / "cohort.csv").is_file():
         write_synthetic_cohort(root / "cohort", n=profile.n, grid=profile.grid,
-                               labeled_fraction=profile.labeled_fraction, seed=seed)
+                               labeled_fraction=profile.labeled_fraction, seed=seed, profile=risk_profile)
     table = pd.read_csv(root / "cohort" / "cohort.csv", dtype=str, keep_default_na=False)
     labeled = table[table["recurrence_12m"] != ""]
     pool, test = train_test_split(labeled, test_size=profile.test_share, stratify=labeled["recurrence_12m"],
@@ -198,12 +199,18 @@ def summarise(results: dict[tuple[str, float, int], dict[str, Any]], oracle: dic
             entry["cv_auroc"] = _mean_sd([r["cv"] for r in seeds])
             entry["auroc_fraction"] = {k: entry["auroc"]["mean"] / v for k, v in oracle.items()}
             entry["delta_auroc"] = {b: [r["metrics"]["delta_auroc"][b] for r in seeds] for b in BASELINES}
+            if all(ORACLE in r["metrics"] for r in seeds):  # synthetic truth: share of the oracle gain
+                entry["share_of_oracle_gain"] = [r["metrics"][ORACLE]["share"] for r in seeds]
             rows[method] = entry
         for baseline in BASELINES:  # refit on the same subjects in every run: take each seed's first
             seeds = {s: r for (m, s), r in runs.items()}
             rows[baseline] = {k: _mean_sd([r["metrics"]["baselines"][baseline][k]["estimate"] for r in seeds.values()])
                               for k in ("auroc", "auprc", "balanced_accuracy")}
             rows[baseline]["auroc_fraction"] = {k: rows[baseline]["auroc"]["mean"] / v for k, v in oracle.items()}
+        with_truth = {s: r for (m, s), r in runs.items() if ORACLE in r["metrics"]}
+        if with_truth:  # refit on the same subjects in every run of a seed, like the baselines
+            rows[ORACLE] = {"auroc": _mean_sd([r["metrics"][ORACLE]["auroc"]["estimate"] for r in with_truth.values()])}
+            rows[ORACLE]["auroc_fraction"] = {k: rows[ORACLE]["auroc"]["mean"] / v for k, v in oracle.items()}
         table[f"{round(budget * 100)}%"] = rows
     return {"oracles": oracle, "by_budget": table,
             "gaps": _gaps(results, min(budgets), bootstrap)}
@@ -235,14 +242,22 @@ def _gaps(results: dict[tuple[str, float, int], dict[str, Any]], budget: float, 
     return gaps
 
 
+def _share(d: dict[str, float]) -> str:
+    """One seed's share of the oracle gain with its CI, or why there is none (a prize under 0.03)."""
+    if d["oracle_gain"] < MIN_ORACLE_GAIN:
+        return f"n/a (oracle gain {d['oracle_gain']:+.3f})"
+    return f"{d['share']:.2f} [{d['lower']:.2f}, {d['upper']:.2f}]"
+
+
 def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, Any]) -> str:
     o = summary["oracles"]
     lines = [f"Profile {info['profile']}, cohort seed {info['cohort_seed']}, {info['runs_done']} fine-tuning runs, "
              f"wall-clock {info['wall_clock_s'] / 60:.1f} min (this invocation).", "",
              f"Test cohort: {info['test_n']} subjects ({info['test_positives']} positive); oracle AUROCs: "
              f"Bayes {o['bayes']:.3f}, image part {o['image']:.3f}, tabular part {o['tabular']:.3f}.", ""]
-    head = "| budget | method | test AUROC | AUPRC | bal. acc. | ×Bayes | ×image | ×tabular | ΔAUROC vs LR per seed | CV AUROC |"
-    lines += [head, "|" + " --- |" * 10]
+    head = ("| budget | method | test AUROC | AUPRC | bal. acc. | ×Bayes | ×image | ×tabular | ΔAUROC vs LR per seed | "
+            "share of the oracle gain per seed | CV AUROC |")
+    lines += [head, "|" + " --- |" * 11]
     for budget, rows in summary["by_budget"].items():
         for method, e in rows.items():
             def cell(k: str, e: dict[str, Any] = e) -> str:
@@ -252,14 +267,26 @@ def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, An
             deltas = "; ".join(f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
                                for d in e.get("delta_auroc", {}).get("logistic_regression", []))
             cv = cell("cv_auroc") if "cv_auroc" in e else ""
-            lines.append(f"| {budget} | {method} | {cell('auroc')} | {cell('auprc')} | {cell('balanced_accuracy')} | "
-                         f"{f['bayes']:.3f} | {f['image']:.3f} | {f['tabular']:.3f} | {deltas} | {cv} |")
+            shares = "; ".join(_share(d) for d in e.get("share_of_oracle_gain", []))
+            name = "oracle-feature LR (table + true image quantities)" if method == ORACLE else method
+            other = " | ".join(cell(k) if k in e else "" for k in ("auprc", "balanced_accuracy"))
+            lines.append(f"| {budget} | {name} | {cell('auroc')} | {other} | "
+                         f"{f['bayes']:.3f} | {f['image']:.3f} | {f['tabular']:.3f} | {deltas} | {shares} | {cv} |")
     gaps = summary["gaps"]
     lines += ["", f"Gaps at {round(gaps['budget'] * 100)}% labels (paired bootstrap on the test cohort, per seed):"]
     for key, per_seed in gaps.items():
         if key not in ("budget", "chain"):
             lines.append(f"- {key}: " + "; ".join(f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
                                                   for d in per_seed))
+    partial = sorted({k for p in probes.values() for k in p.get("partial_r2", {})})
+    if partial:
+        lines += ["", "Partial R² of each true image quantity beyond the clinical table (ridge probe of the residual "
+                  "after regressing it on the table; the table alone: "
+                  + ", ".join(f"{k} R² {next(iter(probes.values()))['table_r2'][k]:.2f}" for k in partial) + "):",
+                  "", "| encoder | " + " | ".join(partial) + " |", "|" + " --- |" * (len(partial) + 1)]
+        for encoder, p in probes.items():
+            lines.append(f"| {encoder} | " + " | ".join(f"{p['partial_r2'].get(k, float('nan')):.2f}"
+                                                      for k in partial) + " |")
     if probes:
         names = sorted({k for p in probes.values() for k in p.get("r2", {})})
         lines += ["", "Linear probes of generator factors from the frozen image embedding (CV R²; AUROC for the label):",
@@ -288,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a < 15-minute run on 2 cores (small cohort, 1 seed)")
     parser.add_argument("--runs", type=Path, help="working folder (default runs/quality[-quick])")
     parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
+    parser.add_argument("--profile", choices=["standard", "image"], default="standard",
+                        help="synth risk profile (image: the image carries risk the record barely predicts)")
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick].json)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
@@ -296,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = PROFILES["quick" if args.quick else "full"]
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("" if args.profile == "standard" else f"_{args.profile}")
     root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
     out = args.out or HERE / "results" / f"quality{suffix}.json"
     methods = args.methods.split(",") if args.methods else list(METHODS)
@@ -304,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     start = time.time()
-    data = prepare_cohort(root, profile, args.cohort_seed)
+    data = prepare_cohort(root, profile, args.cohort_seed, args.profile)
     needed = [name for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None]
     if args.summarise_only:
         needed = [name for name in needed if (root / f"pretrain-{name}" / "metrics.json").is_file()]
@@ -334,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             done = tuple(b for b in profile.budgets if any(k[1] == b for k in results))
             summary = summarise(results, oracle, done, profile.finetune.get("bootstrap", 2000))
             first = next(iter(results.values()))["metrics"]
-            info = {"profile": "quick" if args.quick else "full", "settings": asdict(profile),
+            info = {"profile": "quick" if args.quick else "full", "risk_profile": args.profile, "settings": asdict(profile),
                     "cohort_seed": args.cohort_seed, "test_n": first["n"], "test_positives": first["positives"],
                     "methods": {m: METHODS[m] for m in methods}, "runs_done": len(results),
                     "wall_clock_s": round(time.time() - start, 1)}

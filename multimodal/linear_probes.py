@@ -49,6 +49,39 @@ def probe_r2(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     return float(r2_score(y, predictions))
 
 
+def table_design(features: pd.DataFrame, continuous: list[str], categorical: list[str]) -> np.ndarray:
+    """``(N, K)`` numeric design of a clinical table for a linear model: each continuous column
+    median-filled with a missing indicator beside it, each categorical one-hot (missing is a level).
+    No statistic is learned from labels; the probes below standardise it inside each fold."""
+    blocks = []
+    for column in continuous:
+        values = pd.to_numeric(features[column], errors="coerce")
+        missing = values.isna()
+        blocks.append(values.fillna(values.median() if not missing.all() else 0.0).to_numpy(float)[:, None])
+        if missing.any():
+            blocks.append(missing.to_numpy(float)[:, None])
+    if categorical:
+        blocks.append(pd.get_dummies(features[categorical].astype(str).where(features[categorical].notna(), "<na>"),
+                                     dtype=float).to_numpy())
+    return np.hstack(blocks) if blocks else np.zeros((len(features), 0))
+
+
+def probe_partial_r2(x: np.ndarray, y: np.ndarray, covariates: np.ndarray, seed: int) -> dict[str, float]:
+    """What ``x (n, D)`` holds of ``y (n,)`` beyond ``covariates (n, K)`` (the clinical table).
+
+    ``y`` is first regressed on the covariates (ridge, out of fold); the partial R² is the
+    out-of-fold R² of a ridge probe from ``x`` on that residual: 1 when the embedding predicts all
+    of ``y`` the table cannot, 0 when it adds nothing. Returns ``{"partial_r2", "table_r2"}``
+    (``table_r2``: how much of ``y`` the table alone predicts)."""
+    folds = KFold(FOLDS, shuffle=True, random_state=seed)
+    if covariates.shape[1]:
+        from_table = cross_val_predict(make_pipeline(*_scaled(), RidgeCV(alphas=ALPHAS)), covariates, y, cv=folds)
+    else:
+        from_table = np.full_like(y, y.mean())
+    residual = y - from_table
+    return {"partial_r2": probe_r2(x, residual, seed), "table_r2": float(r2_score(y, from_table))}
+
+
 def probe_auroc(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     """Pooled out-of-fold AUROC of ``StandardScaler (+ clip) + LogisticRegressionCV`` on ``x (n, D)`` for
     0/1 ``y`` whose smaller class has at least 3 rows."""

@@ -92,3 +92,24 @@ def test_id_like_and_constant_text_columns_are_skipped_with_the_reason():
     skipped = shared(rng.normal(size=(150, 3)), targets)["skipped"]
     assert skipped["site_code"].startswith("most rows hold levels under 3 rows")
     assert skipped["scanner"] == "constant"
+
+
+def test_partial_r2_credits_only_what_the_table_cannot_predict() -> None:
+    from multimodal.linear_probes import probe_partial_r2, table_design
+
+    rng = np.random.default_rng(1)
+    n = 400
+    age = rng.normal(70, 10, n)
+    smoking = rng.choice(["never", "current"], n)
+    own = rng.normal(size=n)  # the part of the quantity no clinical value predicts
+    quantity = 0.1 * (age - 70) + 1.0 * (smoking == "current") + own
+    table = pd.DataFrame({"age": age, "smoking": smoking})
+    table.loc[:9, "age"] = np.nan  # a missing value is filled and flagged, not dropped
+    design = table_design(table, ["age"], ["smoking"])
+    assert design.shape == (n, 4) and np.isfinite(design).all()  # age, its missing flag, two levels
+    noise = rng.normal(size=(n, 8))
+    holds_own = np.column_stack([own + rng.normal(0, 0.2, n), noise])
+    holds_table = np.column_stack([quantity - own, noise])  # what the record already says
+    beyond = probe_partial_r2(holds_own, quantity, design, seed=0)
+    assert beyond["partial_r2"] > 0.85 and 0.4 < beyond["table_r2"] < 0.75
+    assert probe_partial_r2(holds_table, quantity, design, seed=0)["partial_r2"] < 0.1
