@@ -7,7 +7,6 @@ per MRI sequence, an optional 0/1 label column (empty = unlabeled) and clinical 
 
 from __future__ import annotations
 
-import csv
 import difflib
 import logging
 import re
@@ -20,6 +19,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from multimodal.config import CohortConfig
+from multimodal.csv_table import read_header, read_records
 from multimodal.errors import CohortError
 from multimodal.tabular import to_numeric_column
 
@@ -110,38 +110,31 @@ class Cohort:
 
 # --------------------------------------------------------------------------- reading
 def read_table(config: CohortConfig) -> pd.DataFrame:
-    """The cohort CSV as strings (so ids like ``007`` survive), ``na_values`` turned into NaN."""
+    """The cohort CSV as text cells exactly as written (so ids like ``007`` survive and a category
+    called ``None`` or ``NA`` stays one), indexed by each row's line in the file. Missing (NaN) are
+    empty cells and the user's ``na_values`` only."""
     if not config.csv.is_file():
         raise CohortError(f"cohort table {config.csv} does not exist; fix 'csv' in {config.source}")
-    try:
-        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") must not become part of the first column's name.
-        frame = pd.read_csv(config.csv, dtype=str, keep_default_na=True, skipinitialspace=True, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise CohortError(f"cohort table {config.csv} is not a readable CSV: {err}") from err
-    header = raw_header(config.csv)  # pandas renames a repeated name (age, age.1): look before it does
+    header, lines, rows = read_records(config.csv)
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}; "
                           "rename or remove the repeated columns")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    frame = frame.apply(lambda col: col.str.strip())
     markers = {str(v).strip() for v in config.na_values}
     numeric_markers = {float(v) for v in config.na_values if _is_number(v)}
-    if markers:
-        def is_marker(value: Any) -> bool:
-            if pd.isna(value):
-                return False
-            return value in markers or (_is_number(value) and float(value) in numeric_markers)
 
-        frame = frame.mask(frame.map(is_marker))
-    return frame.replace({"": np.nan})
+    def cell(value: str) -> Any:
+        missing = value == "" or value in markers or (bool(numeric_markers) and _is_number(value)
+                                                     and float(value) in numeric_markers)
+        return np.nan if missing else value
+
+    cells = [[cell(value) for value in row] for row in rows]
+    return pd.DataFrame(cells, columns=header, index=pd.Index(lines, name="line"), dtype=object)
 
 
 def raw_header(path: Path) -> list[str]:
-    """The CSV's first row as written (stripped; a byte-order mark dropped), without pandas' renaming
-    of repeated names."""
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        return [name.strip() for name in next(csv.reader(handle), [])]
+    """The CSV's header names as written (stripped; a byte-order mark dropped)."""
+    return read_header(path)
 
 
 def _is_number(value: Any) -> bool:
@@ -168,12 +161,6 @@ def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
             problems.append(Problem(f"config key {key} names a column not in {config.csv.name}{suggestion}", column=column))
     if not config.images:
         problems.append(Problem("the cohort config names no image columns (images: {sequence: column})"))
-    if len(frame.columns) == 1:
-        for separator, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
-            if separator in str(frame.columns[0]):
-                problems.insert(0, Problem(f"{config.csv.name} reads as a single column: it looks {name}-separated; "
-                                           "save it as a comma-separated CSV (decimal points, not commas)"))
-                break
     return problems
 
 
@@ -251,11 +238,25 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
 
 
 def resolve_image_path(config: CohortConfig, cell: Any) -> Path | None:
-    """An image cell as an absolute path (relative to the CSV's folder); ``None`` when empty."""
+    """An image cell as an absolute path (relative to the CSV's folder); ``None`` when empty. A cell is
+    never expanded (``~`` is a folder name here, as in any CSV reader): see ``image_cell_problems``."""
     if pd.isna(cell):
         return None
-    path = Path(str(cell)).expanduser()
+    path = Path(str(cell))
     return path if path.is_absolute() else (config.root / path)
+
+
+def image_cell_problems(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
+    """An image cell starting with ``~`` means a home folder to its writer, but paths in the table
+    are relative to its folder or absolute, the same on every machine and account that reads it."""
+    problems = []
+    for column in config.images.values():
+        for subject, cell in zip(frame[config.id], frame[column], strict=True):
+            if isinstance(cell, str) and cell.startswith("~"):
+                problems.append(Problem(f"image path {cell!r} starts with '~', which is not expanded in the cohort "
+                                        "table; write the absolute path (e.g. /home/NAME/...) or one relative to the "
+                                        "table's folder", subject=str(subject), column=column))
+    return problems
 
 
 def _unknown_hint(value: Any) -> str:
@@ -274,9 +275,9 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     if problems:
         return _empty_cohort(config), problems
     ids = frame[config.id]
-    for row in np.flatnonzero(ids.isna().to_numpy()):
-        problems.append(Problem(f"row {row + 2} of {config.csv.name} has an empty id", column=config.id))
-    line = np.flatnonzero(ids.notna().to_numpy()) + 2  # each kept row's line in the CSV (header = line 1)
+    for row in frame.index[ids.isna().to_numpy()]:
+        problems.append(Problem(f"row {row} of {config.csv.name} has an empty id", column=config.id))
+    line = frame.index.to_numpy()[ids.notna().to_numpy()]  # each kept row's line in the CSV (header = line 1)
     frame = frame[ids.notna()].reset_index(drop=True)
     labels, label_problems = map_labels(config, frame)
     problems += label_problems
@@ -311,6 +312,7 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
                 problems.append(Problem(str(err), column=column))
                 values = pd.to_numeric(values, errors="coerce").astype("float64")  # later checks read numbers
         parsed[column] = values
+    problems += image_cell_problems(config, frame)
     # One construction, not a column insert per feature (slow and fragmented with thousands of columns).
     features = pd.DataFrame(parsed, index=index)
     image_paths = {
