@@ -4,7 +4,8 @@
 
 Every variant trains on the same fixed batch (taken from the training loader, augmented, so the
 data pipeline is not part of the figure): ``clip``, ``clip+itm``, ``simclr`` (two views: twice
-the image work per subject), and the bare image / tabular encoders' forward + backward on the
+the image work per subject), ``clip+masked_volume`` (a second, masked encoder pass) and its
+shared view (one pass), and the bare image / tabular encoders' forward + backward on the
 same batch — the gap is the objective's overhead (projection heads, fusion, negatives).
 Writes ``benchmarks/results/pretrain_speed.json`` and ``.md``.
 """
@@ -29,7 +30,10 @@ from pretrain.loop import PretrainStep
 from pretrain.model import build_pretrain_model
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = {"clip": {"clip": 1.0}, "clip+itm": {"clip": 1.0, "itm": 1.0}, "simclr": {"simclr": 1.0}}
+VARIANTS = {"clip": {"clip": 1.0}, "clip+itm": {"clip": 1.0, "itm": 1.0}, "simclr": {"simclr": 1.0},
+            "clip+masked_volume": {"clip": 1.0, "masked_volume": 1.0},
+            "clip+masked_volume shared view": {"clip": 1.0, "masked_volume": 1.0}}
+SETTINGS = {"clip+masked_volume shared view": ["pretrain.masked_volume_shared_view=true"]}  # beyond objectives
 
 
 def measure(fn, steps: int) -> float:
@@ -50,7 +54,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for name, objectives in VARIANTS.items():
-            config = load_run_config(args.config, [*args.overrides, f"pretrain.objectives={json.dumps(objectives)}"])
+            config = load_run_config(args.config, [*args.overrides, *SETTINGS.get(name, []),
+                                                   f"pretrain.objectives={json.dumps(objectives)}"])
             settings = pretrain_config(config)
             data = build_pretrain_data(config, load_cohort_config(config.cohort), settings, Path(run_dir))
             torch.manual_seed(config.seed)

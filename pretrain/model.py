@@ -31,6 +31,7 @@ from multimodal.config import ModelConfig
 from multimodal.encoders import TabularMLP, build_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig
+from pretrain.volume_decoder import VolumeDecoder
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap; the floor of 1 keeps the softmax from flattening entirely
 Table = dict[str, torch.Tensor]
@@ -148,6 +149,11 @@ class PretrainModel(nn.Module):
         image_ssl: with both encoders, a second image projection head for SimCLR between two
             augmented views beside the image–table objectives (SLIP, Mu et al. 2022: a separate
             head, so the instance task does not fight the cross-modal one in one space).
+        volume_decoder: a ``VolumeDecoder`` for ``masked_volume`` (pretraining only: not among the
+            encoders fine-tuning loads); it reads ``image_encoder.forward_feature_maps``.
+        projections: build the projection heads; without them (``masked_volume`` alone trains no
+            shared space) each ``<modality>_projection`` is the identity, so ``encode_image`` gives
+            the L2-normalised pooled embedding and no parameter goes without gradient under DDP.
     """
 
     def __init__(
@@ -164,6 +170,8 @@ class PretrainModel(nn.Module):
         matching: bool = True,
         reconstruction: tuple[int, list[int]] | None = None,
         image_ssl: bool = False,
+        volume_decoder: nn.Module | None = None,
+        projections: bool = True,
     ) -> None:
         super().__init__()
         encoders = {m: enc for m, enc in encoders.items() if enc is not None}
@@ -192,7 +200,8 @@ class PretrainModel(nn.Module):
             self.add_module(f"{modality}_encoder", encoder)
         for modality, encoder in encoders.items():
             self.add_module(f"{modality}_projection",
-                            projection_head(encoder.num_features, projection_hidden, projection_dim))
+                            projection_head(encoder.num_features, projection_hidden, projection_dim)
+                            if projections else nn.Identity())
         for absent in ("image", "table"):  # the usual names stay readable as None
             if absent not in encoders:
                 self.register_module(f"{absent}_encoder", None)
@@ -227,6 +236,9 @@ class PretrainModel(nn.Module):
                     f"but the tabular encoder has {expected[0]} + {expected[1]}"
                 )
             self.reconstruction_head = TabularReconstructionHead(fusion_dim, n_cont, list(sizes))
+        if volume_decoder is not None and not hasattr(image_encoder, "forward_feature_maps"):
+            raise ValueError("volume_decoder reads the image encoder's forward_feature_maps, which it lacks")
+        self.volume_decoder = volume_decoder
 
     # ----------------------------------------------------------------------- temperature
     @property
@@ -245,6 +257,19 @@ class PretrainModel(nn.Module):
         if self.image_encoder is None:
             raise ValueError("this model has no image encoder; pass table= only")
         return self.image_encoder.forward_features(image)
+
+    def _image_pass(self, image: torch.Tensor, decode_rows: int = 0
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """``(B, C, H, W, D)`` -> (``forward_features``' dict, the ``volume_decoder``'s
+        ``(decode_rows, C, H, W, D)`` reconstruction of the first ``decode_rows`` volumes, or None
+        for 0), from one encoder pass."""
+        if not decode_rows:
+            return self._image_features(image), None
+        if self.volume_decoder is None:
+            raise ValueError("this model has no volume decoder (objective masked_volume is off)")
+        maps = self.image_encoder.forward_feature_maps(image)
+        decoded = self.volume_decoder({k: v[:decode_rows] for k, v in maps.items()}, image.shape[2:])
+        return self.image_encoder.features_from_maps(maps), decoded
 
     def _table_features(self, table: Table) -> dict[str, torch.Tensor]:
         if self.table_encoder is None:
@@ -273,6 +298,8 @@ class PretrainModel(nn.Module):
         image: torch.Tensor | None = None,
         table: Table | None = None,
         masked_table: Table | None = None,
+        masked_image: torch.Tensor | None = None,
+        reconstruct_image: bool = False,
         **others: Any,
     ) -> dict[str, torch.Tensor]:
         """One encoder pass per input -> dict of the keys that apply:
@@ -287,14 +314,23 @@ class PretrainModel(nn.Module):
           come from view 1;
         - ``masked_table_tokens (B, Tt, Df)``: the tokens of ``masked_table`` (the table with the
           masked features flagged missing) for ``reconstruct``, so ``masked_tabular`` needs no
-          second call of the (DDP-wrapped) model.
+          second call of the (DDP-wrapped) model;
+        - ``image_reconstruction (B, C, H, W, D)``: the ``volume_decoder``'s reconstruction
+          (``masked_volume``), of ``masked_image`` from a pass of its own, or, with
+          ``reconstruct_image``, of ``image`` (its first view) from the pass that gives the image
+          outputs above (the caller passes the masked volume as ``image``: one pass serves both).
         """
+        if reconstruct_image and (image is None or masked_image is not None):
+            raise ValueError("reconstruct_image decodes the image pass: pass image= (masked), not masked_image=")
         out: dict[str, torch.Tensor] = {}
         if image is not None and image.ndim == 6:  # (B, 2, C, H, W, D): two views, one encoder pass
             if self.simclr_projection is None:
                 raise ValueError("two image views need a model built with image_ssl=True (objective simclr)")
             batch = image.shape[0]
-            feats = self._image_features(torch.cat([image[:, 0], image[:, 1]]))  # (2B, ...)
+            feats, decoded = self._image_pass(torch.cat([image[:, 0], image[:, 1]]),  # (2B, ...)
+                                              batch if reconstruct_image else 0)
+            if decoded is not None:
+                out["image_reconstruction"] = decoded
             out["image_view_features"] = F.normalize(self.simclr_projection(feats["embedding"]), dim=-1)  # (2B, P)
             feats = {key: value[:batch] for key, value in feats.items()}  # the first view meets the table
             image = None
@@ -302,7 +338,9 @@ class PretrainModel(nn.Module):
             if self.fusion is not None:
                 out["image_tokens"] = self.image_token_projection(feats["tokens"])
         if image is not None:
-            feats = self._image_features(image)
+            feats, decoded = self._image_pass(image, image.shape[0] if reconstruct_image else 0)
+            if decoded is not None:
+                out["image_reconstruction"] = decoded
             out["image_features"] = F.normalize(self.image_projection(feats["embedding"]), dim=-1)
             if self.fusion is not None:
                 out["image_tokens"] = self.image_token_projection(feats["tokens"])
@@ -316,6 +354,8 @@ class PretrainModel(nn.Module):
                 raise ValueError("masked_table needs a model built with fusion (masked_tabular)")
             tokens = self._table_features(masked_table)["tokens"]
             out["masked_table_tokens"] = self.table_token_projection(tokens)
+        if masked_image is not None:
+            out["image_reconstruction"] = self._image_pass(masked_image, masked_image.shape[0])[1]
         for modality, inputs in others.items():
             if inputs is not None:
                 out[f"{modality}_features"] = self.encode(modality, inputs)
@@ -363,10 +403,22 @@ def build_pretrain_model(
     One encoder per key of ``from_data`` (``pretrain_modalities``), built by name from
     ``model.encoders`` with what the data fixes (image ``in_channels``; table ``num_continuous``,
     ``category_sizes``, the fitted preprocessor's). Fusion is built for ``itm`` or
-    ``masked_tabular``, its matching head for ``itm``, the reconstruction head for ``masked_tabular``.
+    ``masked_tabular``, its matching head for ``itm``, the reconstruction head for ``masked_tabular``,
+    the volume decoder for ``masked_volume`` (alone it trains no projection heads).
     """
     encoders = {m: build_encoder(model_config, m, **sizes) for m, sizes in from_data.items()}
     objectives = set(pretrain.objectives)
+    decoder = None
+    if "masked_volume" in objectives:
+        image = encoders["image"]
+        if not hasattr(image, "stage_specs"):
+            raise ConfigError(
+                f"pretrain.objectives.masked_volume decodes the image encoder's feature maps, which "
+                f"model.encoders.image.name {model_config.encoders['image'].name!r} does not give; "
+                "use a 3D ResNet (e.g. resnet3d_10) or drop masked_volume"
+            )
+        decoder = VolumeDecoder(image.stage_specs(), from_data["image"]["in_channels"],
+                                pretrain.masked_volume_decoder_width)
     table = from_data.get("table", {})
     reconstruct = "masked_tabular" in objectives
     return PretrainModel(
@@ -381,6 +433,8 @@ def build_pretrain_model(
         matching="itm" in objectives,
         reconstruction=(table["num_continuous"], list(table["category_sizes"])) if reconstruct else None,
         image_ssl="simclr" in objectives and {"image", "table"} <= set(from_data),
+        volume_decoder=decoder,
+        projections=objectives != {"masked_volume"},
     )
 
 

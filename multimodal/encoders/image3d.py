@@ -21,6 +21,7 @@ _MONAI_RESNETS: dict[int, Callable[..., nn.Module]] = {
     34: monai_nets.resnet34,
     50: monai_nets.resnet50,
 }
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # forward_feature_maps' keys
 
 
 def _replace_batchnorm3d(module: nn.Module, norm: str) -> None:
@@ -87,21 +88,49 @@ class ImageEncoder3D(nn.Module):
         # Small, so positions do not swamp the image features at init.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W, D) -> (B, F, h, w, d)``, the last ResNet stage (for attribution)."""
+    def forward_feature_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, C, H, W, D)`` -> every stage's output from one backbone pass, for dense heads
+        (e.g. a masked-volume decoder): ``stem`` (after the max pool) and ``layer1`` ... ``layer4``,
+        each ``(B, F_s, H / r_s, W / r_s, D / r_s)`` with the channels and strides r_s of
+        ``stage_specs``. ``layer4`` is ``forward_feature_map``."""
         net = self.backbone
         x = net.act(net.bn1(net.conv1(x)))
         if not net.no_max_pool:
             x = net.maxpool(x)
-        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        maps = {"stem": x}
+        for name in STAGES[1:]:
+            x = getattr(net, name)(x)
+            maps[name] = x
+        return maps
+
+    def stage_specs(self) -> dict[str, tuple[int, int]]:
+        """``stage -> (channels, stride)`` of the maps ``forward_feature_maps`` returns; the stride
+        is the stage's downsampling from the input (rounded up for sizes it does not divide)."""
+        net = self.backbone
+        stride = net.conv1.stride[0] * (1 if net.no_max_pool else 2)
+        specs = {"stem": (net.conv1.out_channels, stride)}
+        for name in STAGES[1:]:
+            convs = [m for m in getattr(net, name).modules() if isinstance(m, nn.Conv3d)]
+            stride *= max(m.stride[0] for m in getattr(net, name)[0].modules() if isinstance(m, nn.Conv3d))
+            specs[name] = (convs[-1].out_channels, stride)  # the last conv: the block's output width
+        return specs
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W, D) -> (B, F, h, w, d)``, the last ResNet stage (for attribution)."""
+        return self.forward_feature_maps(x)["layer4"]
+
+    def features_from_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``forward_feature_maps``' dict -> ``forward_features``' dict, so a caller that needs both
+        (a decoder beside the pooled embedding) runs the backbone once."""
+        fmap = maps["layer4"]  # (B, F, h, w, d)
+        pooled = self.token_pool(fmap)  # (B, F, g, g, g)
+        tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
+        return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C, H, W, D)`` -> dict ``embedding (B, F)`` (global average of the last feature
         map), ``tokens (B, token_grid**3, F)`` (its ``token_grid``³ average pool + positions)."""
-        fmap = self.forward_feature_map(x)  # (B, F, h, w, d), the one backbone pass
-        pooled = self.token_pool(fmap)  # (B, F, g, g, g)
-        tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
-        return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
+        return self.features_from_maps(self.forward_feature_maps(x))  # the one backbone pass
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, token_grid**3, F)``."""

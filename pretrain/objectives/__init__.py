@@ -16,13 +16,14 @@ from pretrain.objectives.itm import (
     table_signature,
 )
 from pretrain.objectives.masked_tabular import apply_mask, mask_features, masked_tabular_loss
+from pretrain.objectives.masked_volume import masked_volume_loss, patch_mask
 from pretrain.objectives.queue import EmbeddingQueue
 from pretrain.objectives.scarf import scarf_corrupt, scarf_loss
 from pretrain.objectives.simclr import simclr_loss
 
 OBJECTIVES = Registry("objective")
 for _name, _entry in {"clip": clip_loss, "itm": itm_loss, "masked_tabular": masked_tabular_loss,
-                      "simclr": simclr_loss, "scarf": scarf_loss}.items():
+                      "masked_volume": masked_volume_loss, "simclr": simclr_loss, "scarf": scarf_loss}.items():
     OBJECTIVES.register(_name)(_entry)
 get_objective = OBJECTIVES.lookup  # unknown name: ConfigError naming the nearest one
 
@@ -38,7 +39,9 @@ __all__ = [
     "itm_noise",
     "mask_features",
     "masked_tabular_loss",
+    "masked_volume_loss",
     "near_duplicates",
+    "patch_mask",
     "sample_negatives",
     "scarf_corrupt",
     "scarf_loss",
