@@ -36,6 +36,7 @@ from multimodal.data import (
 )
 from multimodal.encoders import build_encoder
 from multimodal.errors import StrokeSSLError
+from multimodal.run_folder import check_weights
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ class FoldModels:
 
 def load_fold_models(run_dir: str | Path, device: torch.device | str | None = None) -> FoldModels:
     """Every fold model of a finished fine-tuning run, rebuilt from the run folder alone (no path
-    back to the training cohort or the pretraining run). A missing or damaged file is a
-    ``StrokeSSLError`` naming it."""
+    back to the training cohort or the pretraining run). A missing or damaged file, or fold weights
+    other than the ones the run wrote (their sha256 is in the run record), is a ``StrokeSSLError``
+    naming it."""
     run_dir = Path(run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for needed in ("config.yaml", "model.json"):
@@ -111,9 +113,11 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     model_config = fold_architecture(architecture, settings.branches)
     modalities = list(model_config.encoders)
     others = {m: spec.args for m, spec in model_config.encoders.items() if m not in BUILT_IN_MODALITIES}
+    fold_files = sorted((run_dir / "folds").glob("*.json"))
+    check_weights(run_dir, [f.with_suffix(".safetensors") for f in fold_files])
     folds = []
     preprocessors: dict[str, TabularPreprocessor] = {}  # folds with equal state share one (its warnings once)
-    for fold_file in sorted((run_dir / "folds").glob("*.json")):
+    for fold_file in fold_files:
         fold = json.loads(fold_file.read_text())
         state = json.dumps(fold["preprocessor"], sort_keys=True)
         if state not in preprocessors:

@@ -28,7 +28,8 @@ from torch import nn
 from multimodal.checkpoint import load_into
 from multimodal.config import ModelConfig, RunConfig, load_cohort_config, load_run_config
 from multimodal.encoders import build_encoder
-from multimodal.errors import ConfigError, StrokeSSLError
+from multimodal.errors import ConfigError, RunFolderError
+from multimodal.run_folder import PRETRAINING, check_weights, is_finished, require_run
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ TABLE_WEIGHTS = "checkpoints/table_encoder.safetensors"
 _WEIGHTS_SUFFIX = "_encoder.safetensors"
 
 
-class PretrainingRunError(StrokeSSLError):
-    """``--init`` points at something that is not a usable (finished) pretraining run."""
+# ``--init`` points at something that is not a usable (finished) pretraining run: a run-folder error.
+PretrainingRunError = RunFolderError
 
 
 @dataclass
@@ -63,21 +64,17 @@ class PretrainingRun:
 
 
 def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> PretrainingRun:
-    """Read a pretraining run folder; a missing folder or config, an unfinished run (unless
-    ``require_finished=False``) or a run without encoder weights is a ``PretrainingRunError``."""
+    """Read a pretraining run folder; a missing folder or config, a folder of another kind (a fine-tuning
+    run), an unfinished run (unless ``require_finished=False``), a run without encoder weights or with
+    weights other than the ones it wrote is a ``PretrainingRunError``."""
     run_dir = Path(run_dir)
+    require_run(run_dir, (PRETRAINING,), "--init", finished=require_finished)
     if not (run_dir / "config.yaml").is_file():
-        what = "has no config.yaml" if run_dir.is_dir() else "is not a folder"
         raise PretrainingRunError(
-            f"--init {run_dir} {what}: not a pretraining run; give the run folder that "
+            f"--init {run_dir} has no config.yaml: not a pretraining run; give the run folder that "
             "strokessl pretrain wrote (runs/<name>)"
         )
-    finished = (run_dir / "metrics.json").is_file()
-    if require_finished and not finished:
-        raise PretrainingRunError(
-            f"pretraining run {run_dir} has not finished (no metrics.json); resume it first with "
-            f"strokessl pretrain CONFIG --resume {run_dir}"
-        )
+    finished = is_finished(run_dir)
     config = load_run_config(run_dir / "config.yaml")
     preprocessor_path = run_dir / "preprocessor.json"
     if not preprocessor_path.is_file():
@@ -89,6 +86,7 @@ def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> 
             f"pretraining run {run_dir} has neither {IMAGE_WEIGHTS} nor {TABLE_WEIGHTS}; "
             "resume it to its end so the encoders are published"
         )
+    check_weights(run_dir, weights.values())
     return PretrainingRun(
         run_dir=run_dir,
         config=config,

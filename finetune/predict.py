@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from multimodal.config import (
     load_run_config,
 )
 from multimodal.errors import StrokeSSLError
+from multimodal.run_folder import FINETUNING, check_output, require_run
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +78,21 @@ def check_feature_columns(known: list[str], given: list[str], allow_missing: boo
 
 
 def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path, allow_missing_features: bool = False) -> Path:
-    """Write ``out`` (CSV: subject_id, probability, risk_group, one column per fold) and return it."""
-    run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "metrics.json").is_file() or not (run_dir / "model.json").is_file():
-        raise StrokeSSLError(f"{run_dir} is not a finished fine-tuning run (no metrics.json / model.json)")
-    if out.is_dir():
-        raise StrokeSSLError(f"--out {out} is a folder; give a file name such as {out / 'predictions.csv'}")
+    """Write ``out`` (CSV: subject_id, probability, risk_group, one column per fold) and return it. ``out``
+    may not lie in a run folder nor be one of the cohort's files (table, config, images); its folder is made."""
+    run_dir = Path(run_dir)
+    require_run(run_dir, (FINETUNING,), "predict")
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():  # "new/" names a folder even before it exists
+        raise StrokeSSLError(f"--out {out} is a folder; give a file name such as {Path(out) / 'predictions.csv'}")
+    out = Path(out)
     threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
     cohort_config = new_cohort_config(run_dir, Path(cohort))
     if cohort_config.missing_images == "error":  # new subjects without MRI are scored from what they have
         cohort_config.missing_images = "drop_modality"
     subjects = load_cohort(cohort_config)
+    images = [path for paths in subjects.image_paths.values() for path in paths.values() if path is not None]
+    check_output(out, [Path(cohort), cohort_config.csv, *([cohort_config.source] if cohort_config.source else []),
+                       *images])
     models = load_fold_models(run_dir)
     if "table" in models.modalities:
         check_feature_columns(models.folds[0].preprocessor.feature_names, list(subjects.features.columns),

@@ -8,7 +8,8 @@ classical baselines on the same training fold. Each finished fold is written at 
 ``--resume`` skips it. Then pooled out-of-fold metrics with stratified bootstrap confidence
 intervals, paired ΔAUROC against each baseline, risk groups and plots.
 
-Run folder: ``config.yaml``, ``model.json`` (encoder architecture, sequences), ``folds.json``
+Run folder: ``run.json`` (the run record: kind, finished, fold weight digests; ``multimodal.run_folder``),
+``config.yaml``, ``model.json`` (encoder architecture, sequences), ``folds.json``
 (the splits), ``folds/rRfF.json`` (predictions, threshold, preprocessor) + ``.safetensors`` (per
 fold), ``predictions.csv``, ``metrics.json`` (written last), ``report/*.png``.
 """
@@ -60,6 +61,7 @@ from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_text, make_folder, save_weights
 from multimodal.cohort import Cohort, load_cohort, stratified_folds, stratified_split
 from multimodal.config import (
+    CohortConfig,
     ModelConfig,
     RunConfig,
     changed_keys,
@@ -81,6 +83,16 @@ from multimodal.data import (
 )
 from multimodal.encoders import build_encoder
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
+from multimodal.run_folder import (
+    FINETUNING,
+    PRETRAINING,
+    begin_record,
+    check_writable,
+    finish_record,
+    record_weights,
+    require_run,
+    run_lock,
+)
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -332,7 +344,20 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     if settings.mode != "scratch" and init is None:
         raise StrokeSSLError(f"finetune.mode {settings.mode} needs --init RUN (a pretraining run folder); "
                              "use --set finetune.mode=scratch for a supervised baseline from random weights")
+    if init is not None:  # refused before anything is written
+        require_run(Path(init), (PRETRAINING,), "--init")
     run_dir = _default_run_dir(run_config, settings)
+    cohort_config = load_cohort_config(run_config.cohort)
+    check_writable(run_dir, FINETUNING, [cohort_config.csv, cohort_config.source])
+    with run_lock(run_dir, "finetune"):  # a second process writing the same folder is refused
+        _cross_validate(run_config, cohort_config, settings, run_dir, init, resume)
+        finish_record(run_dir)
+    return run_dir
+
+
+def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings: FinetuneConfig, run_dir: Path,
+                    init: str | Path | None, resume: bool) -> None:
+    """Every fold into ``run_dir`` (finished ones kept on ``resume``), then the summary."""
     started = any((run_dir / "folds").glob("*.json")) or (run_dir / "metrics.json").exists()
     if started and not resume:
         if (run_dir / "metrics.json").exists():
@@ -346,8 +371,9 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
     if resume and started and (run_dir / "config.yaml").is_file():
         _check_resumable(run_dir, run_config, init)
     make_folder(run_dir / "folds")
+    begin_record(run_dir, FINETUNING)
     save_config(run_config, run_dir / "config.yaml")
-    cohort = load_cohort(load_cohort_config(run_config.cohort))
+    cohort = load_cohort(cohort_config)
     labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
     if not labeled:
         raise CohortError(f"cohort {cohort.config.source} has no labeled subject to fine-tune on")
@@ -381,8 +407,10 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
             results[name] = json.loads(path.read_text())
             continue
         result, model = run_fold(ctx, split["train"], split["test"], run_config.seed + len(results))
-        save_weights(model.state_dict(), run_dir / "folds" / f"{name}.safetensors")
+        weights = run_dir / "folds" / f"{name}.safetensors"
+        save_weights(model.state_dict(), weights)
+        record_weights(run_dir, [weights])  # before the fold file that marks the fold done
         atomic_write_text(path, json.dumps(result))
         results[name] = result
         logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
-    return summarise_run(run_dir, run_config, cohort, test, settings, results, run_config.seed)
+    summarise_run(run_dir, run_config, cohort, test, settings, results, run_config.seed)

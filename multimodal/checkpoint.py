@@ -33,20 +33,33 @@ _WRITE_ADVICE = {errno.ENOSPC: "free disk space there", errno.EDQUOT: "free spac
                  errno.EROFS: "choose a folder on a writable file system"}
 
 
-def _refused(path: Path, err: OSError) -> StrokeSSLError:
+def _refusal(path: Path, err: OSError) -> StrokeSSLError:
     return StrokeSSLError(f"cannot write {path} ({err.strerror}): {_WRITE_ADVICE[err.errno]} "
                           f"({path.parent}) and run the command again (--resume continues a run)")
 
 
-def make_folder(path: str | Path) -> Path:
-    """``mkdir -p`` that answers a refusal (permissions, full disk, read-only) like ``atomic_path``."""
-    path = Path(path)
+@contextlib.contextmanager
+def refused_writes(path: str | Path) -> Iterator[None]:
+    """A write to ``path`` the file system refuses (full disk, quota, permissions, read-only) becomes one
+    ``StrokeSSLError`` saying what to free or fix; any other ``OSError`` passes unchanged."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        yield
     except OSError as err:
         if err.errno not in _WRITE_ADVICE:
             raise
-        raise _refused(path, err) from err
+        raise _refusal(Path(path), err) from err
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` that answers a refusal (permissions, full disk, read-only) like ``atomic_path``, and a
+    file in the way with its name."""
+    path = Path(path)
+    try:
+        with refused_writes(path):
+            path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:  # the folder, or one above it, is a file
+        file = next((p for p in (path, *path.parents) if p.is_file()), path)
+        raise StrokeSSLError(f"cannot make the folder {path}: {file} is a file; give a folder path") from err
     return path
 
 
@@ -57,17 +70,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     the temp file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     tmp_path: Path | None = None
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        tmp_path = Path(tmp)
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except OSError as err:
-        if err.errno not in _WRITE_ADVICE:
-            raise
-        raise _refused(path, err) from err
+        with refused_writes(path):
+            handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(handle)
+            tmp_path = Path(tmp)
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()

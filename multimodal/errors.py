@@ -15,3 +15,7 @@ class CohortError(StrokeSSLError):
 
 class ImageError(StrokeSSLError):
     """An image file cannot be read or does not fit the pipeline (4D, unreadable, empty)."""
+
+
+class RunFolderError(StrokeSSLError):
+    """A run folder cannot be used as asked (wrong kind, unfinished, in use, changed weights, output onto it)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from multimodal.checkpoint import load_into
 from multimodal.config import load_run_config
+from multimodal.run_folder import check_weights
 from pretrain.config import pretrain_config
 from pretrain.model import PretrainModel, build_pretrain_model, pretrain_modalities
 
@@ -17,11 +18,14 @@ def load_run_model(run_dir: Any, sizes: dict[str, dict[str, Any]]) -> PretrainMo
     """A finished pretraining run's whole model (encoders, projection heads, fusion) with its weights
     (``checkpoints/model.safetensors``, loaded strictly), for embedding export. ``sizes`` maps every
     modality the run trained to what the data fixes (``multimodal.data.encoder_sizes``). Backbone
-    initialisation files named in the config are not read: the run's own weights replace them."""
+    initialisation files named in the config are not read: the run's own weights replace them. Weights
+    other than the ones the run wrote (sha256 in its run record) are refused."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir / "config.yaml")
     model = build_pretrain_model(config.model.without_weight_files(), pretrain_config(config), sizes)
-    load_into(model, run_dir / "checkpoints" / "model.safetensors", strict=True)
+    weights = run_dir / "checkpoints" / "model.safetensors"
+    check_weights(run_dir, [weights])
+    load_into(model, weights, strict=True)
     return model.eval()
 
 

@@ -6,6 +6,7 @@ checkpoints and the final artefacts. The per-step work lives in ``pretrain.loop`
 Run folder::
 
     config.yaml                  resolved config, exactly as run
+    run.json                     the run record (kind, finished, weight digests: multimodal.run_folder)
     run_info.json                versions, git commit, world size, start (and every resume)
     preprocessor.json            tabular state fitted on the training split
     checkpoints/weights-NNNN.safetensors + state-NNNN.pt + latest.json   per epoch, for resume
@@ -50,7 +51,15 @@ from multimodal.config import (
     to_dict,
 )
 from multimodal.data import encoder_sizes, seed_everything
-from multimodal.errors import ConfigError, StrokeSSLError
+from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
+from multimodal.run_folder import (
+    PRETRAINING,
+    begin_record,
+    check_writable,
+    finish_record,
+    record_weights,
+    run_lock,
+)
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
@@ -174,16 +183,23 @@ def load_checkpoint(checkpoints: Path) -> tuple[dict[str, torch.Tensor], dict[st
     pointer = checkpoints / "latest.json"
     if not pointer.is_file():
         return None
+    complete = sorted(int(p.stem.split("-")[1]) for p in checkpoints.glob("weights-*.safetensors")
+                      if (checkpoints / f"state-{p.stem.split('-')[1]}.pt").is_file())
     try:
-        epoch = int(json.loads(pointer.read_text())["epoch"])
+        named = int(json.loads(pointer.read_text())["epoch"])
     except (ValueError, KeyError, TypeError):  # emptied or edited by hand (it is written atomically)
-        complete = sorted(int(p.stem.split("-")[1]) for p in checkpoints.glob("weights-*.safetensors")
-                          if (checkpoints / f"state-{p.stem.split('-')[1]}.pt").is_file())
-        if not complete:
-            raise StrokeSSLError(f"{pointer} is damaged and {checkpoints} holds no complete epoch; "
-                                 "start a new run (remove the folder or choose another run.dir)") from None
-        epoch = complete[-1]
-        logger.warning("%s is damaged: resuming from epoch %d, the newest complete checkpoint", pointer, epoch)
+        named, problem = None, "is damaged"
+    else:
+        problem = f"names epoch {named}, whose checkpoint files are missing"
+    if named in complete:
+        epoch = named
+    else:  # the newest complete epoch the pointer allows: re-training the rest gives the same weights
+        usable = [e for e in complete if named is None or e <= named]
+        if not usable:
+            raise StrokeSSLError(f"{pointer} {problem} and {checkpoints} holds no complete epoch before it; "
+                                 "start a new run (remove the folder or choose another run.dir)")
+        epoch = usable[-1]
+        logger.warning("%s %s: resuming from epoch %d, the newest complete checkpoint", pointer, problem, epoch)
     weights_path, state_path = checkpoints / f"weights-{epoch:04d}.safetensors", checkpoints / f"state-{epoch:04d}.pt"
     try:
         weights = load_weights(weights_path, strip_prefixes=())
@@ -223,13 +239,19 @@ def run_pretrain(config_path: str | Path, overrides: list[str] | None = None,
     """Pretrain as the config says and return the run folder. ``resume`` may name the folder."""
     run_config = load_run_config(config_path, overrides)
     if isinstance(resume, (str, Path)) and not isinstance(resume, bool):
+        if not Path(resume).is_dir():  # a mistyped folder would otherwise start a new run there
+            what = "is a file" if Path(resume).exists() else "does not exist"
+            raise RunFolderError(f"--resume {resume} {what}; give the run folder to continue, or --resume alone "
+                                 f"to continue (or start) run.dir ({run_config.run.dir})")
         run_config.run.dir = Path(resume).resolve()
         resume = True
     pretrain = pretrain_config(run_config)
     cohort_config = load_cohort_config(run_config.cohort)
+    check_writable(Path(run_config.run.dir), PRETRAINING, [cohort_config.csv, cohort_config.source])
     device = distributed.setup_distributed()
-    try:
-        return _run(run_config, cohort_config, pretrain, bool(resume), device)
+    try:  # under torchrun rank 0 alone holds the lock and writes the run record
+        with run_lock(run_config.run.dir, "pretrain") if distributed.is_main() else contextlib.nullcontext():
+            return _run(run_config, cohort_config, pretrain, bool(resume), device)
     finally:
         distributed.cleanup_distributed()
 
@@ -241,6 +263,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     main = distributed.is_main()
     if main:
         make_folder(checkpoints)
+        begin_record(run_dir, PRETRAINING)
         if not resume:
             save_config(run_config, run_dir / "config.yaml")
             # A run that stopped before its first epoch may have left a preprocessor fitted under
@@ -352,9 +375,11 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
             history: list[dict[str, Any]], writer: Any, data: Any, pretrain_settings: PretrainConfig) -> None:
     """Publish weights, validation embeddings and metrics.json (last: its presence marks a finished run)."""
     checkpoints = run_dir / "checkpoints"
-    save_weights(model.state_dict(), checkpoints / "model.safetensors")
-    for name, state in encoder_state_dicts(model).items():
-        save_weights(state, checkpoints / f"{name}.safetensors")
+    published = {checkpoints / "model.safetensors": model.state_dict(),
+                 **{checkpoints / f"{name}.safetensors": state for name, state in encoder_state_dicts(model).items()}}
+    for path, state in published.items():
+        save_weights(state, path)
+    record_weights(run_dir, published)
     val_metrics, embeddings = evaluation
     # Subject ids are patient identifiers: the projector shows each point's label unless asked.
     labels = dict(zip(data.cohort.ids, data.cohort.labels, strict=True))
@@ -367,4 +392,5 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
     writer.close()
     atomic_write_json(run_dir / "metrics.json", {"final": val_metrics, "history": history, "val_subjects": len(data.val),
                                                  "train_subjects": len(data.train)})
+    finish_record(run_dir)
     logger.info("finished: %s", _short({f"val/{k}": v for k, v in val_metrics.items()}))

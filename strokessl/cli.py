@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     predict.add_argument("run", type=Path, help="finished fine-tuning run folder")
     predict.add_argument("--cohort", type=Path, required=True, help="cohort.yaml or CSV of the new subjects")
-    predict.add_argument("--out", type=Path, required=True, help="CSV to write (subject_id, probability, risk_group)")
+    # a str, not a Path: "new/" (a folder the user means) must keep its slash to be refused
+    predict.add_argument("--out", required=True, help="CSV to write (subject_id, probability, risk_group)")
     predict.add_argument("--allow-missing-features", action="store_true",
                          help="score clinical features the cohort lacks as missing values instead of refusing")
 
@@ -146,8 +147,16 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    from multimodal.errors import StrokeSSLError
+    from multimodal.run_folder import check_output
     from multimodal.synthetic import write_synthetic_cohort
 
+    check_output(args.out / "cohort.csv", option="synth OUT")  # not into a run folder
+    if args.out.is_file():
+        raise StrokeSSLError(f"synth OUT {args.out} is a file; give a new or empty folder")
+    if (args.out / "cohort.csv").exists() or (args.out / "cohort.yaml").exists():
+        raise StrokeSSLError(f"synth OUT {args.out} already holds a cohort (cohort.csv / cohort.yaml) that a new one "
+                             "would replace; give a new or empty folder")
     sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
     path = write_synthetic_cohort(
         args.out, n=args.n, grid=args.grid, labeled_fraction=args.labeled_fraction,
@@ -231,7 +240,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     from finetune.explain.embed import embed_run, write_embeddings
+    from multimodal.run_folder import check_output
 
+    check_output(args.out / "embeddings.npz", [args.cohort])  # refused before the slow embedding
     write_embeddings(embed_run(args.run, args.cohort, allow_missing_features=args.allow_missing_features), args.out,
                      args.color_by, args.with_ids)
     return 0

@@ -38,6 +38,7 @@ from multimodal.data import (
     volume_cache,
 )
 from multimodal.errors import StrokeSSLError
+from multimodal.run_folder import FINETUNING, PRETRAINING, require_run
 from pretrain.export import (  # loading a pretraining run's weights, nothing else
     load_run_model,
     run_modalities,
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunEmbeddings:
-    kind: str  # "pretraining" or "fine-tuning"
+    kind: str  # PRETRAINING or FINETUNING (multimodal.run_folder)
     cohort: Cohort
     embeddings: dict[str, np.ndarray]  # modality -> (N, D_m) encoder output, cohort order
     present: dict[str, np.ndarray]  # modality -> (N,) bool
@@ -57,25 +58,16 @@ class RunEmbeddings:
     scorer: Scorer | None = None  # what attributions explain (None: a pretraining run without image and table)
 
 
-def run_kind(run_dir: Path) -> str:
-    """"fine-tuning" (``model.json`` + ``folds/``) or "pretraining" (``checkpoints/*_encoder.safetensors``)."""
-    if (run_dir / "model.json").is_file() and (run_dir / "folds").is_dir():
-        return "fine-tuning"
-    if list((run_dir / "checkpoints").glob("*_encoder.safetensors")):
-        return "pretraining"
-    raise StrokeSSLError(f"{run_dir} is neither a finished pretraining run (checkpoints/*_encoder.safetensors) nor "
-                         "a fine-tuning run (model.json, folds/); give the folder strokessl pretrain or finetune wrote")
-
-
 @torch.no_grad()
 def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16,
-              allow_missing_features: bool = False) -> RunEmbeddings:
-    """Every subject of the cohort (``cohort.yaml``; a bare CSV for fine-tuning runs) through the run's
-    encoders. A fine-tuning run refuses clinical columns that differ from training, as ``predict`` does,
-    unless ``allow_missing_features`` (absent ones then enter as missing values)."""
+              allow_missing_features: bool = False, command: str = "embed") -> RunEmbeddings:
+    """Every subject of the cohort (``cohort.yaml``; a bare CSV for fine-tuning runs) through the encoders of
+    a finished run of either kind (anything else is refused, naming ``command``). A fine-tuning run refuses
+    clinical columns that differ from training, as ``predict`` does, unless ``allow_missing_features``
+    (absent ones then enter as missing values)."""
     run_dir, cohort_path = Path(run_dir), Path(cohort_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if run_kind(run_dir) == "fine-tuning":
+    if require_run(run_dir, (FINETUNING, PRETRAINING), command) == FINETUNING:
         models = load_fold_models(run_dir, device)
         cohort = load_cohort(new_cohort_config(run_dir, cohort_path))
         fold = models.folds[0]
@@ -84,7 +76,7 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
         cache = volume_cache(models.run_config, cohort.config, models.sequences) if "image" in models.modalities else None
         dataset = build_dataset(cohort, cache=cache, others=models.others, seed=models.run_config.seed,
                                 preprocessor=fold.preprocessor if "table" in models.modalities else None)
-        result = _embed(dataset, cache, cohort, "fine-tuning", batch_size, device,
+        result = _embed(dataset, cache, cohort, FINETUNING, batch_size, device,
                         encode=lambda inputs: (fold.model.embed(inputs), {}), modalities=models.modalities)
         result.models, result.scorer = models, fold_scorer(models)
         return result
@@ -109,7 +101,7 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
             projected[m] = F.normalize(getattr(model, f"{m}_projection")(pooled[m]), dim=-1)
         return pooled, projected
 
-    result = _embed(dataset, cache, cohort, "pretraining", batch_size, device, encode, modalities)
+    result = _embed(dataset, cache, cohort, PRETRAINING, batch_size, device, encode, modalities)
     if {"image", "table"} <= set(modalities):
         result.scorer = similarity_scorer(model, preprocessor, sequences, run.config)
     return result

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from finetune.explain.analysis import analyse
 from finetune.explain.attribution import BASELINES, global_ranking, tabular_attributions
-from finetune.explain.embed import RunEmbeddings, embed_run, run_kind
+from finetune.explain.embed import RunEmbeddings, embed_run
 from finetune.explain.figures import (
     attribution_figure,
     projection_figure,
@@ -53,6 +53,7 @@ from multimodal.checkpoint import atomic_path, atomic_write_json
 from multimodal.cohort import load_cohort, outcome_names
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
+from multimodal.run_folder import FINETUNING, PRETRAINING, require_run, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,26 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
                 baseline: str = "missing", gallery: int = 4, n_steps: int = 32,
                 allow_missing_features: bool = False, with_ids: bool = False) -> dict[str, Any]:
     """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``).
-    ``with_ids`` adds the subject ids to ``report/explain_attributions.csv`` (rows in cohort order)."""
-    start = time.perf_counter()
+    ``with_ids`` adds the subject ids to ``report/explain_attributions.csv`` (rows in cohort order). The
+    run folder is locked while its report is written."""
     run_dir = Path(run_dir)
+    kind = require_run(run_dir, (FINETUNING, PRETRAINING), "explain")
+    with run_lock(run_dir, "explain"):
+        return _explain(run_dir, kind, cohort_path, seed, subject, baseline, gallery, n_steps, allow_missing_features,
+                        with_ids)
+
+
+def _explain(run_dir: Path, kind: str, cohort_path: str | Path, seed: int, subject: str | None, baseline: str,
+             gallery: int, n_steps: int, allow_missing_features: bool, with_ids: bool) -> dict[str, Any]:
+    start = time.perf_counter()
     report = run_dir / "report"
     if subject is not None:  # refused before the slow steps
-        if run_kind(run_dir) != "fine-tuning":
+        if kind != FINETUNING:
             raise StrokeSSLError("--subject needs a fine-tuning run (it explains the fold models' predicted risk)")
         config = new_cohort_config(run_dir, Path(cohort_path))
         if subject not in load_cohort(config).ids:
             raise StrokeSSLError(f"--subject {subject!r} is not in cohort {config.source}")
-    embedded = embed_run(run_dir, cohort_path, allow_missing_features=allow_missing_features)
+    embedded = embed_run(run_dir, cohort_path, allow_missing_features=allow_missing_features, command="explain")
     cohort, scorer = embedded.cohort, embedded.scorer
     analysis = analyse(embedded, seed=seed)
     projection = projection_figure(embedded.embeddings, embedded.present, cohort.labels,
@@ -83,7 +93,7 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
         analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
         analysis["attribution"]["table"] = _write_attributions(attributions, cohort, report, with_ids).name
     risk, held = None, {}
-    if embedded.kind == "fine-tuning":
+    if embedded.kind == FINETUNING:
         held = held_out_folds(run_dir, embedded.models)
         ours = sum(s in held for s in cohort.ids)
         if ours:
