@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune.baselines import BASELINES
+from finetune.losses import LOSSES
 from finetune.recalibration import RECALIBRATIONS
-from multimodal.config import RunConfig, check_choice, from_dict
+from multimodal.config import RunConfig, check_choice, check_range, from_dict
 from multimodal.errors import ConfigError
 
 MODES = ("frozen", "trainable", "scratch")
@@ -66,14 +68,34 @@ class FinetuneConfig:
         if self.head == "probe" and self.mode != "frozen":
             raise ConfigError(f"finetune.head: probe fits a linear model on frozen embeddings; it needs "
                               f"finetune.mode: frozen (got {self.mode}), or use head: mlp")
-        if self.folds < 2 or (self.repeats is not None and self.repeats < 1):
-            raise ConfigError("finetune.folds must be >= 2 and finetune.repeats >= 1")
-        if not 0.0 < self.inner_val_fraction < 1.0:
-            raise ConfigError(f"finetune.inner_val_fraction must be between 0 and 1, got {self.inner_val_fraction}")
-        if self.head_layers < 0:
-            raise ConfigError(f"finetune.head_layers must be >= 0 (0 = linear head), got {self.head_layers}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError("finetune.epochs must be >= 1 and finetune.batch_size >= 2")
+        self._check_numbers()
+        from finetune.model import FUSIONS  # finetune.model imports this module
+
+        check_choice("finetune.fusion", self.fusion, FUSIONS)
+        check_choice("finetune.loss", self.loss, sorted(LOSSES))
+        for i, name in enumerate(self.baselines):
+            check_choice(f"finetune.baselines[{i}]", name, sorted(BASELINES))
+
+    def _check_numbers(self) -> None:
+        """Every numeric setting within the range its stage can use, named by its dotted key."""
+        check_range("finetune.folds", self.folds, 2, 100, hint="K of K-fold cross-validation")
+        if self.repeats is not None:
+            check_range("finetune.repeats", self.repeats, 1, 100, hint="null = auto")
+        check_range("finetune.inner_val_fraction", self.inner_val_fraction, 0.0, 1.0, above=True, below=True)
+        check_range("finetune.head_layers", self.head_layers, 0, 16, hint="0 = a linear head")
+        check_range("finetune.hidden", self.hidden, 1, 16_384)
+        check_range("finetune.dropout", self.dropout, 0.0, 1.0, below=True)
+        check_range("finetune.epochs", self.epochs, 1, 100_000)
+        check_range("finetune.batch_size", self.batch_size, 2, 65_536)
+        check_range("finetune.lr", self.lr, 0.0, 1.0, above=True)
+        check_range("finetune.encoder_lr_ratio", self.encoder_lr_ratio, 0.0, 10.0)
+        check_range("finetune.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("finetune.patience", self.patience, 1, 100_000)
+        check_range("finetune.bootstrap", self.bootstrap, 100, 1_000_000,
+                    hint="resamples behind each confidence interval; 2000 by default")
+        if self.threshold == "sensitivity" or self.target_sensitivity is not None:
+            check_range("finetune.target_sensitivity", self.target_sensitivity, 0.0, 1.0, above=True,
+                        hint="with finetune.threshold: sensitivity, e.g. 0.8 for 80 %")
 
 
 SMALL_COHORT_POSITIVES = 50

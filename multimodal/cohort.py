@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,9 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
         if pd.isna(value):
             continue
         key = str(value).strip().casefold()
+        if key not in mapping and config.label_map is None and _is_number(key) and float(key) in (0.0, 1.0):
+            labels[i] = float(key)  # 1.00, +1, 0e0: the numbers 0 and 1 however written
+            continue
         if key not in mapping:
             problems.append(Problem(
                 f"label {value!r} is not one of {sorted(mapping)}; fix the value or set label_map in the "
@@ -234,7 +238,25 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
             ))
             continue
         labels[i] = mapping[key]
+    coding = _other_binary_coding(frame[config.label]) if config.label_map is None else None
+    if coding is not None:  # e.g. 1/2: its 1s read as events would be wrong, so the whole column is refused
+        return np.full(len(frame), np.nan), [Problem(coding, column=config.label)]
     return labels, problems
+
+
+def _other_binary_coding(values: pd.Series) -> str | None:
+    """A problem when a label column holds exactly two numbers other than 0 and 1 (1/2, -1/1)."""
+    present = values.dropna().astype(str).str.strip()
+    if present.empty or not present.map(_is_number).all():
+        return None
+    numbers = present.astype(float)
+    levels = sorted(set(numbers))
+    if len(levels) != 2 or set(levels) <= {0.0, 1.0}:
+        return None
+    low, high = levels
+    counts = f"{int((numbers == low).sum())} and {int((numbers == high).sum())} subjects"
+    return (f"labels are coded {low:g}/{high:g} ({counts}), not 0/1; say which value is the event with label_map, "
+            f"e.g. label_map: {{{low:g}: 0, {high:g}: 1}} (or {{{low:g}: 1, {high:g}: 0}})")
 
 
 def resolve_image_path(config: CohortConfig, cell: Any) -> Path | None:
@@ -294,8 +316,10 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
             if path is not None and not path.is_file():
                 problems.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
     # Keep the first row of a repeated id so the rest of the checks run on a consistent table.
+    kept_lines = line[~duplicated]
     frame = frame[~duplicated].reset_index(drop=True)
     labels = labels[~duplicated]
+    problems += _case_duplicate_problems(config, list(frame[config.id]), kept_lines)
     if frame.empty:
         problems.append(Problem(f"{config.csv.name} has a header but no subject rows; export the data rows too"))
     columns = feature_columns(config, frame)
@@ -319,9 +343,58 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
         str(subject): {seq: resolve_image_path(config, frame.at[i, col]) for seq, col in config.images.items()}
         for i, subject in enumerate(frame[config.id])
     }
+    problems += shared_image_problems(config, image_paths)
     text = frame[config.text].set_axis(features.index) if config.text else pd.DataFrame(index=features.index)
     cohort = Cohort(config, [str(s) for s in frame[config.id]], labels, features, kinds, image_paths, text)
     return cohort, problems
+
+
+def _case_duplicate_problems(config: CohortConfig, ids: list[str], lines: np.ndarray) -> list[Problem]:
+    """Ids that differ only in letter case (``S01``, ``s01``) are one subject entered twice, as far as
+    anyone can tell: split across folds, its two rows would leak."""
+    first: dict[str, tuple[str, int]] = {}
+    problems = []
+    for subject, line in zip(ids, lines, strict=True):
+        other, other_line = first.setdefault(str(subject).casefold(), (subject, line))
+        if other != subject:
+            problems.append(Problem(f"id differs from {other!r} (row {other_line}) only in letter case (row {line}): "
+                                    "the same subject twice? make the ids unique beyond letter case",
+                                    subject=str(subject), column=config.id))
+    return problems
+
+
+def _file_key(path: Path) -> Any:
+    """What makes two paths one file: the device and inode where it exists (symlinks, hard links,
+    ``..``), else the resolved path."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (stat.st_dev, stat.st_ino)
+
+
+def shared_image_problems(config: CohortConfig, image_paths: dict[str, dict[str, Path | None]]) -> list[Problem]:
+    """One problem per image cell that names a file another cell already names: two subjects with one
+    scan (a copied row: the scan would sit in a training and a test fold at once) or two sequences of
+    one subject reading the same file (two copies of one channel)."""
+    owner: dict[Any, tuple[str, str]] = {}
+    problems = []
+    for subject, paths in image_paths.items():
+        for sequence, path in paths.items():
+            if path is None:
+                continue
+            first_subject, first_sequence = owner.setdefault(_file_key(path), (subject, sequence))
+            if (first_subject, first_sequence) == (subject, sequence):
+                continue
+            if first_subject == subject:
+                message = (f"the {sequence} and {first_sequence} cells name the same file {path.name}; each "
+                           "sequence needs its own file")
+            else:
+                message = (f"{sequence} file {path.name} is also subject {first_subject}'s {first_sequence} image: "
+                           "one scan for two subjects would sit in training and test folds at once; give each "
+                           "subject its own scan, or remove the repeated row")
+            problems.append(Problem(message, subject=subject, column=config.images[sequence]))
+    return problems
 
 
 def _empty_cohort(config: CohortConfig) -> Cohort:

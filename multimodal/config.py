@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,12 +25,19 @@ from typing import Any, TypeVar
 import yaml
 
 from multimodal.errors import ConfigError
+from multimodal.yaml_loader import load_yaml
 
 T = TypeVar("T")
 
 MISSING_IMAGE_POLICIES = ("error", "drop", "zero", "drop_modality")
 FEATURE_TYPES = ("continuous", "categorical")
 CACHE_DTYPES = ("float32", "float16")
+# Accepted ranges (docs/robustness.md): a voxel below 0.5 mm or above 30 mm is no brain MRI grid for
+# this pipeline, and a grid outside 8..512 voxels per axis cannot hold a head or does not fit memory.
+SPACING_MM = (0.5, 30.0)
+SPATIAL_SIZE = (8, 512)
+# The YAML 1.1 words for a switch (multimodal.yaml_loader reads them as text): accepted where a bool is asked.
+YAML11_BOOLEANS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
 
 
 # --------------------------------------------------------------------------- cohort config
@@ -56,6 +64,12 @@ class CohortConfig:
 
     def __post_init__(self) -> None:
         check_choice("missing_images", self.missing_images, MISSING_IMAGE_POLICIES)
+        named: dict[str, str] = {}
+        for sequence, column in self.images.items():
+            first = named.setdefault(column, sequence)
+            if first != sequence:
+                raise ConfigError(f"images.{sequence} names column {column!r}, as images.{first} does: two copies of "
+                                  "one channel; point each sequence at its own column")
         for column, kind in self.types.items():
             check_choice(f"types.{column}", kind, FEATURE_TYPES)
         for sequence in self.volume_index:
@@ -64,6 +78,11 @@ class CohortConfig:
                     f"volume_index names sequence {sequence!r}, which is not in images "
                     f"({sorted(self.images)}); use a sequence name from images"
                 )
+        for i, marker in enumerate(self.na_values):
+            if marker is None or isinstance(marker, bool):
+                raise ConfigError(_unquoted_text(f"na_values[{i}]", marker))
+            if not isinstance(marker, (str, int, float)):
+                raise ConfigError(f"na_values[{i}] must be a word or a number, got {marker!r}")
         if self.label_map is not None:
             for value, target in self.label_map.items():
                 if target not in (0, 1):
@@ -90,6 +109,9 @@ def cohort_roles(config: CohortConfig) -> dict[str, Any]:
 class RunSection:
     dir: Path | None = None  # default: runs/<config file stem>, relative to the working directory
 
+    def __post_init__(self) -> None:
+        check_folder("run.dir", self.dir)
+
 
 @dataclass
 class DataConfig:
@@ -100,8 +122,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choice("data.cache_dtype", self.cache_dtype, CACHE_DTYPES)
-        if self.workers < 0:
-            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        check_range("data.workers", self.workers, 0, 256)
+        check_folder("data.cache_dir", self.cache_dir)
 
 
 @dataclass
@@ -121,6 +143,18 @@ class AugmentConfig:
     gamma_prob: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
 
+    def __post_init__(self) -> None:
+        for key in ("affine_prob", "flip_prob", "noise_prob", "bias_field_prob", "gamma_prob"):
+            check_range(f"imaging.augment.{key}", getattr(self, key), 0.0, 1.0)
+        check_range("imaging.augment.rotate_range", self.rotate_range, 0.0, math.pi, unit=" rad")
+        check_range("imaging.augment.scale_range", self.scale_range, 0.0, 0.5)
+        check_range("imaging.augment.translate_range", self.translate_range, 0.0, 64.0, unit=" voxels")
+        check_range("imaging.augment.noise_std", self.noise_std, 0.0, 1.0)
+        check_range("imaging.augment.bias_field_coeff", self.bias_field_coeff, 0.0, 1.0)
+        low, high = self.gamma_range
+        check_range("imaging.augment.gamma_range[0]", low, 0.1, 10.0)
+        check_range("imaging.augment.gamma_range[1]", high, low, 10.0, hint="the range is [low, high]")
+
 
 @dataclass
 class ImagingConfig:
@@ -132,10 +166,21 @@ class ImagingConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if any(s <= 0 for s in self.spacing):
-            raise ConfigError(f"imaging.spacing must be positive mm values, got {self.spacing}")
-        if any(s < 1 for s in self.spatial_size):
-            raise ConfigError(f"imaging.spatial_size must be >= 1, got {self.spatial_size}")
+        for axis, mm in enumerate(self.spacing):
+            check_range(f"imaging.spacing[{axis}]", mm, *SPACING_MM, unit=" mm")
+        for axis, voxels in enumerate(self.spatial_size):
+            check_range(f"imaging.spatial_size[{axis}]", voxels, *SPATIAL_SIZE, unit=" voxels")
+        check_range("imaging.head_margin_mm", self.head_margin_mm, 0.0, 100.0, unit=" mm")
+        axes = [{"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}.get(c) for c in self.orientation]
+        if sorted(axes, key=str) != [0, 1, 2]:
+            raise ConfigError(f"imaging.orientation: {self.orientation!r} is not an orientation code; use three letters, "
+                              "one of R/L, A/P and S/I each, e.g. RAS or LPS")
+        if self.sequences is not None:
+            repeated = sorted({s for s in self.sequences if self.sequences.count(s) > 1})
+            if repeated or not self.sequences:
+                raise ConfigError(f"imaging.sequences {self.sequences}: " + (
+                    f"{repeated} listed more than once (two copies of one channel); list each sequence once, "
+                    "e.g. [flair, dwi]" if repeated else "empty; list the channels, or leave it out for all sequences"))
 
 
 @dataclass
@@ -207,8 +252,49 @@ class RunConfig:
     finetune: dict[str, Any] = field(default_factory=dict)  # owned by the finetune stage
     source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
 
+    def __post_init__(self) -> None:
+        check_range("seed", self.seed, 0, 2**32 - 1, hint="NumPy and scikit-learn take seeds in that range")
+
 
 # --------------------------------------------------------------------------- helpers
+def _unquoted_text(key: str, value: Any) -> str:
+    """The fix for a word YAML read as a boolean or null where text was meant (``na_values: [null]``)."""
+    read = "null (null, ~ or nothing)" if value is None else f"the boolean {str(value).lower()}"
+    return (f"{key}: YAML reads this unquoted value as {read}, not as text; quote it (e.g. "
+            f"'{'null' if value is None else str(value).lower()}') to mean the word in the table")
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None, *,
+                above: bool = False, below: bool = False, unit: str = "", hint: str = "") -> None:
+    """Raise a ``ConfigError`` naming ``key`` unless ``value`` is a finite number in ``[low, high]``
+    (``above`` / ``below``: the low / high end excluded); ``hint`` is added to the message."""
+    span = f"{'(' if above else '['}{_number(low) if low is not None else '-inf'}, " \
+           f"{_number(high) if high is not None else 'inf'}{')' if below else ']'}{unit}"
+    advice = f"; use a value in {span}" + (f" ({hint})" if hint else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number{advice}")
+    if low is not None and (value < low or (above and value == low)):
+        relation = "is not above" if above and value == low else "is below"
+        raise ConfigError(f"{key}: {_number(value)}{unit} {relation} {_number(low)}{unit}{advice}")
+    if high is not None and (value > high or (below and value == high)):
+        relation = "is not below" if below and value == high else "is above"
+        raise ConfigError(f"{key}: {_number(value)}{unit} {relation} {_number(high)}{unit}{advice}")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_folder(key: str, path: Path | None) -> None:
+    """A folder setting must not name an existing file, or lie inside one (it would fail at the first write)."""
+    for candidate in [path, *path.parents] if path is not None else []:
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "" if candidate == path else f" ({candidate} is a file)"
+                raise ConfigError(f"{key}: {path} cannot be a folder{where}; give a folder path (new or existing)")
+            return
+
+
 def check_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
     """Raise a ``ConfigError`` naming ``key`` and the closest allowed value."""
     if value in allowed:
@@ -247,6 +333,8 @@ def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
             path = base / path
         return path
     if annotation is bool:
+        if isinstance(value, str) and value.strip().casefold() in YAML11_BOOLEANS:
+            return YAML11_BOOLEANS[value.strip().casefold()]  # where a switch is asked for, yes / off mean one
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
@@ -263,6 +351,8 @@ def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
                 pass
         if annotation is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if annotation is str and (value is None or isinstance(value, bool)):
+            raise ConfigError(_unquoted_text(key, value))
         raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -328,13 +418,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); a config is "
+                          "YAML text: key: value lines") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
     if data is None:
-        data = {}
+        raise ConfigError(f"{path} is empty; a cohort config needs at least csv: FILE.csv and images: "
+                          "{sequence: column}, a run config at least cohort: path/to/cohort.yaml")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys at the top level")
+        kind = "a list ('- item' lines)" if isinstance(data, list) else f"a single value ({data!r})"
+        raise ConfigError(f"{path} holds {kind}, not keys; write key: value lines at the top level "
+                          "(e.g. csv: cohort.csv)")
     return data
 
 
@@ -345,7 +441,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             raise ConfigError(f"--set expects key=value, got {override!r}")
         dotted, raw = override.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError:
             value = raw
         node = data
@@ -401,12 +497,39 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     if overrides:
         # Each --set replaces one leaf (a mapping given on the command line replaces the whole
         # mapping, e.g. pretrain.objectives={clip: 1.0}); the rest keeps the YAML's values.
-        config = from_dict(RunConfig, apply_overrides(to_dict(config), overrides), base=Path.cwd())
+        try:
+            config = from_dict(RunConfig, apply_overrides(to_dict(config), overrides), base=Path.cwd())
+        except ConfigError as err:  # the YAML alone loaded: the mistake is in an override
+            raise ConfigError(f"{err} (from --set {' '.join(overrides)})") from err
         _resolve_stage_paths(config, Path.cwd())
     config.source = path
     if config.run.dir is None:
         config.run.dir = Path.cwd() / "runs" / path.stem
+        check_folder("run.dir", config.run.dir)
+    check_model(config.model)
     return config
+
+
+def check_model(model: ModelConfig) -> None:
+    """Each ``model.encoders`` entry must name a known modality and an encoder registered for it, so a
+    typo is refused when the config loads (``validate`` too), not when a stage first builds data."""
+    # imported here: torch loads only once a run config is read
+    from multimodal.data import BUILT_IN_MODALITIES, MODALITY_READERS
+    from multimodal.encoders import ENCODERS, encoder_modality, list_encoders
+
+    modalities = [*BUILT_IN_MODALITIES, *sorted(MODALITY_READERS)]
+    for modality, spec in model.encoders.items():
+        if modality not in modalities:
+            hint = difflib.get_close_matches(modality, modalities, n=1)
+            raise ConfigError(f"model.encoders.{modality}: no modality {modality!r}"
+                              + (f"; did you mean {hint[0]!r}?" if hint else "")
+                              + f" Modalities: {modalities} (another needs a reader: multimodal.data.register_modality)")
+        if spec.name not in ENCODERS or encoder_modality(spec.name) != modality:
+            choices = list_encoders(modality) if modality in {encoder_modality(n) for n in ENCODERS} else []
+            hint = difflib.get_close_matches(str(spec.name), choices, n=1)
+            raise ConfigError(f"model.encoders.{modality}.name: {spec.name!r} is not {'an' if modality[0] in 'aeiou' else 'a'} "
+                              f"{modality} encoder" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                              + f" Choose one of {choices}")
 
 
 def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:

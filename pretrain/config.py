@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from multimodal.config import RunConfig, check_choice, from_dict
+from multimodal.config import RunConfig, check_choice, check_range, from_dict
 from multimodal.errors import ConfigError
 from pretrain.objectives import OBJECTIVES
 
@@ -67,8 +67,10 @@ class PretrainConfig:
             raise ConfigError("pretrain.objectives is empty; use e.g. {clip: 1.0, itm: 1.0}")
         for name, weight in self.objectives.items():
             check_choice("pretrain.objectives", name, sorted(OBJECTIVES))  # the registry
-            if weight < 0:
-                raise ConfigError(f"pretrain.objectives.{name} weight must be >= 0, got {weight}")
+            check_range(f"pretrain.objectives.{name}", weight, 0.0, 100.0, hint="its weight in the total loss")
+        if not any(self.objectives.values()):
+            raise ConfigError(f"pretrain.objectives {self.objectives}: every weight is 0, so nothing would be learned; "
+                              "give at least one objective a positive weight")
         multimodal = {"clip", "itm", "masked_tabular"} & set(self.objectives)
         if "scarf" in self.objectives and len(self.objectives) > 1:
             raise ConfigError(
@@ -86,21 +88,33 @@ class PretrainConfig:
                               "both clip and masked_volume in pretrain.objectives")
         if "itm" in self.objectives and "clip" not in self.objectives:
             raise ConfigError("pretrain.objectives: itm mines its negatives from the clip similarities; add clip")
-        if not 0.0 <= self.clip_image_weight <= 1.0:
-            raise ConfigError(f"pretrain.clip_image_weight must be in [0, 1], got {self.clip_image_weight}")
-        if not 0.0 < self.temperature_init <= 1.0:
-            raise ConfigError(f"pretrain.temperature_init must be in (0, 1], got {self.temperature_init}")
+        check_range("pretrain.clip_image_weight", self.clip_image_weight, 0.0, 1.0)
+        check_range("pretrain.temperature_init", self.temperature_init, 0.0, 1.0, above=True)
         for key in ("scarf_corruption", "mask_rate", "masked_volume_ratio"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ConfigError(f"pretrain.{key} must be between 0 and 1, got {getattr(self, key)}")
-        if not 0.0 <= self.itm_hard_fraction <= 1.0:
-            raise ConfigError(f"pretrain.itm_hard_fraction must be in [0, 1], got {self.itm_hard_fraction}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"pretrain.val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError("pretrain.epochs must be >= 1 and pretrain.batch_size >= 2 (contrastive pairs)")
-        if self.queue_size < 0:
-            raise ConfigError(f"pretrain.queue_size must be >= 0, got {self.queue_size}")
+        check_range("pretrain.itm_hard_fraction", self.itm_hard_fraction, 0.0, 1.0)
+        check_range("pretrain.val_fraction", self.val_fraction, 0.0, 1.0, above=True, below=True)
+        check_range("pretrain.epochs", self.epochs, 1, 100_000)
+        check_range("pretrain.batch_size", self.batch_size, 2, 65_536,
+                    hint="contrastive objectives contrast each subject with the others in its batch")
+        check_range("pretrain.lr", self.lr, 0.0, 1.0, above=True)
+        check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("pretrain.warmup_epochs", self.warmup_epochs, 0.0, 100_000.0)
+        check_range("pretrain.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("pretrain.grad_clip", self.grad_clip, 0.0, 1000.0, hint="0 disables clipping")
+        for key in ("projection_dim", "projection_hidden", "fusion_dim"):
+            check_range(f"pretrain.{key}", getattr(self, key), 1, 16_384)
+        check_range("pretrain.fusion_depth", self.fusion_depth, 1, 48)
+        check_range("pretrain.fusion_heads", self.fusion_heads, 1, 64)
+        if {"itm", "masked_tabular"} & set(self.objectives) and self.fusion_dim % self.fusion_heads:
+            raise ConfigError(f"pretrain.fusion_dim: {self.fusion_dim} is not divisible by pretrain.fusion_heads "
+                              f"{self.fusion_heads}; pick a multiple (e.g. {self.fusion_heads * 32})")
+        check_range("pretrain.itm_duplicate_threshold", self.itm_duplicate_threshold, 0.0, 1.0, above=True)
+        check_range("pretrain.queue_size", self.queue_size, 0, 1_000_000, hint="0 = off")
+        for key in ("simclr_temperature", "scarf_temperature"):
+            check_range(f"pretrain.{key}", getattr(self, key), 0.0, 10.0, above=True)
+        check_range("pretrain.log_every", self.log_every, 1, 1_000_000)
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -154,3 +154,155 @@ def test_a_gzip_compressed_table_reads_and_a_damaged_one_is_refused(tmp_path, ca
     assert main(["validate", str(path)]) == 0
     table.write_bytes(data[: len(data) // 2])
     _refused(["validate", str(path)], capsys, "is gzip-compressed but damaged")
+
+
+def _yaml(folder: Path, text: str) -> Path:
+    """A cohort.yaml written as raw text (``yaml.safe_dump`` would quote the words under test)."""
+    (folder / "cohort.yaml").write_text(text)
+    return folder / "cohort.yaml"
+
+
+def test_yaml_words_in_na_values_and_label_map_stay_words(tmp_path):
+    rows = _rows(tmp_path)
+    for i, row in enumerate(rows):
+        row.update(recurrence_12m=["yes", "no", "no"][i % 3], smoking=["off", "current", "no"][i % 3])
+    write_cohort(tmp_path, rows)
+    path = _yaml(tmp_path, "csv: cohort.csv\nimages: {flair: flair}\nlabel: recurrence_12m\n"
+                           "label_map: {yes: 1, no: 0}\nna_values: [off, n/a]\n")
+    cohort, problems = read_cohort(load_cohort_config(path))
+    assert problems == []
+    assert cohort.labels.tolist() == [1.0, 0.0, 0.0] * 4
+    assert cohort.features["smoking"].isna().tolist() == [True, False, False] * 4  # 'off' only, not 'no'
+    # where a setting is a switch, the same words still mean one
+    from multimodal.config import ImagingConfig, from_dict
+    from multimodal.yaml_loader import load_yaml
+
+    assert from_dict(ImagingConfig, load_yaml("augment: {enabled: off}")).augment.enabled is False
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("na_values: [null]", "na_values[0]: YAML reads this unquoted value as null (null, ~ or nothing), not as text; "
+                          "quote it (e.g. 'null')"),
+    ("na_values: [-999, false]", "na_values[1]: YAML reads this unquoted value as the boolean false"),
+    ("label: recurrence_12m\nlabel: outcome", "key 'label' is given twice in one mapping (lines 3 and 4)"),
+    ("images: {flair: flair, dwi: flair}", "images.dwi names column 'flair', as images.flair does"),
+])
+def test_cohort_yaml_values_that_would_be_misread_are_refused_with_the_fix(tmp_path, capsys, text, expected):
+    write_cohort(tmp_path, _rows(tmp_path))
+    path = _yaml(tmp_path, "csv: cohort.csv\n" + ("" if text.startswith("images") else "images: {flair: flair}\n")
+                 + text + "\n")
+    _refused(["validate", str(path)], capsys, expected)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "is empty; a cohort config needs at least csv: FILE.csv and images:"),
+    ("- csv: cohort.csv\n- images: {flair: flair}\n", "holds a list ('- item' lines), not keys"),
+])
+def test_a_cohort_yaml_that_is_empty_or_a_list_says_so(tmp_path, capsys, text, expected):
+    _refused(["validate", str(_yaml(tmp_path, text))], capsys, expected)
+
+
+# --------------------------------------------------------------------------- cause: silent duplication
+def test_two_subjects_pointing_at_one_image_file_are_refused(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    rows[7]["flair"] = "img/./s02.nii.gz"  # the same file, written another way
+    (tmp_path / "img" / "link.nii.gz").symlink_to(tmp_path / "img" / "s05.nii.gz")
+    rows[9]["flair"] = "img/link.nii.gz"  # and through a symbolic link
+    text = _refused(["validate", str(write_cohort(tmp_path, rows))], capsys,
+                    "subject s07, column 'flair': flair file s02.nii.gz is also subject s02's flair image")
+    assert "subject s09, column 'flair': flair file link.nii.gz is also subject s05's flair image" in text
+
+
+def test_two_sequences_of_one_subject_reading_one_file_are_refused(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    for row in rows:
+        row["dwi"] = row["flair"].replace("s", "d", 1) if row["subject_id"] != "s04" else row["flair"]
+        if row["subject_id"] != "s04":
+            (tmp_path / row["dwi"]).write_bytes((tmp_path / row["flair"]).read_bytes())
+    path = write_cohort(tmp_path, rows, {"images": {"flair": "flair", "dwi": "dwi"}})
+    _refused(["validate", str(path)], capsys,  # safe_dump sorts images: dwi comes first
+             "subject s04, column 'flair': the flair and dwi cells name the same file s04.nii.gz")
+
+
+def test_ids_that_differ_only_in_letter_case_are_refused(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    rows[6]["subject_id"] = "S01"
+    _refused(["validate", str(write_cohort(tmp_path, rows))], capsys,
+             "subject S01, column 'subject_id': id differs from 's01' (row 3) only in letter case (row 8)")
+
+
+# --------------------------------------------------------------------------- more label and number spellings
+def test_labels_coded_1_and_2_are_refused_as_a_column_not_half_read(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    for row in rows:
+        row["recurrence_12m"] = int(row["recurrence_12m"]) + 1
+    text = _refused(["validate", str(write_cohort(tmp_path, rows))], capsys,
+                    "column 'recurrence_12m': labels are coded 1/2 (8 and 4 subjects), not 0/1; say which value is "
+                    "the event with label_map, e.g. label_map: {1: 0, 2: 1}")
+    assert "label '2' is not one of" not in text
+
+
+def test_labels_written_as_other_spellings_of_0_and_1_are_read(tmp_path):
+    rows = _rows(tmp_path)
+    for i, row in enumerate(rows):
+        row["recurrence_12m"] = ["1.00", " 0 ", "+1", "0.000"][i % 4]
+    cohort, problems = read_cohort(load_cohort_config(write_cohort(tmp_path, rows)))
+    assert problems == [] and cohort.labels.tolist() == [1.0, 0.0, 1.0, 0.0] * 3
+
+
+# --------------------------------------------------------------------------- cause: validate misses what a stage refuses
+def _run_config(folder: Path) -> Path:
+    """A run config that ``validate`` passes on the 12-subject cohort."""
+    cohort = write_cohort(folder, _rows(folder))
+    run = folder / "run.yaml"
+    run.write_text(yaml.safe_dump({"cohort": str(cohort), "finetune": {"folds": 2},
+                                   "pretrain": {"batch_size": 4, "rows": "all", "val_fraction": 0.25}}))
+    return run
+
+
+SETTINGS = [
+    ("imaging.spacing=[0.3, 1, 1]", "imaging.spacing[0]: 0.3 mm is below 0.5 mm; use a value in [0.5, 30] mm"),
+    ("imaging.spacing=[2, .nan, 2]", "imaging.spacing[1]: nan is not a finite number"),
+    ("imaging.spacing=[2, 2, .inf]", "imaging.spacing[2]: inf is not a finite number"),
+    ("imaging.spacing=[-2, 2, 2]", "imaging.spacing[0]: -2 mm is below 0.5 mm"),
+    ("imaging.spatial_size=[4, 16, 16]", "imaging.spatial_size[0]: 4 voxels is below 8 voxels"),
+    ("imaging.head_margin_mm=-1", "imaging.head_margin_mm: -1 mm is below 0 mm"),
+    ("imaging.orientation=RAR", "imaging.orientation: 'RAR' is not an orientation code"),
+    ("imaging.augment.flip_prob=2", "imaging.augment.flip_prob: 2 is above 1"),
+    ("imaging.augment.gamma_range=[1.5, 0.7]", "imaging.augment.gamma_range[1]: 0.7 is below 1.5"),
+    ("imaging.sequences=[flair, flair]", "imaging.sequences ['flair', 'flair']: ['flair'] listed more than once"),
+    ("seed=-1", "seed: -1 is below 0; use a value in [0, 4294967295]"),
+    ("seed=1.5", "seed must be a int, got 1.5 (from --set seed=1.5)"),
+    ("pretrain.lr=-0.001", "pretrain.lr: -0.001 is below 0; use a value in (0, 1]"),
+    ("pretrain.lr=.nan", "pretrain.lr: nan is not a finite number"),
+    ("pretrain.batch_size=1", "pretrain.batch_size: 1 is below 2"),
+    ("pretrain.objectives={clip: 0}", "every weight is 0, so nothing would be learned"),
+    ("pretrain.grad_clip=-1", "pretrain.grad_clip: -1 is below 0"),
+    ("finetune.lr=.nan", "finetune.lr: nan is not a finite number"),
+    ("finetune.bootstrap=0", "finetune.bootstrap: 0 is below 100"),
+    ("finetune.folds=1", "finetune.folds: 1 is below 2"),
+    ("finetune.dropout=1", "finetune.dropout: 1 is not below 1"),
+    ("finetune.loss=focall", "finetune.loss: 'focall' is not one of"),
+    ("finetune.threshold=sensitivity", "finetune.target_sensitivity: None is not a finite number"),
+    ("model.encoders.imgae.name=resnet3d_10", "model.encoders.imgae: no modality 'imgae'; did you mean 'image'?"),
+    ("model.encoders.image.name=resnet3d_81", "model.encoders.image.name: 'resnet3d_81' is not an image encoder; "
+                                             "did you mean 'resnet3d_18'?"),
+]
+
+
+@pytest.mark.parametrize(("override", "expected"), SETTINGS, ids=[s[0] for s in SETTINGS])
+def test_validate_refuses_every_run_setting_a_stage_would_refuse(tmp_path, capsys, override, expected):
+    run = _run_config(tmp_path)
+    assert main(["validate", str(run)]) == 0
+    capsys.readouterr()
+    _refused(["validate", str(run), "--set", override], capsys, expected)
+
+
+def test_a_cache_or_run_folder_that_is_a_file_is_refused_by_validate(tmp_path, capsys):
+    run = _run_config(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    _refused(["validate", str(run), "--set", f"data.cache_dir={tmp_path / 'taken'}"], capsys,
+             f"data.cache_dir: {tmp_path / 'taken'} cannot be a folder")
+    _refused(["validate", str(run), "--set", f"run.dir={tmp_path / 'taken' / 'run'}"], capsys,
+             f"run.dir: {tmp_path / 'taken' / 'run'} cannot be a folder ({tmp_path / 'taken'} is a file)")
+

@@ -1,0 +1,61 @@
+"""How every config YAML (cohort.yaml, run configs, ``--set`` values) is read.
+
+PyYAML follows YAML 1.1, which reads ``no``, ``yes``, ``on`` and ``off`` as booleans, ``010`` as
+octal 8, ``1:30`` as 90 and ``3e-4`` as text, and keeps the last of two equal keys without a
+word. A cohort's ``na_values: [no, off]`` or ``label_map: {yes: 1, no: 0}`` then names markers no
+cell holds. This loader keeps PyYAML's safe constructors with YAML 1.2's core rules for plain
+scalars: only ``true`` / ``false`` are booleans, integers are decimal (or ``0x`` / ``0o``), a float
+may omit the dot before its exponent, and a key given twice in one mapping is an error naming
+both lines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+BOOL = "tag:yaml.org,2002:bool"
+INT = "tag:yaml.org,2002:int"
+FLOAT = "tag:yaml.org,2002:float"
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """One mapping gives the same key twice (PyYAML would keep the last silently)."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 core scalars and duplicate keys refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}): "
+                                        "YAML would keep the last one silently; keep one of them")
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        return int(text, 0) if text[:2] in ("0x", "0o") else int(text, 10)
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (BOOL, INT, FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+ConfigLoader.add_implicit_resolver(INT, _INT, list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(FLOAT, _FLOAT, list("-+.0123456789"))
+ConfigLoader.add_constructor(INT, ConfigLoader.construct_yaml_int)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed by :class:`ConfigLoader` (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader subclass: builds plain types only
