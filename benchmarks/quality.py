@@ -96,6 +96,9 @@ class Profile:
 PROFILES = {
     "full": Profile(n=3200, labeled_fraction=0.5, budgets=(0.1, 0.25, 1.0), seeds=(0, 1, 2),
                     pretrain={"epochs": 30}, finetune={"folds": 5, "repeats": 1, "bootstrap": 2000}),
+    # Choosing levers (objectives, heads) on a tuning cohort: one budget, one seed, never the reported cohort.
+    "tune": Profile(n=1200, labeled_fraction=0.5, budgets=(1.0,), seeds=(0,), pretrain={"epochs": 20},
+                    finetune={"folds": 5, "repeats": 1, "bootstrap": 1000}),
     # A smoke run of the whole pipeline, not a measurement: 120 labeled training subjects.
     "quick": Profile(n=480, labeled_fraction=0.5, budgets=(0.5, 1.0), seeds=(0,), grid=24,
                      pretrain={"epochs": 3, "val_fraction": 0.2},
@@ -251,7 +254,8 @@ def _share(d: dict[str, float]) -> str:
 
 def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, Any]) -> str:
     o = summary["oracles"]
-    lines = [f"Profile {info['profile']}, cohort seed {info['cohort_seed']}, {info['runs_done']} fine-tuning runs, "
+    lines = [f"Profile {info['profile']}, synth risk profile {info.get('risk_profile', 'standard')}, "
+             f"cohort seed {info['cohort_seed']}, {info['runs_done']} fine-tuning runs, "
              f"wall-clock {info['wall_clock_s'] / 60:.1f} min (this invocation).", "",
              f"Test cohort: {info['test_n']} subjects ({info['test_positives']} positive); oracle AUROCs: "
              f"Bayes {o['bayes']:.3f}, image part {o['image']:.3f}, tabular part {o['tabular']:.3f}.", ""]
@@ -310,30 +314,53 @@ def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[s
     return probes
 
 
+# --quick on the image profile runs a subset, so both profiles fit in 15 minutes on 2 cores.
+QUICK_METHODS = {"image": ("default", "image_only", "scarf", "scratch")}
+RISK_PROFILES = ("standard", "image")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a < 15-minute run on 2 cores (small cohort, 1 seed)")
-    parser.add_argument("--runs", type=Path, help="working folder (default runs/quality[-quick])")
+    parser.add_argument("--quick", action="store_true", help="a < 15-minute run on 2 cores (small cohorts, 1 seed)")
+    parser.add_argument("--tune", action="store_true",
+                        help="the tuning size (1,200 subjects, full budget, one seed); use another --cohort-seed, e.g. 11")
+    parser.add_argument("--profile", choices=[*RISK_PROFILES, "both"], default="both",
+                        help="synth risk profile: standard, image (the image carries risk the record barely "
+                             "predicts) or both (default)")
+    parser.add_argument("--runs", type=Path, help="working folder (default runs/quality[-quick][-image])")
     parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
-    parser.add_argument("--profile", choices=["standard", "image"], default="standard",
-                        help="synth risk profile (image: the image carries risk the record barely predicts)")
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick].json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick][_image].json)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: tabulate the finished runs in --runs (e.g. after a stopped benchmark)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    profile = PROFILES["quick" if args.quick else "full"]
-    suffix = ("_quick" if args.quick else "") + ("" if args.profile == "standard" else f"_{args.profile}")
-    root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
-    out = args.out or HERE / "results" / f"quality{suffix}.json"
+    profiles = list(RISK_PROFILES) if args.profile == "both" else [args.profile]
+    if len(profiles) > 1 and (args.runs or args.out):
+        parser.error("--runs and --out name one benchmark: give --profile standard or --profile image with them")
     methods = args.methods.split(",") if args.methods else list(METHODS)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    reports = {}
+    for risk_profile in profiles:
+        chosen = methods
+        if args.quick and not args.methods and risk_profile in QUICK_METHODS:
+            chosen = list(QUICK_METHODS[risk_profile])
+        reports[risk_profile] = run_benchmark(args, risk_profile, chosen)
+    return reports
+
+
+def run_benchmark(args: argparse.Namespace, risk_profile: str, methods: list[str]) -> dict[str, Any]:
+    """Every method on one synthetic cohort profile; writes its JSON + Markdown table and returns it."""
+    size = "quick" if args.quick else "tune" if args.tune else "full"
+    profile = PROFILES[size]
+    suffix = ("" if size == "full" else f"_{size}") + ("" if risk_profile == "standard" else f"_{risk_profile}")
+    root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
+    out = args.out or HERE / "results" / f"quality{suffix}.json"
     start = time.time()
-    data = prepare_cohort(root, profile, args.cohort_seed, args.profile)
+    data = prepare_cohort(root, profile, args.cohort_seed, risk_profile)
     needed = [name for name in dict.fromkeys(METHODS[m][0] for m in methods) if name is not None]
     if args.summarise_only:
         needed = [name for name in needed if (root / f"pretrain-{name}" / "metrics.json").is_file()]
@@ -363,10 +390,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             done = tuple(b for b in profile.budgets if any(k[1] == b for k in results))
             summary = summarise(results, oracle, done, profile.finetune.get("bootstrap", 2000))
             first = next(iter(results.values()))["metrics"]
-            info = {"profile": "quick" if args.quick else "full", "risk_profile": args.profile, "settings": asdict(profile),
-                    "cohort_seed": args.cohort_seed, "test_n": first["n"], "test_positives": first["positives"],
-                    "methods": {m: METHODS[m] for m in methods}, "runs_done": len(results),
-                    "wall_clock_s": round(time.time() - start, 1)}
+            info = {"profile": size, "risk_profile": risk_profile,
+                    "settings": asdict(profile), "cohort_seed": args.cohort_seed, "test_n": first["n"],
+                    "test_positives": first["positives"], "methods": {m: METHODS[m] for m in methods},
+                    "runs_done": len(results), "wall_clock_s": round(time.time() - start, 1)}
             report = {"info": info, **summary, "factor_probes": probes}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2, default=str))

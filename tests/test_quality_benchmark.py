@@ -51,3 +51,28 @@ def test_summary_means_fractions_and_gap_chain():
     info = {"profile": "test", "cohort_seed": 0, "runs_done": 6, "wall_clock_s": 60, "test_n": 120,
             "test_positives": 20}
     assert "| 10% | default | 0.790 ± 0.014 |" in markdown(summary, {}, info)
+
+
+def test_oracle_row_and_share_of_the_oracle_gain():
+    rng = np.random.default_rng(1)
+    label = (rng.random(80) < 0.25).astype(int)
+    scores = pd.DataFrame({"label": label, "probability": rng.random(80)},
+                          index=pd.Index([f"s{i}" for i in range(80)], name="subject_id"))
+    results = {}
+    for seed, (oracle_auroc, gain) in enumerate([(0.85, 0.10), (0.80, 0.01)]):
+        run = _run(0.78, 0.75, scores)
+        share = {"share": 0.3 / gain * 0.1, "lower": 0.1, "upper": 0.5, "oracle_gain": gain,
+                 "oracle_gain_lower": gain - 0.02, "oracle_gain_upper": gain + 0.02}
+        run["metrics"]["oracle_features"] = {"auroc": {"estimate": oracle_auroc, "lower": 0.7, "upper": 0.9},
+                                             "share": share}
+        results[("default", 1.0, seed)] = run
+    summary = summarise(results, {"bayes": 0.9, "image": 0.8, "tabular": 0.7}, (1.0,), bootstrap=100)
+    rows = summary["by_budget"]["100%"]
+    assert rows["oracle_features"]["auroc"]["mean"] == pytest.approx(0.825)
+    assert [d["oracle_gain"] for d in rows["default"]["share_of_oracle_gain"]] == [0.10, 0.01]
+    info = {"profile": "test", "cohort_seed": 0, "runs_done": 2, "wall_clock_s": 60, "test_n": 80,
+            "test_positives": 20}
+    table = markdown(summary, {}, info)
+    assert "| 100% | oracle-feature LR (table + true image quantities) | 0.825 ± 0.035 |" in table
+    # a prize under 0.03 AUROC ranks nothing: the share is not printed as a number
+    assert "0.30 [0.10, 0.50]; n/a (oracle gain +0.010)" in table
