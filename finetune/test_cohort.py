@@ -9,6 +9,7 @@ cohort (no statistic, threshold or stopping decision) is learned from it.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,16 @@ from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_gr
 from finetune.oracle import ORACLE, fit_predict_oracle, oracle_section, true_image_quantities
 from finetune.plots import plot_calibration, plot_roc
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import Cohort, load_cohort
+from multimodal.cohort import Cohort, file_key, load_cohort
 from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
 
 logger = logging.getLogger(__name__)
+
+# A test cohort with at least this share of its subjects' clinical rows found in the development cohort
+# is refused (a few can match by chance); rows with fewer present values than MIN_ROW_VALUES are not compared.
+OVERLAP_REFUSED = 0.5
+MIN_ROW_VALUES = 3
 
 
 def load_test_cohort(path: str | Path) -> Cohort:
@@ -44,8 +50,9 @@ def load_test_cohort(path: str | Path) -> Cohort:
 
 
 def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -> None:
-    """Refuse a test cohort that is the development table or lacks a sequence the model reads;
-    warn about subject ids found in both (ids like sub-0001 may recur across centres)."""
+    """Refuse a test cohort that is the development table, reads one of its image files, repeats the
+    clinical rows of ``OVERLAP_REFUSED`` of its subjects or lacks a sequence the model reads; warn about
+    subject ids found in both (ids like sub-0001 may recur across centres) and the odd identical row."""
     if test.config.csv.resolve() == development.config.csv.resolve():
         raise CohortError(f"finetune.test_cohort {test.config.source} reads the development table "
                           f"{development.config.csv}; a fixed test cohort must hold other subjects")
@@ -53,11 +60,68 @@ def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -
     if missing:
         raise CohortError(f"test cohort {test.config.source} lacks the sequences {missing} the model reads; "
                           "add them to its cohort.yaml images or fine-tune with finetune.branches=table")
-    shared = sorted(set(test.ids) & set(development.ids))
-    if shared:
-        # The count only: subject ids stay out of logs (privacy by default).
-        logger.warning("test cohort %s shares %d subject ids with the development cohort: make sure they are "
-                       "other patients", test.config.source, len(shared))
+    images, rows = _overlap(test, development)
+    for pairs, what in ((images, "read image files of development subjects"),
+                        (rows, "have a clinical row identical to a development subject's")):
+        if pairs and (pairs is images or len(pairs) >= OVERLAP_REFUSED * len(test.ids)):
+            examples = ", ".join(f"test {t} = development {d}" for t, d in pairs[:3])
+            more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+            raise CohortError(f"finetune.test_cohort {test.config.source}: {len(pairs)} of its {len(test.ids)} subjects "
+                              f"{what} ({examples}{more}): the same patients again, perhaps under reformatted ids, "
+                              "would score the model on its own training data; a fixed test cohort must hold other "
+                              "patients")
+    shared = set(test.ids) & set(development.ids)
+    alike = {_plain_id(s) for s in test.ids} & {_plain_id(s) for s in development.ids}
+    # Counts only: subject ids stay out of logs (privacy by default).
+    if shared or rows or len(alike) > len(shared):
+        logger.warning("test cohort %s shares %d subject ids with the development cohort (%d once letter case, "
+                       "separators and leading zeros are ignored) and %d identical clinical rows: make sure they are "
+                       "other patients", test.config.source, len(shared), len(alike), len(rows))
+
+
+def _plain_id(subject: str) -> str:
+    """An id without letter case, separators or leading zeros: ``sub-0001`` and ``SUB_1`` are alike."""
+    return re.sub(r"0+(?=\d)", "", re.sub(r"[^0-9a-z]", "", subject.casefold()))
+
+
+def _overlap(test: Cohort, development: Cohort) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(test id, development id)`` pairs that read one image file, and pairs whose clinical rows are
+    identical (rows with at least ``MIN_ROW_VALUES`` values present over the shared columns)."""
+    owner = {file_key(p): s for s, paths in development.image_paths.items() for p in paths.values() if p is not None}
+    images = []
+    for subject, paths in test.image_paths.items():
+        found = [owner[key] for key in (file_key(p) for p in paths.values() if p is not None) if key in owner]
+        if found:
+            images.append((subject, found[0]))
+    columns = [c for c in development.features.columns if c in test.features.columns]
+    rows: list[tuple[str, str]] = []
+    if len(columns) < MIN_ROW_VALUES:
+        return images, rows
+    seen: dict[tuple[Any, ...], str] = {}
+    for subject, values in zip(development.ids, development.features[columns].itertuples(index=False), strict=True):
+        key = _row_key(values)
+        if key is not None:
+            seen.setdefault(key, subject)
+    for subject, values in zip(test.ids, test.features[columns].itertuples(index=False), strict=True):
+        key = _row_key(values)
+        if key is not None and key in seen:
+            rows.append((subject, seen[key]))
+    return images, rows
+
+
+def _row_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A clinical row compared across cohorts (numbers by value, words by spelling); None when too few
+    values are present for a match to mean the same patient."""
+    key = []
+    for value in values:
+        if pd.isna(value):
+            key.append(None)
+            continue
+        try:
+            key.append(round(float(value), 6))
+        except (TypeError, ValueError):
+            key.append(str(value).strip().casefold())
+    return tuple(key) if sum(v is not None for v in key) >= MIN_ROW_VALUES else None
 
 
 def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: Cohort,

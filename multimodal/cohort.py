@@ -182,11 +182,17 @@ def mixed_column_problems(config: CohortConfig, frame: pd.DataFrame, columns: li
             continue
         values = frame[column].dropna()
         numeric = pd.to_numeric(values, errors="coerce").notna()
-        decimal_commas = values.astype(str).str.fullmatch(r"-?\d+,\d+")
-        if len(values) and (decimal_commas | numeric).mean() >= 0.5 and decimal_commas.any():
-            examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(values[decimal_commas].items())[:3])
-            problems.append(Problem(f"holds decimal commas ({examples}); re-export the table with decimal points",
-                                    column=column))
+        text = values.astype(str)
+        decimal_commas = text.str.fullmatch(r"-?\d+,\d+")
+        thousands = text.str.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?")  # 1,200 or 12,500,000.5
+        commas = decimal_commas | thousands
+        if len(values) and (commas | numeric).mean() >= 0.5 and commas.any():
+            examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(values[commas].items())[:3])
+            what = ("holds decimal commas" if not thousands.any() else
+                    "holds numbers with a comma, thousands separators or decimal commas (a comma is never read as "
+                    "either: 1,200 could be 1.2 or 1200)")
+            problems.append(Problem(f"{what} ({examples}); re-export the table with plain numbers: decimal points, "
+                                    "no thousands separators", column=column))
         elif len(values) and 0.5 <= numeric.mean() < 1.0:
             bad = values[~numeric]
             examples = ", ".join(f"{frame.at[i, config.id]}: {v!r}" for i, v in list(bad.items())[:5])
@@ -363,7 +369,7 @@ def _case_duplicate_problems(config: CohortConfig, ids: list[str], lines: np.nda
     return problems
 
 
-def _file_key(path: Path) -> Any:
+def file_key(path: Path) -> Any:
     """What makes two paths one file: the device and inode where it exists (symlinks, hard links,
     ``..``), else the resolved path."""
     try:
@@ -383,7 +389,7 @@ def shared_image_problems(config: CohortConfig, image_paths: dict[str, dict[str,
         for sequence, path in paths.items():
             if path is None:
                 continue
-            first_subject, first_sequence = owner.setdefault(_file_key(path), (subject, sequence))
+            first_subject, first_sequence = owner.setdefault(file_key(path), (subject, sequence))
             if (first_subject, first_sequence) == (subject, sequence):
                 continue
             if first_subject == subject:

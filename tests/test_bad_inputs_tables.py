@@ -306,3 +306,59 @@ def test_a_cache_or_run_folder_that_is_a_file_is_refused_by_validate(tmp_path, c
     _refused(["validate", str(run), "--set", f"run.dir={tmp_path / 'taken' / 'run'}"], capsys,
              f"run.dir: {tmp_path / 'taken' / 'run'} cannot be a folder ({tmp_path / 'taken'} is a file)")
 
+
+
+def _test_cohort(folder: Path, development: Path, copy_images: bool) -> Path:
+    """The development table again under reformatted ids (s01 -> S-1), as a second centre's export."""
+    import shutil
+
+    rows = _rows(development)
+    for row in rows:
+        row["subject_id"] = "S-" + str(int(row["subject_id"][1:]))
+        source = development / row["flair"]
+        if copy_images:
+            (folder / "img").mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, folder / row["flair"])
+        else:
+            row["flair"] = str(source)
+    return write_cohort(folder, rows)
+
+
+@pytest.mark.parametrize(("copy_images", "expected"), [
+    (False, "12 of its 12 subjects read image files of development subjects (test S-0 = development s00, "
+            "test S-1 = development s01, test S-2 = development s02 and 9 more)"),
+    (True, "12 of its 12 subjects have a clinical row identical to a development subject's (test S-0 = development s00"),
+])
+def test_a_test_cohort_that_is_the_development_cohort_again_is_refused(tmp_path, copy_images, expected):
+    from finetune.test_cohort import check_test_cohort, load_test_cohort
+    from multimodal.cohort import load_cohort
+    from multimodal.errors import CohortError
+
+    development = load_cohort(load_cohort_config(write_cohort(tmp_path / "dev", _rows(tmp_path / "dev"))))
+    test = load_test_cohort(_test_cohort(tmp_path / "test", tmp_path / "dev", copy_images))
+    with pytest.raises(CohortError) as refused:
+        check_test_cohort(test, development, ["flair"])
+    assert expected in str(refused.value) and "a fixed test cohort must hold other patients" in str(refused.value)
+
+
+def test_a_few_chance_matches_with_the_development_cohort_are_warned_in_counts(tmp_path, caplog):
+    from finetune.test_cohort import check_test_cohort, load_test_cohort
+    from multimodal.cohort import load_cohort
+
+    development = load_cohort(load_cohort_config(write_cohort(tmp_path / "dev", _rows(tmp_path / "dev"))))
+    rows = _rows(tmp_path / "test")
+    for i, row in enumerate(rows):
+        row["subject_id"] = f"t{i:02d}" if i else "S-00"  # one id alike to the development's s00
+        row["age"] = row["age"] + (30 if i else 0)  # one clinical row identical to a development subject's
+    check_test_cohort(load_test_cohort(write_cohort(tmp_path / "test", rows)), development, ["flair"])
+    assert "shares 0 subject ids with the development cohort (1 once letter case, separators and leading zeros " \
+           "are ignored) and 1 identical clinical rows" in caplog.text
+    assert "s00" not in caplog.text and "S-00" not in caplog.text  # counts only: no subject ids in the log
+
+
+def test_thousands_separators_are_named_as_such(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    for i, row in enumerate(rows):
+        row["platelets"] = f'"{i + 1},{200 + i}"' if i % 2 else str(180 + i)  # "2,201": a quoted field with a comma
+    _refused(["validate", str(write_cohort(tmp_path, rows))], capsys,
+             "column 'platelets': holds numbers with a comma, thousands separators or decimal commas")
