@@ -36,6 +36,7 @@ from multimodal.data import (
 )
 from multimodal.encoders import build_encoder
 from multimodal.errors import StrokeSSLError
+from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.run_folder import check_weights
 from multimodal.tabular import TabularPreprocessor
 
@@ -202,8 +203,10 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
                 shared[key] = encode(fold.model.encoder(m), inputs, m, settings.batch_size, device)
             embeddings[m] = shared[key]
         dataset = EmbeddingDataset(embeddings, np.zeros(len(subjects.ids)), present)
-        columns[f"probability_{fold.name}"] = apply_recalibration(
+        probabilities = apply_recalibration(
             predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
+        require_finite(probabilities, subjects.ids, f"the probability of fold model {fold.name}", NON_FINITE_ADVICE)
+        columns[f"probability_{fold.name}"] = probabilities
     frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))
     frame.insert(0, "probability", frame.mean(axis=1))
     return frame

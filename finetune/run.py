@@ -83,6 +83,7 @@ from multimodal.data import (
 )
 from multimodal.encoders import build_encoder
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
+from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.run_folder import (
     FINETUNING,
     PRETRAINING,
@@ -250,6 +251,7 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     val_prob = apply_recalibration(raw_val_prob, recalibration)
     threshold = choose_threshold(labels(val_ids), val_prob, settings.threshold, settings.target_sensitivity)
     test_prob = apply_recalibration(test_prob, recalibration)
+    require_finite(test_prob, test_ids, "the out-of-fold probability", NON_FINITE_ADVICE)
     frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
               for split, ids in (("train", train_ids), ("test", test_ids))}
     baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
@@ -299,6 +301,7 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     init_missing_embeddings(model, embedded["train"].embeddings, embedded["train"].present)
     filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)
     features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
+    require_finite(features, train_ids, "the embedding", NON_FINITE_ADVICE)
     fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model))
     load_probe(model.head[-1], fit)
     history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0])}]

@@ -38,6 +38,7 @@ SPACING_MM = (0.5, 30.0)
 SPATIAL_SIZE = (8, 512)
 # The YAML 1.1 words for a switch (multimodal.yaml_loader reads them as text): accepted where a bool is asked.
 YAML11_BOOLEANS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+HEAD_EXTENT_MM = (30.0, 400.0)  # default cohort head_extent_mm: a human head, not millimetres or a metre
 
 
 # --------------------------------------------------------------------------- cohort config
@@ -60,6 +61,9 @@ class CohortConfig:
     # all = no image modality) | drop_modality (no image modality: scored from the other modalities)
     missing_images: str = "error"
     volume_index: dict[str, int] = field(default_factory=dict)  # sequence -> volume of a 4D file
+    # (min, max) mm a head spans along every axis: each file's field of view and the head found in it
+    # must lie within (a single slice, a few millimetres or a metre is no human head)
+    head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM
     source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,9 @@ class CohortConfig:
                     f"volume_index names sequence {sequence!r}, which is not in images "
                     f"({sorted(self.images)}); use a sequence name from images"
                 )
+        low, high = self.head_extent_mm
+        if not 0 < low < high:
+            raise ConfigError(f"head_extent_mm must be [min, max] mm with 0 < min < max, got {list(self.head_extent_mm)}")
         for i, marker in enumerate(self.na_values):
             if marker is None or isinstance(marker, bool):
                 raise ConfigError(_unquoted_text(f"na_values[{i}]", marker))
@@ -95,7 +102,7 @@ class CohortConfig:
 
 
 ROLE_KEYS = ("id", "images", "label", "label_map", "text", "ignore", "features", "types", "na_values",
-             "missing_images", "volume_index")
+             "missing_images", "volume_index", "head_extent_mm")
 
 
 def cohort_roles(config: CohortConfig) -> dict[str, Any]:

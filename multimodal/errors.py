@@ -19,3 +19,7 @@ class ImageError(StrokeSSLError):
 
 class RunFolderError(StrokeSSLError):
     """A run folder cannot be used as asked (wrong kind, unfinished, in use, changed weights, output onto it)."""
+
+
+class NonFiniteError(StrokeSSLError):
+    """A computed volume, embedding or probability is NaN or infinite (never written as an answer)."""

@@ -3,11 +3,12 @@
 One subject record is ``{"subject_id", "image": {sequence: path | None}, "label", "table"}``.
 
 1. ``preprocess_subject`` (deterministic): load each NIfTI (``multimodal.nifti``, which refuses
-   files without a usable geometry or with non-finite voxels), resample every sequence onto the
-   first present sequence's grid, stack as channels, reorient (RAS), resample to the target
-   spacing, find a head mask, crop to it (+ margin), pad/crop to ``spatial_size`` and z-score
-   each channel inside the head mask.
-2. ``VolumeCache``: one ``<sha256>.safetensors`` per subject, keyed on file stats + settings.
+   files without a usable geometry or with non-finite voxels), check each field of view holds a
+   head and overlaps the first sequence's, resample every sequence onto the first usable
+   sequence's grid, stack as channels, reorient (RAS), resample to the target spacing, find a
+   head mask (``multimodal.head``), check the head's extent and each channel's signal in it, crop
+   to it (+ margin), pad/crop to ``spatial_size`` and z-score each channel inside the head mask.
+2. ``VolumeCache``: one ``<sha256>.safetensors`` per subject, keyed on file content + settings.
 3. ``build_augmentation`` / ``ImageDataset``: MONAI ``Rand*d`` transforms on the cached volume,
    reproducible from (seed, epoch, index) whatever the number of DataLoader workers.
 """
@@ -32,7 +33,6 @@ from monai.transforms import (
     Compose,
     ConcatItemsd,
     CropForegroundd,
-    FillHoles,
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
@@ -45,20 +45,30 @@ from monai.transforms import (
 )
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from multimodal.checkpoint import atomic_path
+from multimodal.checkpoint import atomic_path, make_folder
 from multimodal.config import (
     CACHE_DTYPES,
+    HEAD_EXTENT_MM,
     MISSING_IMAGE_POLICIES,
     AugmentConfig,
     ImagingConfig,
     check_choice,
 )
 from multimodal.errors import ImageError, StrokeSSLError
-from multimodal.nifti import is_missing, load_sequence
+from multimodal.file_digest import FileDigests, file_identity
+from multimodal.finite import require_finite
+from multimodal.head import channel_problem, head_mask, mask_extent_mm, zscore_in_mask
+from multimodal.nifti import (
+    MIN_FOV_OVERLAP,
+    field_of_view_problem,
+    is_missing,
+    load_sequence,
+    overlap,
+    world_box,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,68 +76,55 @@ CACHE_KEYS = ("image", "head_mask", "modality_mask", "affine")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-# --------------------------------------------------------------------------- loading
-# --------------------------------------------------------------------------- head mask
-def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D array (hand-written: MONAI has none, skimage is not a dependency)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(hist)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(hist * centres)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2  # between-class variance
-    return float(centres[int(np.argmax(between))])
-
-
-def head_mask(image: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Head mask (H, W, D) bool from an image (C, H, W, D) using the channels where ``present``.
-
-    Each channel is scaled by its 1st/99th percentiles so no sequence dominates, the mean is
-    smoothed (noise speckle in the background must not pass the threshold), thresholded by Otsu,
-    reduced to its largest connected component and its holes filled.
-    """
-    scaled = []
-    for channel in image[present]:
-        low, high = np.percentile(channel, [1, 99])
-        scaled.append(np.clip((channel - low) / max(high - low, 1e-6), 0, 1))
-    mean = ndimage.gaussian_filter(np.mean(scaled, axis=0), sigma=1.0)
-    if mean.max() - mean.min() < 1e-6:
-        return np.zeros(mean.shape, dtype=bool)
-    # scipy labelling, as MONAI's KeepLargestConnectedComponent needs scikit-image (not a dependency).
-    components, count = ndimage.label(mean > _otsu_threshold(mean.ravel()))
-    if count == 0:
-        return np.zeros(mean.shape, dtype=bool)
-    largest = np.argmax(np.bincount(components.ravel())[1:]) + 1
-    mask = FillHoles()(torch.from_numpy(components == largest)[None])
-    return np.asarray(mask[0], dtype=bool)
-
-
-def _zscore_in_mask(image: torch.Tensor, mask: torch.Tensor, present: np.ndarray) -> torch.Tensor:
-    """Per-channel z-score with statistics inside ``mask``; absent channels stay exactly 0."""
-    # NormalizeIntensity(nonzero=True) takes statistics over every non-zero voxel, i.e. the
-    # noisy background too, so the head would not come out with mean 0 and std 1.
-    out = torch.zeros_like(image)
-    for c in np.flatnonzero(present):
-        values = image[c][mask]
-        out[c] = (image[c] - values.mean()) / values.std().clamp_min(1e-6)
-    return out
-
-
 # --------------------------------------------------------------------------- preprocessing
+def _absent_image(imaging: ImagingConfig, channels: int) -> dict[str, torch.Tensor]:
+    """The entry of a subject whose image modality is absent: zeros and an all-zero modality mask."""
+    size = tuple(imaging.spatial_size)
+    return {"image": torch.zeros(channels, *size), "head_mask": torch.zeros(size, dtype=torch.uint8),
+            "modality_mask": torch.zeros(channels), "affine": torch.eye(4, dtype=torch.float64)}
+
+
+class _Unusable:
+    """Sequences that cannot enter as a present channel, and what the missing-image policy does."""
+
+    def __init__(self, subject: str, policy: str) -> None:
+        self.subject, self.policy, self.reasons = subject, policy, {}
+
+    def add(self, sequence: str, reason: str) -> None:
+        self.reasons.setdefault(sequence, reason)
+
+    def settle(self) -> bool:
+        """Raise under ``error`` / ``drop``; warn otherwise. True when the whole image modality is
+        then absent (``drop_modality`` with any unusable sequence)."""
+        if not self.reasons:
+            return False
+        shown = "; ".join(f"subject {self.subject!r}, sequence {s!r}: {r}" for s, r in self.reasons.items())
+        if self.policy in ("error", "drop"):
+            raise ImageError(f"{shown}; fix the file, or set missing_images: zero | drop_modality in the cohort "
+                             "config to use the subject without it")
+        effect = "its image modality is absent" if self.policy == "drop_modality" else "an absent (zero) channel"
+        logger.warning("%s: %s (missing_images: %s)", shown, effect, self.policy)  # the subject must be named to fix it
+        return self.policy == "drop_modality"
+
+
 def preprocess_subject(
     record: dict[str, Any],
     imaging: ImagingConfig,
     sequences: Sequence[str],
     missing_images: str = "error",
     volume_index: dict[str, int] | None = None,
+    head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM,
 ) -> dict[str, torch.Tensor]:
     """Deterministic preprocessing of one subject.
 
     Returns plain tensors: ``image`` (C, H, W, D) float32 z-scored in the head, ``head_mask``
-    (H, W, D) uint8, ``modality_mask`` (C,) float32 (0 = sequence missing, channel all zero) and
+    (H, W, D) uint8, ``modality_mask`` (C,) float32 (0 = sequence absent, channel all zero) and
     ``affine`` (4, 4) float64 voxel → world (RAS mm), with (H, W, D) = ``imaging.spatial_size``.
+
+    A sequence that cannot be a present channel (a field of view outside ``head_extent_mm``, one
+    that misses the first sequence's, no signal inside the head; likewise a head smaller than
+    ``head_extent_mm``) is an ``ImageError``, or under ``missing_images: zero`` an absent channel
+    and under ``drop_modality`` an absent image modality (all-zero ``modality_mask``), with a warning.
     """
     check_choice("missing_images", missing_images, MISSING_IMAGE_POLICIES)
     subject = str(record["subject_id"])
@@ -149,13 +146,32 @@ def preprocess_subject(
         for s, p in zip(sequences, present, strict=True)
         if p
     }
-    # Resample on the first present sequence's grid *before* orientation/spacing, so fields of
+    unusable = _Unusable(subject, missing_images)
+    for s, img in data.items():
+        problem = field_of_view_problem(img.shape[1:], img.affine.numpy(), head_extent_mm)
+        if problem is not None:
+            unusable.add(s, f"{paths[s]} {problem}")
+    usable = [s for s in data if s not in unusable.reasons]
+    if usable:
+        boxes = {s: world_box(data[s].shape[1:], data[s].affine.numpy()) for s in usable}
+        for s in usable[1:]:
+            share = overlap(boxes[s], boxes[usable[0]])
+            if share < MIN_FOV_OVERLAP:
+                unusable.add(s, f"{paths[s]} shares {share:.0%} of its field of view with the {usable[0]} image "
+                                f"(at least {MIN_FOV_OVERLAP:.0%} needed): its position (affine) puts it elsewhere; "
+                                "re-export it with its real geometry")
+    if unusable.settle() or not (usable := [s for s in data if s not in unusable.reasons]):
+        return _absent_image(imaging, len(sequences))
+    present = np.array([s in usable for s in sequences])
+    data = {s: data[s] for s in usable}
+    # Resample on the first usable sequence's grid *before* orientation/spacing, so fields of
     # view that differ in position, extent and orientation end up aligned voxel for voxel.
-    reference, *others = list(data)
+    reference, *others = usable
     if others:
         data = ResampleToMatchd(others, key_dst=reference, padding_mode="zeros", dtype=np.float32)(data)
-    for s in missing:
-        data[s] = torch.zeros_like(data[reference])  # keeps the reference grid's metadata
+    for s in sequences:
+        if s not in data:
+            data[s] = torch.zeros_like(data[reference])  # keeps the reference grid's metadata
     data = Compose([
         ConcatItemsd(keys=list(sequences), name="image"),
         # Explicit labels: nibabel affines are RAS whatever the MetaTensor's "space" says.
@@ -166,6 +182,14 @@ def preprocess_subject(
     mask = head_mask(data["image"].numpy(), present)
     if not mask.any():
         raise ImageError(f"subject {subject!r}: no head found (images empty or constant); check the files")
+    extent = mask_extent_mm(mask, imaging.spacing)
+    if extent.min() < head_extent_mm[0]:
+        for s in usable:
+            unusable.add(s, f"the head found spans only {' x '.join(f'{v:.0f}' for v in extent)} mm, less than "
+                            f"head_extent_mm ({head_extent_mm[0]:g} mm along every axis); check the files "
+                            "(or lower head_extent_mm in the cohort config if these are not human heads)")
+        unusable.settle()
+        return _absent_image(imaging, len(sequences))
     data = {
         "image": data["image"],
         "head_mask": MetaTensor(torch.from_numpy(mask.astype(np.uint8))[None], meta=data["image"].meta),
@@ -180,22 +204,35 @@ def preprocess_subject(
 
     image = data["image"].as_tensor().float()
     final_mask = data["head_mask"].as_tensor()[0].bool()
-    return {
-        "image": _zscore_in_mask(image, final_mask, present).contiguous(),
+    for c, s in enumerate(sequences):
+        problem = channel_problem(image[c], final_mask) if present[c] else None
+        if problem is not None:
+            unusable.add(s, f"{paths[s]} {problem} after resampling onto the {reference} grid")
+            present[c] = False
+    if unusable.settle() or not present.any():
+        return _absent_image(imaging, len(sequences))
+    out = {
+        "image": zscore_in_mask(image, final_mask, present).contiguous(),
         "head_mask": final_mask.to(torch.uint8),
         "modality_mask": torch.from_numpy(present.astype(np.float32)),
         "affine": data["image"].affine.to(torch.float64),
     }
+    require_finite(out["image"][None], [subject], "the preprocessed volume",
+                   "check the image files' intensities (and report it: this should not happen)")
+    return out
 
 
 # --------------------------------------------------------------------------- disk cache
 class VolumeCache:
     """Preprocessed volumes on disk, one ``<cache_dir>/<key>.safetensors`` per subject.
 
-    The key (DESIGN.md §6) hashes each sequence's absolute path, size and mtime_ns, the imaging
-    settings that change preprocessing (not augmentation), the missing-image policy, the volume
-    indices and the strokessl and MONAI versions, so a touched file or a changed setting never
-    reuses a stale entry. ``built`` / ``hits`` count builds and cache hits in this process.
+    The key hashes each sequence's absolute path, size, mtime_ns and the SHA-256 of its bytes
+    (``FileDigests``: hashed once per file version and process), the imaging settings that change
+    preprocessing (not augmentation), the missing-image policy, the volume indices, the head
+    extent bounds and the strokessl and MONAI versions, so a replaced file (even one whose size
+    and modification time were kept) or a changed setting never reuses a stale entry. An entry
+    that is unreadable, of the wrong shape or non-finite is rebuilt with a warning. ``built`` /
+    ``hits`` count builds and cache hits in this process.
     """
 
     def __init__(
@@ -206,6 +243,7 @@ class VolumeCache:
         missing_images: str = "error",
         volume_index: dict[str, int] | None = None,
         dtype: str = "float32",
+        head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM,
     ) -> None:
         check_choice("missing_images", missing_images, MISSING_IMAGE_POLICIES)
         check_choice("data.cache_dtype", dtype, CACHE_DTYPES)
@@ -217,8 +255,11 @@ class VolumeCache:
         self.missing_images = missing_images
         self.volume_index = {s: int(v) for s, v in (volume_index or {}).items() if s in self.sequences}
         self.dtype = dtype
+        self.head_extent_mm = (float(head_extent_mm[0]), float(head_extent_mm[1]))
         self.built = 0
         self.hits = 0
+        self.digests = FileDigests()
+        self._masks: dict[str, list[float]] = {}  # key -> the entry's modality mask (what is present)
 
     def key(self, record: dict[str, Any]) -> str:
         """sha256 hex digest identifying this subject's preprocessed volume."""
@@ -228,24 +269,25 @@ class VolumeCache:
             if is_missing(path):
                 files.append([sequence, None])
                 continue
-            path = os.path.abspath(path)
             try:
-                stat = os.stat(path)
+                identity = file_identity(path)
+                digest = None if os.path.isdir(identity.path) else self.digests.digest(identity)
             except OSError as err:
                 raise ImageError(
-                    f"subject {record['subject_id']!r}, sequence {sequence!r}: {path} cannot be "
+                    f"subject {record['subject_id']!r}, sequence {sequence!r}: {os.path.abspath(path)} cannot be "
                     f"opened ({err.strerror}); fix the path in the cohort CSV"
                 ) from err
-            files.append([sequence, path, stat.st_size, stat.st_mtime_ns])
+            files.append([sequence, identity.path, identity.size, identity.mtime_ns, digest])
         settings = {
             "files": files,
             "spacing": list(self.imaging.spacing),
             "spatial_size": list(self.imaging.spatial_size),
             "orientation": self.imaging.orientation,
             "head_margin_mm": self.imaging.head_margin_mm,
-            # drop_modality caches exactly what error does (complete subjects only): share the entries.
-            "missing_images": "error" if self.missing_images == "drop_modality" else self.missing_images,
+            # each policy its own entries: drop_modality and zero cache subjects whose image error refuses
+            "missing_images": self.missing_images,
             "volume_index": sorted(self.volume_index.items()),
+            "head_extent_mm": list(self.head_extent_mm),
             "dtype": self.dtype,  # so switching to float16 really shrinks the cache
             "strokessl": importlib.metadata.version("strokessl"),
             "monai": monai.__version__,
@@ -253,12 +295,17 @@ class VolumeCache:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def has_image(self, record: dict[str, Any]) -> bool:
-        """False for a subject whose image modality is absent under the policy (``drop_modality``: a
-        sequence is missing; ``zero``: every sequence is); such subjects are never preprocessed."""
-        present = [not is_missing(record["image"].get(s)) for s in self.sequences]
-        if self.missing_images == "drop_modality":
-            return all(present)
-        return any(present) if self.missing_images == "zero" else True  # error refuses in preprocessing
+        """False for a subject whose image modality is absent under the policy: ``drop_modality``: a
+        sequence is missing or unusable; ``zero``: every sequence is. Under those policies the
+        subject's entry (built if needed) says which sequences preprocessing found usable."""
+        if not self._files_allow_image(record):
+            return False
+        if self.missing_images not in ("zero", "drop_modality"):
+            return True  # error / drop: an unusable sequence is refused in preprocessing
+        key = self.key(record)
+        if key not in self._masks:
+            self._ensure(record, key)
+        return any(self._masks[key])
 
     def path(self, record: dict[str, Any]) -> Path:
         """Where this subject's entry lives: ``<cache_dir>/<key>.safetensors``."""
@@ -271,25 +318,32 @@ class VolumeCache:
         except (SafetensorError, OSError, ValueError) as err:
             logger.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
             return None
-        expected = (len(self.sequences), *self.imaging.spatial_size)
-        if set(tensors) != set(CACHE_KEYS) or tuple(tensors["image"].shape) != expected:
-            logger.warning("cache entry %s does not hold a %s volume; rebuilding it", path, expected)
+        channels, size = len(self.sequences), tuple(self.imaging.spatial_size)
+        expected = {"image": (channels, *size), "head_mask": size, "modality_mask": (channels,), "affine": (4, 4)}
+        if set(tensors) != set(CACHE_KEYS) or any(tuple(tensors[k].shape) != v for k, v in expected.items()):
+            logger.warning("cache entry %s does not hold a %s volume; rebuilding it", path, expected["image"])
             return None
         tensors["image"] = tensors["image"].float()
+        if not all(torch.isfinite(t.double()).all() for t in tensors.values()):
+            logger.warning("cache entry %s holds NaN or infinite values; rebuilding it", path)
+            return None
         return tensors
 
-    def _ensure(self, record: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor]]:
-        path = self.path(record)
-        if path.is_file():
-            tensors = self._read(path)
-            if tensors is not None:
-                return "hit", tensors
-        tensors = preprocess_subject(record, self.imaging, self.sequences, self.missing_images, self.volume_index)
-        stored = dict(tensors, image=tensors["image"].to(getattr(torch, self.dtype)))
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
-        logger.debug("cached %s", path.name)  # no subject id: logs hold none
-        return "built", tensors
+    def _ensure(self, record: dict[str, Any], key: str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+        key = key or self.key(record)
+        path = self.cache_dir / f"{key}.safetensors"
+        tensors = self._read(path) if path.is_file() else None
+        status = "hit"
+        if tensors is None:
+            status = "built"
+            tensors = preprocess_subject(record, self.imaging, self.sequences, self.missing_images,
+                                         self.volume_index, self.head_extent_mm)
+            stored = dict(tensors, image=tensors["image"].to(getattr(torch, self.dtype)))
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
+            logger.debug("cached %s", path.name)  # no subject id: logs hold none
+        self._masks[key] = tensors["modality_mask"].tolist()
+        return status, tensors
 
     def load(self, record: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The subject's volume, built and cached first if needed.
@@ -308,24 +362,38 @@ class VolumeCache:
         """Build every missing entry (``workers`` processes) and return ``{"built", "hit"}``.
 
         Errors from several subjects are collected and raised together as one ``ImageError``.
+        The files are hashed here, in this process, so the workers and every later dataset
+        reuse the digests.
         """
-        records = [r for r in records if self.has_image(r)]
+        make_folder(self.cache_dir)  # a file in the way: one line now, not one per subject
+        records = [r for r in records if self._files_allow_image(r)]
+        keys = [self.key(r) for r in records]
         loader = DataLoader(
-            _WarmDataset(self, records), batch_size=None, num_workers=workers, collate_fn=_identity
+            _WarmDataset(self, records, keys), batch_size=None, num_workers=workers, collate_fn=_identity
         )
         counts = {"built": 0, "hit": 0}
         errors = []
-        for status, message in tqdm(loader, total=len(records), desc="caching volumes", unit="subject"):
+        for key, (status, message, mask) in tqdm(zip(keys, loader, strict=True), total=len(records),
+                                                 desc="caching volumes", unit="subject"):
             if status == "error":
                 errors.append(message)
             else:
                 counts[status] += 1
+                self._masks[key] = mask
         self.built += counts["built"]
         self.hits += counts["hit"]
         if errors:
             shown = " | ".join(errors[:3]) + (f" | and {len(errors) - 3} more" if len(errors) > 3 else "")
             raise ImageError(f"{len(errors)} subject(s) could not be preprocessed: {shown}")
         return counts
+
+    def _files_allow_image(self, record: dict[str, Any]) -> bool:
+        """The policy on the cells alone: ``drop_modality`` needs every file, ``zero`` one; ``error``
+        and ``drop`` go on to preprocessing (which refuses a missing file)."""
+        present = [not is_missing(record["image"].get(s)) for s in self.sequences]
+        if self.missing_images == "drop_modality":
+            return all(present)
+        return any(present) if self.missing_images == "zero" else True
 
 
 def _identity(item: Any) -> Any:
@@ -335,17 +403,18 @@ def _identity(item: Any) -> Any:
 class _WarmDataset(Dataset):
     """Builds one cache entry per item, so ``warm`` can use DataLoader worker processes."""
 
-    def __init__(self, cache: VolumeCache, records: Sequence[dict[str, Any]]) -> None:
-        self.cache, self.records = cache, records
+    def __init__(self, cache: VolumeCache, records: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
+        self.cache, self.records, self.keys = cache, records, keys
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[str, str]:
+    def __getitem__(self, index: int) -> tuple[str, str, list[float]]:
         try:
-            return self.cache._ensure(self.records[index])[0], ""
+            status, tensors = self.cache._ensure(self.records[index], self.keys[index])
         except StrokeSSLError as err:  # an unusable image, or a cache write the disk refused
-            return "error", str(err)
+            return "error", str(err), []
+        return status, "", tensors["modality_mask"].tolist()
 
 
 # --------------------------------------------------------------------------- augmentation

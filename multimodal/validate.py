@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 
 from multimodal.cohort import Cohort, Problem, read_cohort
 from multimodal.config import CohortConfig
-from multimodal.nifti import header_problem
+from multimodal.errors import ImageError
+from multimodal.nifti import (
+    MIN_FOV_OVERLAP,
+    READ_ERRORS,
+    field_of_view_problem,
+    overlap,
+    read_header,
+    world_box,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +183,7 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
     orientations: dict[str, Counter] = {s: Counter() for s in sequences}
     dtypes: dict[str, Counter] = {s: Counter() for s in sequences}
     missing_sequence: Counter = Counter()
+    boxes: dict[str, dict[str, np.ndarray]] = {}  # subject -> sequence -> world box of its field of view
     items = [(s, q) for s in cohort.ids for q in sequences]
     for subject, sequence in tqdm(items, desc="checking images", unit="file", leave=False, disable=len(items) < 50):
         column = config.images[sequence]
@@ -186,28 +195,15 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
                 problem.message += "; fill it in, or set missing_images: drop | zero | drop_modality in the cohort config"
                 report.errors.append(problem)
             continue
-        if not path.is_file():
+        if not path.exists():
             report.errors.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
             continue
         try:
-            image = nib.load(str(path))
-            shape = tuple(int(n) for n in image.shape)
-            if read_images:
-                data = np.asanyarray(image.dataobj)
-                if not np.isfinite(data).all():
-                    report.errors.append(Problem(
-                        f"{path.name} holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels; fix the export "
-                        "(or replace them by 0)", subject=subject, column=column))
-                elif data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
-                    report.errors.append(Problem(f"{path.name} is constant ({float(data.flat[0])}): an empty "
-                                                 "image; re-export it", subject=subject, column=column))
-        except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error)
-            report.errors.append(Problem(
-                f"image file {path} is unreadable ({type(err).__name__}: {err}); re-export it as NIfTI",
-                subject=subject, column=column,
-            ))
+            image = read_header(str(path))  # format, voxel type, grid size and geometry
+        except ImageError as err:
+            report.errors.append(Problem(f"image file {err}", subject=subject, column=column))
             continue
-        spatial = shape[:3]
+        shape = tuple(int(n) for n in image.shape)
         if len(shape) < 3:
             report.errors.append(Problem(f"{path.name} is {len(shape)}D ({shape}); a 3D volume is needed", subject=subject, column=column))
             continue
@@ -227,17 +223,53 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
         if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
             report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
             continue
-        problem = header_problem(image.header, image.affine)
+        if read_images:
+            try:
+                data = np.asanyarray(image.dataobj)
+            except READ_ERRORS as err:
+                report.errors.append(Problem(f"image file {path} is unreadable ({type(err).__name__}: {err}); "
+                                             "re-export it as NIfTI", subject=subject, column=column))
+                continue
+            if not np.isfinite(data).all():
+                report.errors.append(Problem(
+                    f"{path.name} holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels; fix the export "
+                    "(or replace them by 0)", subject=subject, column=column))
+            elif data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
+                report.errors.append(Problem(f"{path.name} is constant ({float(data.flat[0])}): an empty "
+                                             "image; re-export it", subject=subject, column=column))
+        problem = field_of_view_problem(shape, image.affine, config.head_extent_mm)
         if problem is not None:
-            report.errors.append(Problem(f"{path.name} {problem}", subject=subject, column=column))
-            continue
+            _unusable(report, config.missing_images, Problem(f"{path.name} {problem}", subject=subject, column=column))
+        else:
+            boxes.setdefault(subject, {})[sequence] = world_box(shape, image.affine)
         zooms = tuple(round(float(z), 2) for z in image.header.get_zooms()[:3])
-        shapes[sequence][spatial] += 1
+        shapes[sequence][shape[:3]] += 1
         spacings[sequence][zooms] += 1
         orientations[sequence]["".join(nib.aff2axcodes(image.affine))] += 1
         dtypes[sequence][str(image.get_data_dtype())] += 1
+    for subject, fields in boxes.items():
+        (first, reference), *others = fields.items()
+        for sequence, box in others:
+            share = overlap(box, reference)
+            if share < MIN_FOV_OVERLAP:
+                _unusable(report, config.missing_images, Problem(
+                    f"{cohort.image_paths[subject][sequence].name} shares {share:.0%} of its field of view with the "
+                    f"{first} image (at least {MIN_FOV_OVERLAP:.0%} needed): its position (affine) puts it elsewhere; "
+                    "re-export it with its real geometry", subject=subject, column=config.images[sequence]))
     return {"shapes": shapes, "spacings": spacings, "orientations": orientations, "dtypes": dtypes,
             "missing": missing_sequence}
+
+
+def _unusable(report: ValidationReport, policy: str, problem: Problem) -> None:
+    """A sequence that cannot be a present channel: an error, or under ``zero`` / ``drop_modality``
+    a warning that preprocessing will treat it as absent."""
+    if policy in ("zero", "drop_modality"):
+        problem.message += (f"; missing_images: {policy} makes it "
+                            f"{'an absent image modality' if policy == 'drop_modality' else 'an absent (zero) channel'}")
+        report.warnings.append(problem)
+    else:
+        problem.message += "; or set missing_images: zero | drop_modality in the cohort config to use the subject without it"
+        report.errors.append(problem)
 
 
 # --------------------------------------------------------------------------- summary

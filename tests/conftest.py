@@ -24,13 +24,19 @@ TINY_IMAGING = {
 }
 
 
+# The tests' phantoms are millimetres across (a 6x6x4 grid of 1 mm voxels), no human head: cohorts
+# written here accept any field of view and head from 1 mm to 1 m (the default, 30-400 mm, would refuse them).
+TINY_HEADS = {"head_extent_mm": [1.0, 1000.0]}
+
+
 def write_cohort(folder: Path, rows: list[dict], config: dict | None = None) -> Path:
     """Write ``cohort.csv`` (from row dicts, empty string = empty cell) and ``cohort.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
     (folder / "cohort.csv").write_text("\n".join(lines) + "\n")
-    data = {"csv": "cohort.csv", "id": "subject_id", "images": {"flair": "flair"}, "label": "recurrence_12m"}
+    data = {"csv": "cohort.csv", "id": "subject_id", "images": {"flair": "flair"}, "label": "recurrence_12m",
+            **TINY_HEADS}
     data.update(config or {})
     (folder / "cohort.yaml").write_text(yaml.safe_dump(data))
     return folder / "cohort.yaml"

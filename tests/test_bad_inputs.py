@@ -200,14 +200,20 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "build", "code", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, build, code, expected, tmp_path, capsys):
-    cohort = build(tmp_path)
-    assert main(["validate", str(cohort)]) == code, name
+    assert_validate_outcome(build(tmp_path), code, expected, capsys)
+
+
+def assert_validate_outcome(cohort: Path, code: int, expected: str, capsys) -> str:
+    """``strokessl validate cohort`` exits ``code`` and says ``expected``, with no traceback and, when it
+    refuses, one line on stderr (the details in the report). Returns what it printed."""
+    assert main(["validate", str(cohort)]) == code
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert expected in text, text[-2000:]
     assert "Traceback" not in text
     if code == 2:
-        assert len(captured.err.strip().splitlines()) == 1  # one line on stderr, the details in the report
+        assert len(captured.err.strip().splitlines()) == 1
+    return text
 
 
 @pytest.mark.parametrize(("labels", "expected"), [([1] * 2 + [0] * 10, "set finetune.folds: 2"),

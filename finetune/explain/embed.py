@@ -38,6 +38,7 @@ from multimodal.data import (
     volume_cache,
 )
 from multimodal.errors import StrokeSSLError
+from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.run_folder import FINETUNING, PRETRAINING, require_run
 from pretrain.export import (  # loading a pretraining run's weights, nothing else
     load_run_model,
@@ -119,6 +120,8 @@ def _embed(dataset, cache, cohort: Cohort, kind: str, batch_size: int, device: t
             pooled[m].append(out[m].float().cpu())
             if m in proj:
                 projected[m].append(proj[m].float().cpu())
+    for m in modalities:  # a NaN embedding would be drawn and decoded as if it were a subject's
+        require_finite(torch.cat(pooled[m]), dataset.ids, f"the {m} embedding", NON_FINITE_ADVICE)
     return RunEmbeddings(
         kind, cohort, {m: torch.cat(v).numpy() for m, v in pooled.items()},
         {m: dataset.present[m].numpy().astype(bool) for m in modalities},

@@ -33,7 +33,8 @@ def test_presence_follows_the_missing_image_policy(tmp_path, policy, has_image):
     # s2 lacks dwi, s3 lacks both sequences, s1 has an empty clinical row
     cohort = _cohort(tmp_path, policy)
     imaging = ImagingConfig(spacing=(2.0, 2.0, 2.0), spatial_size=(8, 8, 8), head_margin_mm=2.0)
-    cache = VolumeCache(tmp_path / "cache", imaging, ["flair", "dwi"], policy)
+    cache = VolumeCache(tmp_path / "cache", imaging, ["flair", "dwi"], policy,
+                        head_extent_mm=cohort.config.head_extent_mm)  # the phantoms are 12 mm across
     preprocessor = TabularPreprocessor(cohort.continuous, cohort.categorical).fit(cohort.features)
     dataset = build_dataset(cohort, cache=cache, preprocessor=preprocessor, labels=True)
     assert dataset.present["image"].tolist() == has_image
