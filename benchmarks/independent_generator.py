@@ -2,7 +2,7 @@
 second, independent generator").
 
     python benchmarks/independent_generator.py OUT --n N --seed S [--labeled-fraction F] [--prevalence P]
-        [--grid G] [--check-oracle]
+        [--grid G] [--workers W] [--t1] [--check-oracle]
 
 Written from a short description of stroke imaging, not from ``multimodal/synthetic*.py``: a
 procedural head (noise-perturbed superquadric skull, scalp and brain; a cortical ribbon folded by
@@ -32,6 +32,7 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ CLINICAL = ["age", "sex", "nihss", "sbp", "dbp", "glucose", "hba1c", "ldl", "hyp
             "atrial_fibrillation", "prior_stroke_tia", "smoking", "bmi", "egfr", "antithrombotic", "statin",
             "carotid_stenosis_50", "onset_to_scan_h"]
 # Risk model (logit per unit; the two parts are scaled by TAB_SCALE / IMG_SCALE).
-TAB_SCALE = 0.65
+TAB_SCALE = 0.55
 IMG_SCALE = 1.2
 _REFERENCE_N = 20_000
 _REFERENCE_SEED = 987_654
@@ -585,11 +586,15 @@ PROTOCOLS = {
     "dwi": [Protocol("dwi_a", (64, 64, 24), (3.6, 3.6, 6.5), "LPS", 0.0, "int16", 9.0),
             Protocol("dwi_b", (72, 72, 28), (3.2, 3.2, 5.5), "RAS", 8.0, "float32", 12.0),
             Protocol("dwi_c", (60, 64, 22), (3.8, 3.6, 7.0), "LAS", 0.0, "int16", 8.0)],
+    "t1": [Protocol("t1_a", (72, 88, 64), (2.4, 2.6, 2.6), "RAS", 0.0, "int16", 28.0),
+           Protocol("t1_b", (80, 96, 56), (2.2, 2.4, 3.0), "LPS", 6.0, "float32", 32.0),
+           Protocol("t1_c", (68, 84, 60), (2.5, 2.7, 2.8), "LAS", 0.0, "int16", 24.0)],
 }
 # Tissue intensities (index = tissue code; infarct handled separately).
 CONTRAST = {
     "flair": np.array([0.0, 0.55, 0.06, 0.12, 0.78, 0.58, 0.72, 1.25, 0.14, 1.15, 0.0], dtype=np.float32),
     "dwi": np.array([0.0, 0.12, 0.03, 0.08, 0.62, 0.50, 0.58, 0.62, 0.10, 0.55, 0.0], dtype=np.float32),
+    "t1": np.array([0.0, 0.9, 0.05, 0.15, 0.5, 0.75, 0.55, 0.62, 0.13, 0.5, 0.0], dtype=np.float32),
 }
 # Where each voxel is sampled across its slice (fractions of the slice thickness); more samples
 # give partial volume in thick slices at proportional cost.
@@ -629,6 +634,8 @@ def render(anat: Anatomy, subject: pd.Series, sequence: str, protocol: Protocol,
     onset = float(subject["onset_to_scan_h"])
     if sequence == "flair":  # FLAIR turns bright a few hours after onset
         infarct = float(np.clip(0.55 + 0.7 * (1.0 - np.exp(-onset / 5.0)), 0.5, 1.25))
+    elif sequence == "t1":  # acute infarcts: faintly dark on T1
+        infarct = float(rng.uniform(0.45, 0.6))
     else:
         infarct = float(rng.uniform(1.8, 2.5))
     total = np.zeros(len(ijk), dtype=np.float32)
@@ -667,7 +674,7 @@ def _save(image: np.ndarray, affine: np.ndarray, protocol: Protocol, path: Path,
 
 
 def render_subject(subject_id: str, subject: pd.Series, out: Path, seed: int, index: int,
-                   grid: int | None) -> dict[str, str]:
+                   grid: int | None, sequences: tuple[str, ...] = SEQUENCES) -> dict[str, str]:
     """Render and save every sequence of one subject; returns {sequence: path relative to ``out``}."""
     rng = np.random.default_rng([seed, 2, index])
     anat = make_anatomy(subject, rng)
@@ -675,7 +682,7 @@ def render_subject(subject_id: str, subject: pd.Series, out: Path, seed: int, in
     pose = _rotation(rng.normal(0.0, [6.0, 2.5, 3.0]))
     site = int(rng.integers(3))
     paths = {}
-    for j, sequence in enumerate(SEQUENCES):
+    for j, sequence in enumerate(sequences):
         choice = site if rng.random() < 0.8 else int(rng.integers(3))
         protocol = scaled(PROTOCOLS[sequence][(choice + j) % 3], grid)
         affine = affine_for(protocol, head_centre + rng.normal(0.0, 4.0, 3))
@@ -687,8 +694,13 @@ def render_subject(subject_id: str, subject: pd.Series, out: Path, seed: int, in
 
 
 # =========================================================================== the cohort
+def _render_job(job: tuple[str, pd.Series, Path, int, int, int | None, tuple[str, ...]]) -> dict[str, str]:
+    return render_subject(*job)
+
+
 def write_independent_cohort(out: str | Path, n: int, grid: int | None = None, labeled_fraction: float = 0.5,
-                             seed: int = 0, prevalence: float = 0.15) -> Path:
+                             seed: int = 0, prevalence: float = 0.15, *, workers: int = 1,
+                             sequences: tuple[str, ...] = SEQUENCES) -> Path:
     """Write an ``n``-subject cohort into ``out``; returns ``out/cohort.yaml``.
 
     ``grid``: None keeps the native protocols (in-plane matrices 60-96); an integer brings every
@@ -696,19 +708,31 @@ def write_independent_cohort(out: str | Path, n: int, grid: int | None = None, l
     Files: ``images/<id>_<seq>.nii.gz``, ``cohort.csv`` (ids, image paths, clinical columns with
     empty cells, ``recurrence_12m`` empty for the unlabeled), ``cohort.yaml``, ``risk.csv`` (latent
     truth per subject) and ``truth.json`` (image-quantity names, prevalence, oracle AUROCs on the
-    labeled subjects). Raises ``CohortError`` if ``out`` already holds a cohort.csv.
+    labeled subjects). ``workers`` > 1 renders in that many processes (the same files: every
+    subject draws from its own seeded stream). ``sequences``: any of flair, dwi, t1 (T1 is off by
+    default: it doubles the rendering time). Raises ``CohortError`` if ``out`` already holds a
+    cohort.csv.
     """
     out = Path(out)
     if (out / "cohort.csv").exists():
         raise CohortError(f"{out} already holds a cohort.csv; choose an empty folder")
     if grid is not None and grid < 8:
         raise CohortError(f"grid must be at least 8 voxels, got {grid}")
+    unknown = sorted(set(sequences) - set(PROTOCOLS))
+    if unknown or not sequences:
+        raise CohortError(f"sequences {list(sequences)}: choose from {sorted(PROTOCOLS)}")
     record, truth = draw_independent_table(n, seed, labeled_fraction, prevalence)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    columns: dict[str, list[str]] = {f"{s}_file": [] for s in SEQUENCES}
+    columns: dict[str, list[str]] = {f"{s}_file": [] for s in sequences}
     start = time.perf_counter()
-    for i, subject_id in enumerate(tqdm(truth.index, desc="rendering", unit="subject")):
-        paths = render_subject(subject_id, truth.loc[subject_id], out, seed, i, grid)
+    jobs = [(subject_id, truth.loc[subject_id], out, seed, i, grid, tuple(sequences))
+            for i, subject_id in enumerate(truth.index)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rendered = list(tqdm(pool.map(_render_job, jobs, chunksize=4), total=n, desc="rendering", unit="subject"))
+    else:
+        rendered = [_render_job(job) for job in tqdm(jobs, desc="rendering", unit="subject")]
+    for paths in rendered:
         for sequence, path in paths.items():
             columns[f"{sequence}_file"].append(path)
     elapsed = time.perf_counter() - start
@@ -716,7 +740,7 @@ def write_independent_cohort(out: str | Path, n: int, grid: int | None = None, l
 
     table = pd.concat([pd.DataFrame(columns, index=truth.index), record], axis=1)
     table.to_csv(out / "cohort.csv", index=True, lineterminator="\n")
-    config = {"csv": "cohort.csv", "id": "subject_id", "images": {s: f"{s}_file" for s in SEQUENCES},
+    config = {"csv": "cohort.csv", "id": "subject_id", "images": {s: f"{s}_file" for s in sequences},
               "label": LABEL, "types": TYPES}
     (out / "cohort.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     risk = truth[["labeled", "drawn_label", "true_risk", "logit", "image_component", "tabular_component",
@@ -745,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeled-fraction", type=float, default=0.5)
     parser.add_argument("--prevalence", type=float, default=0.15)
     parser.add_argument("--grid", type=int, default=None, help="in-plane matrix (default: native protocols)")
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    parser.add_argument("--t1", action="store_true", help="also render a T1 (about doubles the time)")
     parser.add_argument("--check-oracle", action="store_true",
                         help="no images: LR test AUROC with and without the true image quantities (600 / 600)")
     args = parser.parse_args(argv)
@@ -752,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_oracle:
         logger.info("%s", json.dumps(check_oracle(seed=args.seed, prevalence=args.prevalence)))
         return 0
-    path = write_independent_cohort(args.out, args.n, args.grid, args.labeled_fraction, args.seed, args.prevalence)
+    path = write_independent_cohort(args.out, args.n, args.grid, args.labeled_fraction, args.seed, args.prevalence,
+                                    workers=args.workers, sequences=(*SEQUENCES, "t1") if args.t1 else SEQUENCES)
     logger.info("wrote %s", path)
     return 0
 
