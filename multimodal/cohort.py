@@ -11,6 +11,7 @@ import difflib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,16 +122,18 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
     if duplicated:
         raise CohortError(f"cohort table {config.csv} has duplicate column names {duplicated}; "
                           "rename or remove the repeated columns")
-    markers = {str(v).strip() for v in config.na_values}
-    numeric_markers = {float(v) for v in config.na_values if _is_number(v)}
-
-    def cell(value: str) -> Any:
-        missing = value == "" or value in markers or (bool(numeric_markers) and _is_number(value)
-                                                     and float(value) in numeric_markers)
-        return np.nan if missing else value
-
-    cells = [[cell(value) for value in row] for row in rows]
+    is_marker = na_marker(config)
+    label = header.index(config.label) if config.label in header else -1  # map_labels reads its markers
+    cells = [[np.nan if value == "" or (j != label and is_marker(value)) else value for j, value in enumerate(row)]
+             for row in rows]
     return pd.DataFrame(cells, columns=header, index=pd.Index(lines, name="line"), dtype=object)
+
+
+def na_marker(config: CohortConfig) -> Callable[[str], bool]:
+    """Whether a (stripped) cell is one of the cohort's ``na_values``: the same text, or the same number."""
+    markers = {str(v).strip() for v in config.na_values}
+    numbers = {float(v) for v in config.na_values if _is_number(v)}
+    return lambda value: value in markers or (bool(numbers) and _is_number(value) and float(value) in numbers)
 
 
 def raw_header(path: Path) -> list[str]:
@@ -229,10 +232,16 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
     }
     labels = np.full(len(frame), np.nan)
     problems = []
+    is_marker = na_marker(config)
+    clashes = []
     for i, (subject, value) in enumerate(zip(frame[config.id], frame[config.label], strict=True)):
         if pd.isna(value):
             continue
         key = str(value).strip().casefold()
+        if is_marker(str(value)):
+            if key in mapping or (config.label_map is None and _is_number(key) and float(key) in (0.0, 1.0)):
+                clashes.append(str(value))
+            continue  # a declared marker: unlabeled
         if key not in mapping and config.label_map is None and _is_number(key) and float(key) in (0.0, 1.0):
             labels[i] = float(key)  # 1.00, +1, 0e0: the numbers 0 and 1 however written
             continue
@@ -244,7 +253,13 @@ def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, l
             ))
             continue
         labels[i] = mapping[key]
-    coding = _other_binary_coding(frame[config.label]) if config.label_map is None else None
+    if clashes:  # na_values apply to every column: a marker that is also a label would unlabel those subjects
+        problems.append(Problem(
+            f"na_values {sorted(set(clashes))} {'are' if len(set(clashes)) > 1 else 'is'} also a label value here "
+            f"({len(clashes)} subjects): na_values apply to every column, so these subjects would read as unlabeled; "
+            "remove it from na_values (and recode that feature's cells), or set label_map", column=config.label))
+    present = frame[config.label].map(lambda v: np.nan if isinstance(v, str) and is_marker(v) else v)
+    coding = _other_binary_coding(present) if config.label_map is None else None
     if coding is not None:  # e.g. 1/2: its 1s read as events would be wrong, so the whole column is refused
         return np.full(len(frame), np.nan), [Problem(coding, column=config.label)]
     return labels, problems

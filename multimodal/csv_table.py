@@ -111,6 +111,13 @@ def read_records(path: Path) -> tuple[list[str], list[int], list[list[str]]]:
             if separator in header[0]:
                 raise CohortError(f"cohort table {path} reads as a single column: it looks {name}-separated; "
                                   "save it as a comma-separated CSV (decimal points, not commas)")
+    unnamed = [i + 1 for i, name in enumerate(header) if not name]
+    if unnamed:
+        cause = ("a row index written by pandas' to_csv? write the table with index=False" if unnamed == [1] else
+                 "a trailing comma on every line?" if unnamed == [len(header)] else "empty header cells")
+        raise CohortError(f"cohort table {path}: header field{'s' if len(unnamed) > 1 else ''} "
+                          f"{', '.join(map(str, unnamed))} of {len(header)} {'have' if len(unnamed) > 1 else 'has'} no "
+                          f"name ({cause}); name every column, or remove the unnamed ones")
     _check_field_counts(path, len(header), lines, rows)
     return header, lines, rows
 

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 LEAKAGE_AUROC = 0.9
 SMALL_INTEGER_LEVELS = 10
+# Numbers exports use for "not recorded"; warned when far outside a continuous column's other values.
+MISSING_CODES = (-99999.0, -9999.0, -999.0, -99.0, 999.0, 9999.0, 99999.0)
 _DATE_PATTERN = re.compile(r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}.*)?$")
 
 
@@ -125,6 +127,12 @@ def _check_columns_content(cohort: Cohort, report: ValidationReport) -> None:
                     column=column,
                 ))
         else:
+            code = _missing_code(present.to_numpy(dtype=float))
+            if code is not None:  # a declared na_values marker is missing (NaN) by now
+                report.warnings.append(Problem(
+                    f"holds {code:g} in {int((present == code).sum())} row(s), far outside its other values "
+                    f"({present[present != code].min():g} .. {present[present != code].max():g}): a missing-value "
+                    f"code? declare it (na_values: [{code:g}]) unless it is a real value", column=column))
             integers = np.all(np.mod(present.to_numpy(dtype=float), 1) == 0)
             if integers and present.nunique() <= SMALL_INTEGER_LEVELS and column not in config.types:
                 report.warnings.append(Problem(
@@ -149,6 +157,19 @@ def _check_columns_content(cohort: Cohort, report: ValidationReport) -> None:
         report.warnings.append(Problem("no subject has a label: usable for pretraining only", column=config.label))
     elif len(set(labels.tolist())) == 1:
         report.warnings.append(Problem(f"every labeled subject has label {labels[0]:.0f}", column=config.label))
+
+
+def _missing_code(values: np.ndarray) -> float | None:
+    """The first of ``MISSING_CODES`` in ``values`` lying further outside the other values than their
+    whole range (e.g. -999 among ages 60..71), or None."""
+    for code in MISSING_CODES:
+        others = values[values != code]
+        if len(others) < 3 or len(others) == len(values):
+            continue
+        spread = float(others.max() - others.min())
+        if code < others.min() - spread or code > others.max() + spread:
+            return code
+    return None
 
 
 def _univariate_auroc(values: pd.Series, labels: np.ndarray, labeled: np.ndarray, kind: str) -> float | None:

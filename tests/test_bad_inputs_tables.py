@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import write_cohort
@@ -362,3 +363,31 @@ def test_thousands_separators_are_named_as_such(tmp_path, capsys):
         row["platelets"] = f'"{i + 1},{200 + i}"' if i % 2 else str(180 + i)  # "2,201": a quoted field with a comma
     _refused(["validate", str(write_cohort(tmp_path, rows))], capsys,
              "column 'platelets': holds numbers with a comma, thousands separators or decimal commas")
+
+
+@pytest.mark.parametrize(("index", "expected"), [
+    (True, "header field 1 of 7 has no name (a row index written by pandas' to_csv? write the table with index=False)"),
+    (False, "header field 7 of 7 has no name (a trailing comma on every line?)"),
+])
+def test_an_unnamed_column_is_refused_naming_its_likely_cause(tmp_path, capsys, index, expected):
+    cells = _good_cells(tmp_path)
+    rows = [[str(i - 1) if i else "", *row] if index else [*row, ""] for i, row in enumerate(cells)]
+    _refused(["validate", str(_table(tmp_path, rows))], capsys, expected)
+
+
+def test_a_missing_value_marker_that_is_also_a_label_value_is_refused(tmp_path, capsys):
+    rows = _rows(tmp_path)  # labels 0/1; 0 declared missing for some feature would unlabel every control
+    _refused(["validate", str(write_cohort(tmp_path, rows, {"na_values": [0, -999]}))], capsys,
+             "column 'recurrence_12m': na_values ['0'] is also a label value here (8 subjects): na_values apply to "
+             "every column")
+    rows[2]["recurrence_12m"] = "unknown"  # a marker that is no label value still means unlabeled
+    cohort, problems = read_cohort(load_cohort_config(write_cohort(tmp_path, rows, {"na_values": ["unknown"]})))
+    assert problems == [] and np.isnan(cohort.labels[2]) and cohort.labeled.sum() == 11
+
+
+def test_an_undeclared_missing_value_code_in_a_numeric_column_is_warned(tmp_path, capsys):
+    rows = _rows(tmp_path)
+    rows[5]["age"] = -999
+    assert main(["validate", str(write_cohort(tmp_path, rows))]) == 0
+    assert ("column 'age': holds -999 in 1 row(s), far outside its other values (60 .. 71): a missing-value code? "
+            "declare it (na_values: [-999])") in capsys.readouterr().out
