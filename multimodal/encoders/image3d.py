@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ _MONAI_RESNETS: dict[int, Callable[..., nn.Module]] = {
     50: monai_nets.resnet50,
 }
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # forward_feature_maps' keys
+POOLS = ("avg", "multiscale")
 
 
 def _replace_batchnorm3d(module: nn.Module, norm: str) -> None:
@@ -48,6 +50,12 @@ class ImageEncoder3D(nn.Module):
     stride-2 stem) gives ``forward_tokens -> (B, token_grid**3, F)`` (average-pooled to a
     ``token_grid``³ grid plus learned positions, so attention has more than one vector to look at)
     and ``forward -> (B, F)`` (global average). F = 512 for depth 10/18/34, 2048 for 50.
+
+    ``pool: multiscale`` concatenates the global average *and* global maximum of the last two
+    stages, ``[avg(layer4), max(layer4), avg(layer3), max(layer3)]``, so a small bright lesion that
+    an average over the whole head dilutes survives as a maximum: ``num_features`` D = 2 · (F3 + F4)
+    (1536 for depth 10/18/34 at full width). Each token pools its cell of the ``token_grid``³
+    grid the same way, so tokens stay ``(B, token_grid**3, D)``.
     """
 
     def __init__(
@@ -59,8 +67,13 @@ class ImageEncoder3D(nn.Module):
         token_grid: int = 2,
         backbone_weights: str | Path | None = None,
         widen_factor: float = 1.0,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            close = difflib.get_close_matches(str(pool), POOLS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"3D ResNet pool {pool!r} is not one of {POOLS}{hint}")
         if depth not in _MONAI_RESNETS:
             raise ConfigError(f"3D ResNet depth {depth} is not one of {sorted(_MONAI_RESNETS)}")
         check_norm(norm)
@@ -82,8 +95,12 @@ class ImageEncoder3D(nn.Module):
         if backbone_weights is not None:  # e.g. MedicalNet weights from a local file
             load_backbone_weights(self.backbone, backbone_weights)
         self.num_features: int = self.backbone.in_planes  # MONAI leaves the last layer's width here
+        self.pool = pool
+        if pool == "multiscale":  # avg + max of layer3 and layer4
+            self.num_features = 2 * (self.stage_specs()["layer3"][0] + self.num_features)
         self.token_grid = token_grid
         self.token_pool = nn.AdaptiveAvgPool3d(token_grid)
+        self.token_max_pool = nn.AdaptiveMaxPool3d(token_grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, token_grid**3, self.num_features))
         # Small, so positions do not swamp the image features at init.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -123,21 +140,30 @@ class ImageEncoder3D(nn.Module):
         """``forward_feature_maps``' dict -> ``forward_features``' dict, so a caller that needs both
         (a decoder beside the pooled embedding) runs the backbone once."""
         fmap = maps["layer4"]  # (B, F, h, w, d)
-        pooled = self.token_pool(fmap)  # (B, F, g, g, g)
+        if self.pool == "avg":
+            pooled = self.token_pool(fmap)  # (B, F, g, g, g)
+            tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
+            return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
+        stages = (fmap, maps["layer3"])  # (B, F4, h, w, d), (B, F3, 2h, 2w, 2d)
+        embedding = torch.cat([part for m in stages for part in (m.mean(dim=(2, 3, 4)), m.amax(dim=(2, 3, 4)))],
+                              dim=1)  # (B, 2 (F4 + F3))
+        pooled = torch.cat([part for m in stages for part in (self.token_pool(m), self.token_max_pool(m))],
+                           dim=1)  # (B, 2 (F4 + F3), g, g, g)
         tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
-        return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
+        return {"embedding": embedding, "tokens": tokens}
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(B, C, H, W, D)`` -> dict ``embedding (B, F)`` (global average of the last feature
-        map), ``tokens (B, token_grid**3, F)`` (its ``token_grid``³ average pool + positions)."""
+        """``(B, C, H, W, D)`` -> dict ``embedding (B, D)`` (global average of the last feature
+        map, D = F; or the multiscale pool), ``tokens (B, token_grid**3, D)`` (its ``token_grid``³
+        average pool, or the multiscale pool per cell, + positions)."""
         return self.features_from_maps(self.forward_feature_maps(x))  # the one backbone pass
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W, D) -> (B, token_grid**3, F)``."""
+        """``(B, C, H, W, D) -> (B, token_grid**3, num_features)``."""
         return self.forward_features(x)["tokens"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W, D) -> (B, F)``."""
+        """``(B, C, H, W, D) -> (B, num_features)``."""
         return self.forward_features(x)["embedding"]
 
 

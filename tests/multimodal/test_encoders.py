@@ -21,6 +21,15 @@ IMAGE_SHAPE = (2, 2, 16, 16, 8)  # (B, C, H, W, S): two sequences, 8 axial slice
 TAB_KWARGS = {"num_continuous": 3, "category_sizes": [3, 4], "dim": 32, "depth": 2, "heads": 4}
 
 
+# Registered encoders with a non-default option, tested like the registered names.
+OPTIONS = {"resnet3d_10-multiscale": ("resnet3d_10", {"pool": "multiscale"})}
+
+
+def _create(name: str) -> nn.Module:
+    base, options = OPTIONS.get(name, (name, {}))
+    return create_encoder(base, **_kwargs(base), **options)
+
+
 def _kwargs(name: str) -> dict:
     if name.startswith("slice_lstm"):
         return {"in_channels": 2, "lstm_hidden": 16}
@@ -61,10 +70,10 @@ def _expected_tokens(name: str) -> int:
 # --------------------------------------------------------------------------- every registered encoder
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS) + sorted(OPTIONS))
 def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> None:
     torch.manual_seed(0)
-    model = create_encoder(name, **_kwargs(name))
+    model = _create(name)
     x = _input(name)
     pooled = model(x)
     assert pooled.shape == (2 if isinstance(x, torch.Tensor) else 4, model.num_features)
@@ -80,10 +89,10 @@ def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> No
     assert not no_grad, f"parameters without gradient: {no_grad}"
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODERS) + sorted(OPTIONS))
 def test_forward_features_agrees_with_forward_and_forward_tokens(name: str) -> None:
     torch.manual_seed(0)
-    model = create_encoder(name, **_kwargs(name)).eval()
+    model = _create(name).eval()
     x = _input(name)
     with torch.no_grad():
         features = model.forward_features(x)
@@ -130,6 +139,45 @@ def test_resnet3d_pooled_equals_mean_of_feature_map() -> None:
     model = create_encoder("resnet3d_10").eval()
     x = torch.randn(2, 1, 24, 24, 24)
     torch.testing.assert_close(model(x), model.forward_feature_map(x).mean(dim=(2, 3, 4)))
+
+
+def test_multiscale_pool_widths_and_its_parts() -> None:
+    model = create_encoder("resnet3d_10", widen_factor=0.25, pool="multiscale").eval()
+    assert model.num_features == 2 * (64 + 128)  # avg + max of layer3 (64) and layer4 (128)
+    x = torch.randn(2, 1, 48, 48, 48)
+    with torch.no_grad():
+        maps = model.forward_feature_maps(x)
+        embedding = model(x)
+    layer4, layer3 = maps["layer4"], maps["layer3"]
+    torch.testing.assert_close(embedding[:, :128], layer4.mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(embedding[:, 128:256], layer4.amax(dim=(2, 3, 4)))
+    torch.testing.assert_close(embedding[:, 256:320], layer3.mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(embedding[:, 320:], layer3.amax(dim=(2, 3, 4)))
+    with pytest.raises(ConfigError, match=r"pool 'max'.*'avg', 'multiscale'"):
+        create_encoder("resnet3d_10", pool="max")
+    with pytest.raises(ConfigError, match="did you mean 'multiscale'"):
+        create_encoder("resnet3d_10", pool="multiscal")
+
+
+def test_multiscale_pool_keeps_a_small_bright_cluster_that_averaging_dilutes() -> None:
+    """One bright 2³ cluster in a 64³ volume moves the multiscale embedding more (relative to its
+    norm) than the average-pooled one, the same backbone under both. (At 32³ the last stage is a
+    single voxel whose average dilutes nothing: there the two move alike.)"""
+    torch.manual_seed(0)
+    avg = create_encoder("resnet3d_10", in_channels=2, widen_factor=0.5).eval()
+    multi = create_encoder("resnet3d_10", in_channels=2, widen_factor=0.5, pool="multiscale").eval()
+    multi.backbone.load_state_dict(avg.backbone.state_dict())
+    g = torch.Generator().manual_seed(1)
+    base = 0.3 * torch.randn(3, 2, 64, 64, 64, generator=g)
+    lesion = base.clone()
+    for b, (i, j, k) in enumerate([(26, 28, 30), (36, 25, 33), (31, 38, 24)]):
+        lesion[b, 0, i:i + 2, j:j + 2, k:k + 2] += 4.0  # a FLAIR-bright white-matter lesion
+    with torch.no_grad():
+        def change(model: nn.Module) -> torch.Tensor:
+            before, after = model(base), model(lesion)
+            return (after - before).norm(dim=1) / before.norm(dim=1)
+
+        assert (change(multi) > 1.2 * change(avg)).all(), (change(multi), change(avg))
 
 
 # --------------------------------------------------------------------------- slice encoder
