@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from multimodal.config import RunConfig, check_choice, check_range, from_dict
 from multimodal.errors import ConfigError
 from pretrain.objectives import OBJECTIVES
+from pretrain.views import SIMCLR_VIEWS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ROWS = ("unlabeled", "all")
@@ -44,6 +45,9 @@ class PretrainConfig:
     itm_hard_fraction: float = 0.25
     queue_size: int = 0  # extra CLIP negatives from earlier batches; 0 = off
     simclr_temperature: float = 0.1
+    # augmentation of the training views with simclr: standard (imaging.augment) | lesion_preserving
+    # (no zoom or bias field, rotation <= 3 deg, shifts <= 1 voxel, mild gamma: pretrain.views)
+    simclr_views: str = "standard"
     scarf_corruption: float = 0.3  # share of features replaced from the empirical marginals
     scarf_temperature: float = 1.0  # NT-Xent temperature of SCARF (the paper's value)
     mask_rate: float = 0.15  # masked_tabular: share of present features hidden and reconstructed
@@ -63,6 +67,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         check_choice("pretrain.precision", self.precision, PRECISIONS)
         check_choice("pretrain.rows", self.rows, ROWS)
+        check_choice("pretrain.simclr_views", self.simclr_views, SIMCLR_VIEWS)
         if not self.objectives:
             raise ConfigError("pretrain.objectives is empty; use e.g. {clip: 1.0, itm: 1.0}")
         for name, weight in self.objectives.items():

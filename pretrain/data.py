@@ -32,6 +32,7 @@ from multimodal.tabular import TabularPreprocessor
 from pretrain import distributed
 from pretrain.config import PretrainConfig
 from pretrain.model import pretrain_modalities
+from pretrain.views import view_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +106,16 @@ def build_pretrain_data(
             cache.warm(cohort.records(train_ids + val_ids), workers=run_config.data.workers)
         distributed.barrier()
 
+    simclr = "simclr" in pretrain.objectives
+    # with simclr, pretrain.simclr_views chooses the training views' augmentation (every view: with clip
+    # beside, the first one meets the table too)
+    augment = view_augmentation(run_config.imaging.augment, pretrain.simclr_views if simclr else "standard")
+
     def dataset(ids: list[str], train: bool) -> MultimodalDataset:
-        views = 2 if train and "simclr" in pretrain.objectives else 1
+        views = 2 if train and simclr else 1
         return build_dataset(cohort, ids, cache=cache if use_images else None,
                              preprocessor=preprocessor if use_table else None, others=others,
-                             augment=run_config.imaging.augment if train else None, seed=run_config.seed, views=views)
+                             augment=augment if train else None, seed=run_config.seed, views=views)
 
     train = dataset(train_ids, True)
     pool = train.table if train.table is not None else preprocessor.transform_tensors(cohort.features.loc[train_ids])
