@@ -23,7 +23,8 @@ from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_gr
 from finetune.oracle import ORACLE, fit_predict_oracle, oracle_section, true_image_quantities
 from finetune.plots import plot_calibration, plot_roc
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import Cohort, file_key, load_cohort
+from multimodal.cohort import Cohort, load_cohort
+from multimodal.cohort_duplicates import file_key
 from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
 

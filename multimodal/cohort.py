@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,33 +18,15 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from multimodal.cohort_duplicates import case_duplicate_problems, shared_image_problems
+from multimodal.cohort_labels import map_labels, na_marker
 from multimodal.config import CohortConfig
 from multimodal.csv_table import read_header, read_records
 from multimodal.errors import CohortError
+from multimodal.problems import Problem
 from multimodal.tabular import to_numeric_column
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LABEL_MAP = {
-    "0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1, "no": 0, "yes": 1,
-}
-
-
-@dataclass
-class Problem:
-    """One thing wrong with the cohort, tied to a subject and/or column where it applies."""
-
-    message: str
-    subject: str | None = None
-    column: str | None = None
-
-    def __str__(self) -> str:
-        where = []
-        if self.subject is not None:
-            where.append(f"subject {self.subject}")
-        if self.column is not None:
-            where.append(f"column {self.column!r}")
-        return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
 @dataclass
@@ -129,24 +109,9 @@ def read_table(config: CohortConfig) -> pd.DataFrame:
     return pd.DataFrame(cells, columns=header, index=pd.Index(lines, name="line"), dtype=object)
 
 
-def na_marker(config: CohortConfig) -> Callable[[str], bool]:
-    """Whether a (stripped) cell is one of the cohort's ``na_values``: the same text, or the same number."""
-    markers = {str(v).strip() for v in config.na_values}
-    numbers = {float(v) for v in config.na_values if _is_number(v)}
-    return lambda value: value in markers or (bool(numbers) and _is_number(value) and float(value) in numbers)
-
-
 def raw_header(path: Path) -> list[str]:
     """The CSV's header names as written (stripped; a byte-order mark dropped)."""
     return read_header(path)
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
@@ -223,63 +188,6 @@ def infer_feature_types(config: CohortConfig, frame: pd.DataFrame, columns: list
     return kinds
 
 
-def map_labels(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, list[Problem]]:
-    """Labels as (N,) float 0/1/NaN and a problem per unmappable value."""
-    if config.label is None:
-        return np.full(len(frame), np.nan), []
-    mapping = DEFAULT_LABEL_MAP if config.label_map is None else {
-        str(k).strip().casefold(): int(v) for k, v in config.label_map.items()
-    }
-    labels = np.full(len(frame), np.nan)
-    problems = []
-    is_marker = na_marker(config)
-    clashes = []
-    for i, (subject, value) in enumerate(zip(frame[config.id], frame[config.label], strict=True)):
-        if pd.isna(value):
-            continue
-        key = str(value).strip().casefold()
-        if is_marker(str(value)):
-            if key in mapping or (config.label_map is None and _is_number(key) and float(key) in (0.0, 1.0)):
-                clashes.append(str(value))
-            continue  # a declared marker: unlabeled
-        if key not in mapping and config.label_map is None and _is_number(key) and float(key) in (0.0, 1.0):
-            labels[i] = float(key)  # 1.00, +1, 0e0: the numbers 0 and 1 however written
-            continue
-        if key not in mapping:
-            problems.append(Problem(
-                f"label {value!r} is not one of {sorted(mapping)}; fix the value or set label_map in the "
-                "cohort config" + _unknown_hint(value),
-                subject=str(subject), column=config.label,
-            ))
-            continue
-        labels[i] = mapping[key]
-    if clashes:  # na_values apply to every column: a marker that is also a label would unlabel those subjects
-        problems.append(Problem(
-            f"na_values {sorted(set(clashes))} {'are' if len(set(clashes)) > 1 else 'is'} also a label value here "
-            f"({len(clashes)} subjects): na_values apply to every column, so these subjects would read as unlabeled; "
-            "remove it from na_values (and recode that feature's cells), or set label_map", column=config.label))
-    present = frame[config.label].map(lambda v: np.nan if isinstance(v, str) and is_marker(v) else v)
-    coding = _other_binary_coding(present) if config.label_map is None else None
-    if coding is not None:  # e.g. 1/2: its 1s read as events would be wrong, so the whole column is refused
-        return np.full(len(frame), np.nan), [Problem(coding, column=config.label)]
-    return labels, problems
-
-
-def _other_binary_coding(values: pd.Series) -> str | None:
-    """A problem when a label column holds exactly two numbers other than 0 and 1 (1/2, -1/1)."""
-    present = values.dropna().astype(str).str.strip()
-    if present.empty or not present.map(_is_number).all():
-        return None
-    numbers = present.astype(float)
-    levels = sorted(set(numbers))
-    if len(levels) != 2 or set(levels) <= {0.0, 1.0}:
-        return None
-    low, high = levels
-    counts = f"{int((numbers == low).sum())} and {int((numbers == high).sum())} subjects"
-    return (f"labels are coded {low:g}/{high:g} ({counts}), not 0/1; say which value is the event with label_map, "
-            f"e.g. label_map: {{{low:g}: 0, {high:g}: 1}} (or {{{low:g}: 1, {high:g}: 0}})")
-
-
 def resolve_image_path(config: CohortConfig, cell: Any) -> Path | None:
     """An image cell as an absolute path (relative to the CSV's folder); ``None`` when empty. A cell is
     never expanded (``~`` is a folder name here, as in any CSV reader): see ``image_cell_problems``."""
@@ -300,15 +208,6 @@ def image_cell_problems(config: CohortConfig, frame: pd.DataFrame) -> list[Probl
                                         "table; write the absolute path (e.g. /home/NAME/...) or one relative to the "
                                         "table's folder", subject=str(subject), column=column))
     return problems
-
-
-def _unknown_hint(value: Any) -> str:
-    """How to declare a word that means "unknown": ``na_values`` applies to every column, so a
-    number there (9 for unknown) would also blank that number in the clinical features."""
-    text = str(value).strip()
-    if pd.notna(pd.to_numeric(text, errors="coerce")):
-        return ""
-    return f", or add {text!r} to its na_values if it means unknown"
 
 
 def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
@@ -340,7 +239,7 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     kept_lines = line[~duplicated]
     frame = frame[~duplicated].reset_index(drop=True)
     labels = labels[~duplicated]
-    problems += _case_duplicate_problems(config, list(frame[config.id]), kept_lines)
+    problems += case_duplicate_problems(config, list(frame[config.id]), kept_lines)
     if frame.empty:
         problems.append(Problem(f"{config.csv.name} has a header but no subject rows; export the data rows too"))
     columns = feature_columns(config, frame)
@@ -368,54 +267,6 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     text = frame[config.text].set_axis(features.index) if config.text else pd.DataFrame(index=features.index)
     cohort = Cohort(config, [str(s) for s in frame[config.id]], labels, features, kinds, image_paths, text)
     return cohort, problems
-
-
-def _case_duplicate_problems(config: CohortConfig, ids: list[str], lines: np.ndarray) -> list[Problem]:
-    """Ids that differ only in letter case (``S01``, ``s01``) are one subject entered twice, as far as
-    anyone can tell: split across folds, its two rows would leak."""
-    first: dict[str, tuple[str, int]] = {}
-    problems = []
-    for subject, line in zip(ids, lines, strict=True):
-        other, other_line = first.setdefault(str(subject).casefold(), (subject, line))
-        if other != subject:
-            problems.append(Problem(f"id differs from {other!r} (row {other_line}) only in letter case (row {line}): "
-                                    "the same subject twice? make the ids unique beyond letter case",
-                                    subject=str(subject), column=config.id))
-    return problems
-
-
-def file_key(path: Path) -> Any:
-    """What makes two paths one file: the device and inode where it exists (symlinks, hard links,
-    ``..``), else the resolved path."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)
-    return (stat.st_dev, stat.st_ino)
-
-
-def shared_image_problems(config: CohortConfig, image_paths: dict[str, dict[str, Path | None]]) -> list[Problem]:
-    """One problem per image cell that names a file another cell already names: two subjects with one
-    scan (a copied row: the scan would sit in a training and a test fold at once) or two sequences of
-    one subject reading the same file (two copies of one channel)."""
-    owner: dict[Any, tuple[str, str]] = {}
-    problems = []
-    for subject, paths in image_paths.items():
-        for sequence, path in paths.items():
-            if path is None:
-                continue
-            first_subject, first_sequence = owner.setdefault(file_key(path), (subject, sequence))
-            if (first_subject, first_sequence) == (subject, sequence):
-                continue
-            if first_subject == subject:
-                message = (f"the {sequence} and {first_sequence} cells name the same file {path.name}; each "
-                           "sequence needs its own file")
-            else:
-                message = (f"{sequence} file {path.name} is also subject {first_subject}'s {first_sequence} image: "
-                           "one scan for two subjects would sit in training and test folds at once; give each "
-                           "subject its own scan, or remove the repeated row")
-            problems.append(Problem(message, subject=subject, column=config.images[sequence]))
-    return problems
 
 
 def _empty_cohort(config: CohortConfig) -> Cohort:
