@@ -82,6 +82,7 @@ PV_POWER = 0.74
 
 # =========================================================================== record + latents
 def _bernoulli(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
+    """0/1 draws with probabilities ``p``."""
     return (rng.random(p.shape) < p).astype(int)
 
 
@@ -236,6 +237,7 @@ def draw_independent_table(n: int, seed: int = 0, labeled_fraction: float = 0.5,
 
 
 def _auroc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """AUROC, or None when ``y`` holds one class only."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
@@ -394,13 +396,14 @@ def make_anatomy(subject: pd.Series, rng: np.random.Generator) -> Anatomy:
     size = (1.03 if subject["sex"] == 1 else 0.97) * rng.normal(1.0, 0.03)
     icv_axes = np.array([77.0, 96.0, 72.0]) * size * rng.normal(1.0, 0.025, 3)
     atrophy = float(subject["atrophy_z"])
+    fold_wavelength = float(rng.uniform(20.0, 26.0))  # gyral spacing (mm)
     anat = Anatomy(
         icv_axes=icv_axes,
         brain_fraction=float(np.clip(0.965 - 0.013 * atrophy, 0.88, 0.99)),
         exponent=float(rng.uniform(1.85, 2.15)),
         skull_mm=float(rng.uniform(3.5, 5.0)), scalp_mm=float(rng.uniform(2.5, 4.0)),
         shape_field=PlaneWaves(rng, 6, 55.0), shape_amp=float(rng.uniform(0.015, 0.03)),
-        folds=PlaneWaves(rng, 10, 1.0), fold_wavelength=float(rng.uniform(20.0, 26.0)),
+        folds=PlaneWaves(rng, 10, fold_wavelength), fold_wavelength=fold_wavelength,
         sulcal_depth=float(rng.uniform(9.0, 13.0)),
         sulcal_width=float(np.clip(1.6 + 0.9 * atrophy + rng.normal(0, 0.3), 0.6, 6.0)),
         ribbon=float(rng.uniform(2.0, 3.5)),
@@ -410,7 +413,6 @@ def make_anatomy(subject: pd.Series, rng: np.random.Generator) -> Anatomy:
         texture=PlaneWaves(rng, 8, 9.0), irregular=PlaneWaves(rng, 8, 14.0),
         foci=np.zeros((0, 4)), lacunes=np.zeros((0, 4)), infarcts=[],
     )
-    anat.folds.k *= np.float32(1.0 / anat.fold_wavelength)  # folds: wavelength set after draw
     # WMH: ~70 % periventricular (band thickness grows with the load), the rest punctate foci.
     wmh_ml = float(subject["wmh_ml"])
     anat.pv_thickness = float((0.7 * wmh_ml / PV_ML_AT_1MM) ** PV_POWER)
@@ -423,9 +425,12 @@ def make_anatomy(subject: pd.Series, rng: np.random.Generator) -> Anatomy:
         anat.foci = np.column_stack([centres, radii[: len(centres)]])
     count = int(subject["lacunes"])
     if count:
-        regions = [np.array([s * 17.0, 0.0, 4.0, 14.0, 22.0, 12.0]) for s in (-1, 1)]
-        centres = np.concatenate([_brain_points(anat, rng, count, (15.0, 80.0), 2.0, regions[int(rng.integers(2))])
-                                  for _ in range(1)])
+        # Deep grey nuclei and the deep white matter of either hemisphere.
+        sides = rng.choice([-1.0, 1.0], size=count)
+        centres = np.concatenate([
+            _brain_points(anat, rng, int((sides == s).sum()), (15.0, 80.0), 2.0,
+                          np.array([s * 17.0, 0.0, 8.0, 14.0, 24.0, 16.0]))
+            for s in (-1.0, 1.0) if (sides == s).any()])
         anat.lacunes = np.column_stack([centres, rng.uniform(1.5, 7.5, len(centres))])
     anat.infarcts = _infarcts(subject, anat, rng)
     return anat
@@ -661,6 +666,7 @@ def render(anat: Anatomy, subject: pd.Series, sequence: str, protocol: Protocol,
 
 
 def _save(image: np.ndarray, affine: np.ndarray, protocol: Protocol, path: Path, rng: np.random.Generator) -> None:
+    """Store ``image`` in the protocol's dtype at a random intensity scale, qform and sform set."""
     if protocol.dtype == "int16":
         data = np.clip(np.round(image * rng.uniform(600.0, 2400.0)), -32768, 32767).astype(np.int16)
     else:
@@ -695,6 +701,7 @@ def render_subject(subject_id: str, subject: pd.Series, out: Path, seed: int, in
 
 # =========================================================================== the cohort
 def _render_job(job: tuple[str, pd.Series, Path, int, int, int | None, tuple[str, ...]]) -> dict[str, str]:
+    """``render_subject`` on one argument tuple (picklable for a process pool)."""
     return render_subject(*job)
 
 
