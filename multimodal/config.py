@@ -517,6 +517,18 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return config
 
 
+def missing_files(config: RunConfig) -> list[str]:
+    """One line per input file a run config names that is not there: encoder weights and backbone
+    weights, the fixed test cohort. Checked by ``validate`` (a trained run's saved config may name files
+    that have moved since, so loading does not check them)."""
+    named = [(f"model.encoders.{m}.weights", spec.weights) for m, spec in config.model.encoders.items()]
+    named += [(f"model.encoders.{m}.args.backbone_weights", spec.args.get("backbone_weights"))
+              for m, spec in config.model.encoders.items()]
+    named += [(f"{section}.{key}", getattr(config, section).get(key)) for section, key in STAGE_PATH_KEYS]
+    return [f"{key}: {path} does not exist (or is not a file); give the path of a local file"
+            for key, path in named if isinstance(path, (str, Path)) and not Path(path).is_file()]
+
+
 def check_model(model: ModelConfig) -> None:
     """Each ``model.encoders`` entry must name a known modality and an encoder registered for it, so a
     typo is refused when the config loads (``validate`` too), not when a stage first builds data."""

@@ -171,7 +171,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from multimodal.config import is_run_config, load_cohort_config, load_run_config
+    from multimodal.config import is_run_config, load_cohort_config, load_run_config, missing_files
     from multimodal.errors import CohortError
     from multimodal.validate import format_report, validate_cohort
 
@@ -184,7 +184,7 @@ def run_validate(args: argparse.Namespace) -> int:
         from multimodal.errors import ConfigError
         from pretrain.config import pretrain_config
 
-        errors = []  # both sections' mistakes in one go, not one per run of validate
+        errors = missing_files(run_config)  # every section's mistakes in one go, not one per run of validate
         try:
             folds = finetune_config(run_config).folds
         except ConfigError as error:

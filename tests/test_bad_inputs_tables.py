@@ -391,3 +391,11 @@ def test_an_undeclared_missing_value_code_in_a_numeric_column_is_warned(tmp_path
     assert main(["validate", str(write_cohort(tmp_path, rows))]) == 0
     assert ("column 'age': holds -999 in 1 row(s), far outside its other values (60 .. 71): a missing-value code? "
             "declare it (na_values: [-999])") in capsys.readouterr().out
+
+
+def test_validate_names_the_input_files_a_run_config_lacks(tmp_path, capsys):
+    run = _run_config(tmp_path)
+    text = _refused(["validate", str(run), "--set", f"model.encoders.image.weights={tmp_path / 'medicalnet.safetensors'}",
+                     "--set", f"finetune.test_cohort={tmp_path / 'test' / 'cohort.yaml'}"], capsys,
+                    f"model.encoders.image.weights: {tmp_path / 'medicalnet.safetensors'} does not exist")
+    assert f"finetune.test_cohort: {tmp_path / 'test' / 'cohort.yaml'} does not exist" in text
