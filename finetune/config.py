@@ -16,6 +16,7 @@ BRANCHES = ("both", "image", "table")
 THRESHOLD_METHODS = ("youden", "sensitivity")
 HEADS = ("mlp", "probe")
 SELECTION = ("loss", "auroc")
+PROBE_COMPONENTS_FROM = ("fold", "pretraining")
 
 
 @dataclass
@@ -24,17 +25,21 @@ class FinetuneConfig:
     branches: str = "both"  # both | image | table: image-only and tabular-only ablations
     fusion: str = "concat"  # concat | gated | attention
     hidden: int = 128
-    # mlp: fusion + MLP head trained by SGD with early stopping; probe (frozen only): L2 logistic
-    # regression on [frozen embeddings + the baseline's table features], C by inner CV;
-    # null = probe when frozen, mlp otherwise (set by __post_init__)
+    # mlp: fusion + MLP head trained by SGD with early stopping; probe (frozen or trainable): L2 logistic
+    # regression on [frozen embeddings + the baseline's table features], C by inner CV; trainable then
+    # fine-tunes encoders and probe from it (LP-FT); null = probe unless scratch (set by __post_init__)
     head: str | None = None
     probe_table_embedding: bool = True  # probe: add the frozen table encoder's embedding to the table features
+    # probe: the per-block principal components come from the training fold, or from every subject
+    # the pretraining run read (its cohort and pretrain.rows; no labels)
+    probe_components: str = "fold"
     head_layers: int = 2  # hidden layers of the MLP head; 0 = a linear head (a linear probe when frozen)
     dropout: float = 0.3
     epochs: int = 50
     batch_size: int = 16
     lr: float = 1e-3  # the fusion head's learning rate
     encoder_lr_ratio: float = 0.1  # trainable: encoders learn at lr * ratio
+    layer_decay: float = 0.75  # trainable: each earlier image-encoder stage at this times the next (1 = off)
     weight_decay: float = 0.01
     loss: str = "weighted_bce"  # a name from finetune.losses.LOSSES
     loss_args: dict[str, Any] = field(default_factory=dict)  # e.g. {gamma: 2.0} for focal
@@ -62,12 +67,15 @@ class FinetuneConfig:
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
         check_choice("finetune.recalibration", self.recalibration, RECALIBRATIONS)
         if self.head is None:
-            self.head = "probe" if self.mode == "frozen" else "mlp"
+            self.head = "mlp" if self.mode == "scratch" else "probe"
         check_choice("finetune.head", self.head, HEADS)
         check_choice("finetune.select_on", self.select_on, SELECTION)
-        if self.head == "probe" and self.mode != "frozen":
-            raise ConfigError(f"finetune.head: probe fits a linear model on frozen embeddings; it needs "
-                              f"finetune.mode: frozen (got {self.mode}), or use head: mlp")
+        check_choice("finetune.probe_components", self.probe_components, PROBE_COMPONENTS_FROM)
+        if self.head == "probe" and self.mode == "scratch":
+            raise ConfigError(f"finetune.head: probe fits a linear model on pretrained embeddings; it needs "
+                              f"finetune.mode: frozen or trainable (got {self.mode}), or use head: mlp")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1] (1 = no decay), got {self.layer_decay}")
         self._check_numbers()
         from finetune.model import FUSIONS  # finetune.model imports this module
 

@@ -110,6 +110,8 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     run_config = load_run_config(run_dir / "config.yaml")
     settings = finetune_config(run_config)
     architecture = json.loads((run_dir / "model.json").read_text())
+    # The head the folds were built with; runs from before LP-FT name none, and trained mode trainable with mlp.
+    settings.head = architecture.get("head", "mlp" if settings.mode == "trainable" else settings.head)
     sequences = list(architecture["sequences"])
     model_config = fold_architecture(architecture, settings.branches)
     modalities = list(model_config.encoders)

@@ -19,9 +19,10 @@ encoder the head is the MLP on that embedding alone, whatever ``fusion`` says.
 
 Modes (``MODES``, issue 4 item 2): ``frozen`` (encoders fixed and in ``eval()``; only the head
 trains, on embeddings computed once by ``precompute_embeddings``), ``trainable`` (everything
-trains, encoders at ``lr * encoder_lr_ratio``) and ``scratch`` (everything at ``lr``; the caller
-builds the encoders without ``--init``). ``set_mode`` applies one, ``parameter_groups`` gives the
-matching AdamW groups.
+trains, encoders at ``lr * encoder_lr_ratio`` with layer-wise decay over the image encoder's
+stages; from the fitted probe with ``head: probe``, LP-FT: ``finetune.lpft``) and ``scratch``
+(everything at ``lr``; the caller builds the encoders without ``--init``). ``set_mode`` applies
+one, ``parameter_groups`` gives the matching AdamW groups.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import torch
 from torch import nn
 
 from finetune.config import MODES
-from finetune.probe import ProbeTable
+from finetune.lpft import ProbeReduction, has_stages, probe_head, stage_parameter_groups
+from finetune.probe import ProbeTable, probe_groups
 from multimodal.config import check_choice
 from multimodal.data import to_device
 from multimodal.errors import ConfigError
@@ -205,7 +207,8 @@ def build_classifier(encoders: dict[str, nn.Module | None], settings: Any, num_c
     """The fold classifier the ``finetune:`` settings describe, from encoders already built (None for
     a modality the run does not use). ``head: probe`` replaces the table branch by the baseline's
     table design (plus the frozen table embedding if ``probe_table_embedding``) and the head by one
-    ``Linear``; training, ``predict`` and the test cohort all build fold models here.
+    ``Linear`` (with ``mode: trainable``, LP-FT's reduction layers + ``Linear``: ``finetune.lpft``);
+    training, ``predict`` and the test cohort all build fold models here.
     ``table_embedding`` overrides ``probe_table_embedding`` (False when the table encoder was
     never pretrained: a random embedding would only add noise columns)."""
     encoders = {m: enc for m, enc in encoders.items() if enc is not None}
@@ -215,8 +218,11 @@ def build_classifier(encoders: dict[str, nn.Module | None], settings: Any, num_c
         if "table" in encoders:
             encoders["table"] = ProbeTable(encoders["table"] if table_embedding else None, num_continuous,
                                            category_sizes)
-        return FusionClassifier(encoders, fusion="concat", hidden=settings.hidden, dropout=settings.dropout,
-                                head_layers=0)
+        model = FusionClassifier(encoders, fusion="concat", hidden=settings.hidden, dropout=settings.dropout,
+                                 head_layers=0)
+        if getattr(settings, "mode", "frozen") == "trainable":  # LP-FT: the probe as layers the encoders feed
+            model.head = probe_head(probe_groups(model))
+        return model
     return FusionClassifier(encoders, fusion=settings.fusion, hidden=settings.hidden, dropout=settings.dropout,
                             head_layers=settings.head_layers)
 
@@ -269,9 +275,12 @@ def set_mode(model: FusionClassifier, mode: str) -> FusionClassifier:
     return model
 
 
+_NO_DECAY_KEYS = ("token", "pos_embed", "modality_embed")
+
+
 def _no_decay(name: str, param: nn.Parameter) -> bool:
     # As in pretraining: no weight decay on biases, norms and learned tokens / positions.
-    return param.ndim < 2 or any(key in name for key in ("token", "pos_embed", "modality_embed"))
+    return param.ndim < 2 or any(key in name for key in _NO_DECAY_KEYS)
 
 
 def parameter_groups(
@@ -280,21 +289,36 @@ def parameter_groups(
     lr: float,
     encoder_lr_ratio: float = 0.1,
     weight_decay: float = 0.01,
+    layer_decay: float = 1.0,
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups for ``mode``, each ``{"name", "params", "lr", "weight_decay"}``.
 
     ``frozen``: the head only, at ``lr``. ``trainable``: encoders at ``lr * encoder_lr_ratio``
-    (small steps keep the pretrained features), head at ``lr``. ``scratch``: everything at ``lr``.
-    Biases, norms and learned tokens go to a twin group without weight decay; empty groups are
-    left out. Call ``set_mode(model, mode)`` first.
+    (small steps keep the pretrained features), head at ``lr``; with ``layer_decay`` < 1 the image
+    encoder's last stage at that rate and each earlier one at ``layer_decay`` times the next
+    (``finetune.lpft.stage_parameter_groups``). LP-FT's reduction layers learn at the encoders'
+    rate, the final ``Linear`` at ``lr``. ``scratch``: everything at ``lr``. Biases, norms and
+    learned tokens go to a twin group without weight decay; empty groups are left out. Call
+    ``set_mode(model, mode)`` first.
     """
     check_choice("finetune.mode", mode, MODES)
-    if lr <= 0 or encoder_lr_ratio <= 0:
-        raise ConfigError(f"lr ({lr}) and encoder_lr_ratio ({encoder_lr_ratio}) must be > 0")
+    if lr <= 0 or encoder_lr_ratio <= 0 or not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"lr ({lr}) and encoder_lr_ratio ({encoder_lr_ratio}) must be > 0, layer_decay "
+                          f"({layer_decay}) in (0, 1]")
     encoder_ids = {id(p) for enc in model.encoders() for p in enc.parameters()}
+    # LP-FT's reduction is the probe's label-free feature map: it moves as slowly as the encoders.
+    encoder_ids |= {id(p) for m in model.head.modules() if isinstance(m, ProbeReduction) for p in m.parameters()}
     encoder_lr = lr * encoder_lr_ratio if mode == "trainable" else lr
+    image = getattr(model, "image_encoder", None)
+    staged = []
+    if mode == "trainable" and layer_decay < 1.0 and image is not None and has_stages(image):
+        staged = stage_parameter_groups(image, encoder_lr, layer_decay, weight_decay,
+                                        [f"*{key}*" for key in _NO_DECAY_KEYS])
+    staged_ids = {id(p) for group in staged for p in group["params"]}
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
+        if id(param) in staged_ids:
+            continue
         part = "encoders" if id(param) in encoder_ids else "head"
         if part == "encoders" and mode == "frozen":
             continue
@@ -307,7 +331,7 @@ def parameter_groups(
             "lr": encoder_lr if part == "encoders" else lr,
             "weight_decay": 0.0 if no_decay else weight_decay,
         })
-    return groups
+    return staged + groups
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 _CS = np.logspace(-4, 2, 13)  # the L2 grid of the logistic-regression baseline
 GROUP_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # per embedding block, searched with C (see fit_linear_probe)
 _INNER_FOLDS = 5
+PROBE_COMPONENTS = 16  # principal components kept per embedding block (fit_linear_probe's default)
 _EXHAUSTIVE_BLOCKS = 2  # up to this many embedding blocks every α combination is tried
 
 
@@ -91,7 +92,7 @@ class ProbeTable(nn.Module):
 
 
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups: np.ndarray | None = None,
-                     components: int | None = 16) -> dict[str, Any]:
+                     components: int | None = PROBE_COMPONENTS, basis: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the probe on one training fold.
 
     Args:
@@ -107,13 +108,18 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
             probe lost to logistic regression on the table alone (measured, benchmarks/README.md);
             α = 0 drops a block, so the probe can always fall back to the baseline. None = one group.
         components: principal components kept per embedding block (None = all columns).
+        basis: (M, F) unlabeled rows (e.g. every subject pretraining read) whose principal axes
+            replace the fold's for the embedding blocks; their design columns are not read.
+            None = the fold's own rows.
 
     Returns:
         ``weight (F,)`` and ``bias`` acting on the *raw* features (projection, standardisation
         and α folded in), ``C`` and ``group_weights`` (the chosen values), and
         ``oof_probabilities (N,)``: each training subject's probability from a model fitted
         without its inner fold at those values, for the decision threshold and recalibration
-        (in-sample probabilities would be optimistic).
+        (in-sample probabilities would be optimistic). Unfolded, for LP-FT's layers: ``mean (F,)``,
+        ``projection (F, F')``, ``scale (F',)``, ``reduced_groups (F',)``, ``reduced_coef (F',)``
+        (α folded in) and ``intercept``: logit = intercept + ((x - mean) @ projection / scale) · reduced_coef.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
@@ -124,7 +130,10 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
     if folds < 2:
         raise ValueError("the linear probe needs at least 2 positives and 2 negatives in the training fold")
     mean = x.mean(0)
-    projection, reduced_groups = _reduction(x - mean, groups, components)  # (F, F'), (F',)
+    axes_from = x if basis is None else np.asarray(basis, dtype=np.float64)  # rows the principal axes come from
+    if axes_from.ndim != 2 or axes_from.shape[1] != x.shape[1]:
+        raise ValueError(f"basis must have the features' {x.shape[1]} columns, got shape {axes_from.shape}")
+    projection, reduced_groups = _reduction(axes_from - axes_from.mean(0), groups, components)  # (F, F'), (F',)
     reduced = (x - mean) @ projection  # (N, F')
     scale = reduced.std(0)
     scale[scale < 1e-8] = 1.0  # a constant column (an absent category) gets weight 0 anyway
@@ -174,7 +183,9 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
     bias = float(search.intercept_[0] - (coef * mean).sum())
     group_weights = {int(b): float(weight[reduced_groups == b][0]) for b in blocks}
     logger.debug("linear probe: C %.4g, group weights %s over %d features", c, group_weights, x.shape[1])
-    return {"weight": coef, "bias": bias, "C": c, "group_weights": group_weights, "oof_probabilities": oof}
+    return {"weight": coef, "bias": bias, "C": c, "group_weights": group_weights, "oof_probabilities": oof,
+            "mean": mean, "projection": projection, "scale": scale, "reduced_groups": reduced_groups,
+            "reduced_coef": search.coef_[0] * weight, "intercept": float(search.intercept_[0])}
 
 
 def _reduction(centred: np.ndarray, groups: np.ndarray, components: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ from finetune.init import (
     reconcile_sequences,
 )
 from finetune.losses import balanced_sampler, create_loss, loss_arguments
+from finetune.lpft import load_probe_head
 from finetune.metrics import (
     classification_metrics,
 )
@@ -53,7 +54,8 @@ from finetune.model import (
     set_mode,
 )
 from finetune.oracle import ORACLE, fit_predict_oracle, true_image_quantities
-from finetune.probe import fit_linear_probe, load_probe, probe_groups
+from finetune.probe import fit_linear_probe, probe_groups
+from finetune.probe_basis import pretraining_basis
 from finetune.recalibration import apply_recalibration, fit_recalibration
 from finetune.summary import summarise_run
 from finetune.test_cohort import check_test_cohort, load_test_cohort
@@ -105,46 +107,52 @@ def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 def train_fold(model: FusionClassifier, settings: FinetuneConfig, train: MultimodalDataset | EmbeddingDataset,
                val: MultimodalDataset | EmbeddingDataset,
-               train_labels: np.ndarray, device: torch.device, seed: int) -> list[dict[str, float]]:
+               train_labels: np.ndarray, device: torch.device, seed: int,
+               from_start: bool = False) -> list[dict[str, Any]]:
     """Train in place with early stopping on the inner-validation loss (or AUROC, ``select_on``);
-    the best epoch's weights are kept. Returns the per-epoch history."""
+    the best epoch's weights are kept and its history entry marked ``"selected": True``. With
+    ``from_start`` the model as given competes as epoch 0 (LP-FT: a fold never ends above its
+    probe's inner-validation loss). Returns the per-epoch history."""
     loss_fn = create_loss(settings.loss, **{**loss_arguments(settings.loss, train_labels), **settings.loss_args}).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, settings.mode, settings.lr, settings.encoder_lr_ratio,
-                                                   settings.weight_decay))
+                                                   settings.weight_decay, settings.layer_decay))
     generator = torch.Generator().manual_seed(seed)
     sampler = balanced_sampler(train_labels, generator) if settings.balanced_sampler else None
     loader = DataLoader(train, batch_size=settings.batch_size, sampler=sampler, shuffle=sampler is None,
                         generator=generator, drop_last=len(train) > settings.batch_size)
-    best, best_state, waited, history = -math.inf, None, 0, []
+    best, best_state, best_entry, waited, history = -math.inf, None, 0, 0, []
     val_labels = val.labels.numpy()
-    for epoch in range(settings.epochs):
-        if isinstance(train, MultimodalDataset):
-            train.set_epoch(epoch)
-        model.train()
-        total = 0.0
-        for batch in loader:
-            batch = to_device(batch, device)
-            loss = loss_fn(classifier_logits(model, batch), batch["label"])
-            if not torch.isfinite(loss):
-                raise StrokeSSLError(f"fine-tuning loss became {loss.item()} in epoch {epoch + 1}; lower finetune.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
+    for epoch in range(-1 if from_start else 0, settings.epochs):  # epoch -1: the model as given
+        entry: dict[str, Any] = {"epoch": epoch + 1}
+        if epoch >= 0:
+            if isinstance(train, MultimodalDataset):
+                train.set_epoch(epoch)
+            model.train()
+            total = 0.0
+            for batch in loader:
+                batch = to_device(batch, device)
+                loss = loss_fn(classifier_logits(model, batch), batch["label"])
+                if not torch.isfinite(loss):
+                    raise StrokeSSLError(f"fine-tuning loss became {loss.item()} in epoch {epoch + 1}; lower finetune.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+            entry["train_loss"] = total / max(len(loader), 1)
         val_prob = predict_probabilities(model, val, settings.batch_size, device)
         val_logit = torch.logit(torch.as_tensor(val_prob, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)).float()
         # The training loss (class weights of the training fold) on inner validation.
-        val_loss = float(loss_fn(val_logit.to(device), val.labels.to(device)))
-        val_auroc = _auroc(val_labels, val_prob)
-        history.append({"epoch": epoch + 1, "train_loss": total / max(len(loader), 1), "val_loss": val_loss,
-                        "val_auroc": val_auroc})
-        score = -val_loss if settings.select_on == "loss" else val_auroc
+        entry["val_loss"] = float(loss_fn(val_logit.to(device), val.labels.to(device)))
+        entry["val_auroc"] = _auroc(val_labels, val_prob)
+        history.append(entry)
+        score = -entry["val_loss"] if settings.select_on == "loss" else entry["val_auroc"]
         if score > best or best_state is None:
-            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+            best, best_state, best_entry, waited = score, copy.deepcopy(model.state_dict()), len(history) - 1, 0
         else:
             waited += 1
             if waited >= settings.patience:
                 break
+    history[best_entry]["selected"] = True
     model.load_state_dict(best_state)
     return history
 
@@ -181,6 +189,19 @@ class FoldContext:
                          for m in self.modalities]
         self.share_embeddings = settings.mode == "frozen" and self.preprocessor is not None and all(deterministic)
         self._embedded: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._basis: np.ndarray | None = None
+
+    def probe_basis(self, model: FusionClassifier) -> np.ndarray | None:
+        """``probe_components: pretraining``: the ``(M, F)`` probe inputs of every subject the
+        pretraining run read (``finetune.probe_basis``), computed once, as the pretrained encoders are
+        every fold's before it trains; ``fold``: None."""
+        if self.settings.probe_components == "fold" or self.pretrained is None:
+            return None
+        if self._basis is None:
+            others = {m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES}
+            self._basis = pretraining_basis(model, self.pretrained, self.run_config, self.preprocessor,
+                                            self.sequences, others, self.settings.batch_size, self.device)
+        return self._basis
 
     def embed(self, model: FusionClassifier, ids: list[str], preprocessor: TabularPreprocessor,
               labels: np.ndarray) -> EmbeddingDataset:
@@ -244,6 +265,10 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     if settings.head == "probe":
         history, val_ids, raw_val_prob, test_prob = _fit_probe_fold(ctx, model, preprocessor, train_ids, test_ids,
                                                                     labels, seed)
+        if settings.mode == "trainable":  # LP-FT: fine-tune encoders and probe from the fitted probe
+            history, val_ids, raw_val_prob, test_prob = _finetune_probe(
+                ctx, model, preprocessor, train_ids, test_ids, labels, seed,
+                (history, val_ids, raw_val_prob, test_prob))
     else:
         history, val_ids, raw_val_prob, test_prob = _train_fold(ctx, model, preprocessor, train_ids, test_ids,
                                                                 labels, seed)
@@ -302,11 +327,37 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)
     features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
     require_finite(features, train_ids, "the embedding", NON_FINITE_ADVICE)
-    fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model))
-    load_probe(model.head[-1], fit)
-    history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0])}]
+    basis = ctx.probe_basis(model)
+    fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model), basis=basis)
+    load_probe_head(model.head, fit)
+    history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0]),
+                "components_from": ctx.settings.probe_components if basis is not None else "fold",
+                "component_subjects": len(basis) if basis is not None else len(train_ids)}]
     return (history, train_ids, np.asarray(fit["oof_probabilities"]),
             predict_probabilities(model, embedded["test"], batch_size, ctx.device))
+
+
+def _finetune_probe(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor,
+                    train_ids: list[str], test_ids: list[str], labels: Any, seed: int,
+                    probe: tuple[list[dict[str, Any]], list[str], np.ndarray, np.ndarray],
+                    ) -> tuple[list[dict[str, Any]], list[str], np.ndarray, np.ndarray]:
+    """LP-FT: from the fitted probe (``_fit_probe_fold``'s outcome), train encoders and probe layers on
+    inner-train; the inner-validation loss picks the epoch, the probe itself (epoch 0) included. Its loss
+    there is partly in-sample (the probe saw the whole training fold), which errs towards keeping the
+    probe. Kept, the fold is the frozen probe's, threshold and recalibration from its out-of-fold
+    probabilities; else from the fine-tuned model's inner-validation probabilities."""
+    settings = ctx.settings
+    inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
+    data = {name: ctx.dataset(ids, preprocessor, augment=name == "train")
+            for name, ids in (("train", inner_train), ("val", inner_val))}
+    epochs = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed,
+                        from_start=True)
+    history = [*probe[0], *epochs]
+    if next(e for e in epochs if e.get("selected"))["epoch"] == 0:  # the probe stayed best
+        return history, *probe[1:]
+    test = ctx.dataset(test_ids, preprocessor, augment=False)
+    return (history, inner_val, predict_probabilities(model, data["val"], settings.batch_size, ctx.device),
+            predict_probabilities(model, test, settings.batch_size, ctx.device))
 
 
 # --------------------------------------------------------------------------- the run
@@ -391,6 +442,7 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
     atomic_write_text(run_dir / "model.json", json.dumps({
         "encoders": to_dict(architecture.encoders), "sequences": ctx.sequences, "init": str(init) if init is not None else None,
         "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),
+        "head": settings.head,
     }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
