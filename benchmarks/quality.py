@@ -62,6 +62,16 @@ PRETRAININGS = {
     "clip_masked": {"clip": 1.0, "masked_tabular": 1.0},
     "simclr": {"simclr": 1.0},
     "scarf": {"scarf": 1.0},
+    # Levers that keep the image's own information (optional objectives and encoder options).
+    "clip_masked_volume": {"clip": 1.0, "masked_volume": 1.0},
+    "clip_multiscale": {"clip": 1.0},
+    "clip_simclr_lesion": {"clip": 1.0, "simclr": 1.0},
+}
+# Further run-config overrides of a pretraining (beyond its objectives).
+PRETRAIN_SETS: dict[str, list[str]] = {
+    "clip_multiscale": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
+                        '"pool": "multiscale"}'],
+    "clip_simclr_lesion": ["pretrain.simclr_views=lesion_preserving"],
 }
 _PROBE = {"mode": "frozen", "head": "probe"}
 # Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
@@ -76,9 +86,13 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "simclr": ("simclr", _PROBE),
     "scarf": ("scarf", {**_PROBE, "branches": "table"}),
     "scratch": (None, {"mode": "scratch", "head": "mlp"}),
+    "masked_volume": ("clip_masked_volume", _PROBE),  # clip + masked-volume modelling, then the probe
+    "multiscale": ("clip_multiscale", _PROBE),  # clip with average + max pooling of two stages
+    "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
-MULTIMODAL, UNIMODAL = ("default", "clip_itm_probe", "masked_tabular"), ("simclr", "scarf")
+MULTIMODAL = ("default", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale", "clip_simclr_lesion")
+UNIMODAL = ("simclr", "scarf")
 
 
 @dataclass
@@ -114,7 +128,13 @@ def _sets(section: str, values: dict[str, Any]) -> list[str]:
 def prepare_cohort(root: Path, profile: Profile, seed: int, risk_profile: str = "standard") -> dict[str, Any]:
     """Synthesise once; split the labeled subjects into a training pool and a fixed test cohort."""
     cohort_yaml = root / "cohort" / "cohort.yaml"
-    if not (root / "cohort" / "cohort.csv").is_file():
+    if (root / "cohort" / "cohort.csv").is_file():
+        pass
+    elif risk_profile == "independent":  # the second generator, written apart from ours (native grids)
+        from independent_generator import write_independent_cohort  # benchmarks/ is on sys.path
+
+        write_independent_cohort(root / "cohort", n=profile.n, labeled_fraction=profile.labeled_fraction, seed=seed)
+    else:
         write_synthetic_cohort(root / "cohort", n=profile.n, grid=profile.grid,
                                labeled_fraction=profile.labeled_fraction, seed=seed, profile=risk_profile)
     table = pd.read_csv(root / "cohort" / "cohort.csv", dtype=str, keep_default_na=False)
@@ -151,7 +171,7 @@ def pretrain(root: Path, name: str, cohort: Path, profile: Profile) -> Path:
     run = root / f"pretrain-{name}"
     if not (run / "metrics.json").is_file():
         overrides = [f"cohort={cohort}", f"run.dir={run}", f"pretrain.objectives={json.dumps(PRETRAININGS[name])}",
-                     *_sets("pretrain", profile.pretrain)]
+                     *PRETRAIN_SETS.get(name, []), *_sets("pretrain", profile.pretrain)]
         run_pretrain(CONFIG, overrides, resume=True)
     return run
 
@@ -316,7 +336,7 @@ def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[s
 
 # --quick on the image profile runs a subset, so both profiles fit in 15 minutes on 2 cores.
 QUICK_METHODS = {"image": ("default", "image_only", "scarf", "scratch")}
-RISK_PROFILES = ("standard", "image")
+RISK_PROFILES = ("standard", "image")  # "both"; "independent" (the second generator) runs only when named
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -324,9 +344,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a < 15-minute run on 2 cores (small cohorts, 1 seed)")
     parser.add_argument("--tune", action="store_true",
                         help="the tuning size (1,200 subjects, full budget, one seed); use another --cohort-seed, e.g. 11")
-    parser.add_argument("--profile", choices=[*RISK_PROFILES, "both"], default="both",
+    parser.add_argument("--profile", choices=[*RISK_PROFILES, "both", "independent"], default="both",
                         help="synth risk profile: standard, image (the image carries risk the record barely "
-                             "predicts) or both (default)")
+                             "predicts) or both (default); independent: a cohort of benchmarks/independent_generator.py")
     parser.add_argument("--runs", type=Path, help="working folder (default runs/quality[-quick][-image])")
     parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")

@@ -171,7 +171,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from multimodal.config import is_run_config, load_cohort_config, load_run_config, missing_files
+    from multimodal.config import is_run_config, load_cohort_config, load_run_config
+    from multimodal.config_checks import missing_files
     from multimodal.errors import CohortError
     from multimodal.validate import format_report, validate_cohort
 
