@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from multimodal.cohort import load_cohort
 from multimodal.config import load_cohort_config, load_run_config
-from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.imaging import ImageDataset
+from multimodal.volume_cache import VolumeCache
 
 RESULTS = Path(__file__).parent / "results"
 

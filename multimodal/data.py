@@ -35,9 +35,10 @@ from torch.utils.data import Dataset
 from multimodal.cohort import Cohort
 from multimodal.config import AugmentConfig, CohortConfig, RunConfig
 from multimodal.errors import ConfigError
-from multimodal.imaging import ImageDataset, VolumeCache
+from multimodal.imaging import ImageDataset
 from multimodal.registry import Registry
 from multimodal.tabular import TabularPreprocessor
+from multimodal.volume_cache import VolumeCache
 
 CACHE_FOLDER = ".strokessl-cache"
 BUILT_IN_MODALITIES = ("image", "table")  # read by VolumeCache and TabularPreprocessor

@@ -73,7 +73,12 @@ def build_pretrain_data(
     others = {m: run_config.model.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}
     sequences = resolve_sequences(run_config, cohort)
     cache = volume_cache(run_config, cohort_config, sequences)
-    present = modality_presence(cohort, subjects, cache if "image" in modalities else None, others)
+    use_images = "image" in modalities
+    if use_images:  # first: under missing_images zero / drop_modality preprocessing says whose image is usable
+        if distributed.is_main():
+            cache.warm(cohort.records(subjects), workers=run_config.data.workers)
+        distributed.barrier()
+    present = modality_presence(cohort, subjects, cache if use_images else None, others)
     complete = np.logical_and.reduce([present[m] for m in modalities])
     if not complete.all():
         lacking = {m: int((~present[m]).sum()) for m in modalities if not present[m].all()}
@@ -99,12 +104,7 @@ def build_pretrain_data(
         if distributed.is_main():
             preprocessor.save(preprocessor_path)
 
-    use_images = "image" in modalities
     use_table = "table" in modalities
-    if use_images:
-        if distributed.is_main():
-            cache.warm(cohort.records(train_ids + val_ids), workers=run_config.data.workers)
-        distributed.barrier()
 
     simclr = "simclr" in pretrain.objectives
     # with simclr, pretrain.simclr_views chooses the training views' augmentation (every view: with clip

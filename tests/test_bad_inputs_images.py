@@ -26,8 +26,9 @@ from test_bad_inputs import _image, assert_validate_outcome
 
 from multimodal.config import ImagingConfig
 from multimodal.errors import ImageError
-from multimodal.imaging import VolumeCache, preprocess_subject
+from multimodal.imaging import preprocess_subject
 from multimodal.synthetic import write_synthetic_cohort
+from multimodal.volume_cache import VolumeCache
 from strokessl.cli import main
 
 N = 12

@@ -8,8 +8,8 @@ from conftest import write_cohort, write_nifti
 from multimodal.cohort import load_cohort
 from multimodal.config import ImagingConfig, load_cohort_config
 from multimodal.data import build_dataset
-from multimodal.imaging import VolumeCache
 from multimodal.tabular import TabularPreprocessor
+from multimodal.volume_cache import VolumeCache
 
 
 def _cohort(tmp_path, policy):

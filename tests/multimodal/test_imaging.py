@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from multimodal import imaging
 from multimodal.config import AugmentConfig, ImagingConfig
 from multimodal.errors import ImageError
-from multimodal.imaging import ImageDataset, VolumeCache, build_augmentation, preprocess_subject
+from multimodal.imaging import ImageDataset, build_augmentation, preprocess_subject
+from multimodal.volume_cache import CACHE_KEYS, VolumeCache
 
 # A phantom in world (RAS mm) coordinates: an off-centre ellipsoid "head" whose intensity
 # ramps along z, and a small bright sphere at a known position (+x, +y, -z of the head centre).
@@ -195,7 +196,7 @@ def test_cache_hit_does_not_reread_nifti(tmp_path, monkeypatch):
     assert len(calls) == 2 and cache.built == 1
     second = cache.load(record)
     assert len(calls) == 2 and cache.hits == 1
-    for key in imaging.CACHE_KEYS:
+    for key in CACHE_KEYS:
         assert torch.equal(first[key], second[key])
     assert list((tmp_path / "cache").iterdir()) == [cache.path(record)]
 
@@ -341,7 +342,7 @@ def test_two_processes_warming_one_cache_folder_corrupt_nothing(tmp_path):
     cohort = write_synthetic_cohort(tmp_path / "c", n=12, grid=16, labeled_fraction=0.5, seed=2)
     script = (
         "import sys; from multimodal.cohort import load_cohort; from multimodal.config import ImagingConfig, "
-        "load_cohort_config; from multimodal.imaging import VolumeCache; "
+        "load_cohort_config; from multimodal.volume_cache import VolumeCache; "
         "c = load_cohort(load_cohort_config(sys.argv[1])); "
         "VolumeCache(sys.argv[2], ImagingConfig(spacing=(14.0, 14.0, 14.0), spatial_size=(16, 16, 16)), "
         "['flair', 'dwi']).warm(c.records())"
