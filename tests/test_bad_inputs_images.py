@@ -158,11 +158,12 @@ def _preprocess(paths: dict[str, str], policy: str = "error") -> dict[str, torch
     return preprocess_subject({"subject_id": "sub-7", "image": paths}, IMAGING, list(paths), policy)
 
 
-@pytest.mark.parametrize("scale", [3.0e38, 1e-9], ids=["FLAIR near the float32 maximum", "ADC in m2/s"])
-def test_an_image_in_any_legal_unit_gives_the_same_volume(tmp_path, scale):
+@pytest.mark.parametrize(("scale", "dtype"), [(3.0e38, np.float32), (1e-9, np.float32), (1e300, np.float64)],
+                         ids=["FLAIR near the float32 maximum", "ADC in m2/s", "float64 beyond the float32 range"])
+def test_an_image_in_any_legal_unit_gives_the_same_volume(tmp_path, scale, dtype):
     head = _head()
     reference = _preprocess({"flair": _write(tmp_path, "ref.nii", head)})["image"]
-    scaled = _preprocess({"flair": _write(tmp_path, "scaled.nii", head / head.max() * scale)})["image"]
+    scaled = _preprocess({"flair": _write(tmp_path, "scaled.nii", head / head.max() * scale, dtype=dtype)})["image"]
     assert torch.isfinite(scaled).all()
     assert torch.allclose(scaled, reference, atol=1e-3)
 
