@@ -92,9 +92,14 @@ class CohortConfig:
             if not isinstance(marker, (str, int, float)):
                 raise ConfigError(f"na_values[{i}] must be a word or a number, got {marker!r}")
         if self.label_map is not None:
+            seen: dict[str, str] = {}  # labels match after stripping and ignoring case
             for value, target in self.label_map.items():
                 if target not in (0, 1):
                     raise ConfigError(f"label_map.{value} must map to 0 or 1, got {target!r}")
+                other = seen.setdefault(str(value).strip().casefold(), value)
+                if other != value:
+                    raise ConfigError(f"label_map names {other!r} and {value!r}, one label once case and spaces are "
+                                      "ignored (as labels are matched); keep one of them")
 
     @property
     def root(self) -> Path:

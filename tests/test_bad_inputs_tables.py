@@ -399,3 +399,10 @@ def test_validate_names_the_input_files_a_run_config_lacks(tmp_path, capsys):
                      "--set", f"finetune.test_cohort={tmp_path / 'test' / 'cohort.yaml'}"], capsys,
                     f"model.encoders.image.weights: {tmp_path / 'medicalnet.safetensors'} does not exist")
     assert f"finetune.test_cohort: {tmp_path / 'test' / 'cohort.yaml'} does not exist" in text
+
+
+def test_label_map_keys_that_are_one_label_once_case_is_ignored_are_refused(tmp_path, capsys):
+    write_cohort(tmp_path, _rows(tmp_path))
+    path = _yaml(tmp_path, "csv: cohort.csv\nimages: {flair: flair}\nlabel_map: {Yes: 1, 'yes ': 0, no: 0}\n")
+    _refused(["validate", str(path)], capsys, "label_map names 'Yes' and 'yes ', one label once case and spaces are "
+             "ignored (as labels are matched); keep one of them")
