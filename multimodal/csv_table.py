@@ -95,8 +95,9 @@ def read_records(path: Path) -> tuple[list[str], list[int], list[list[str]]]:
     start = 1
     try:
         for record in reader:
-            if record:
-                records.append([cell.strip() for cell in record])
+            cells = [cell.strip() for cell in record]
+            if any(cells):  # a blank line, or one of commas only (an empty spreadsheet row), holds nothing
+                records.append(cells)
                 lines.append(start)
             start = reader.line_num + 1
     except csv.Error as err:
@@ -105,7 +106,14 @@ def read_records(path: Path) -> tuple[list[str], list[int], list[list[str]]]:
                 f"a stray quote ({err}): a value holding a quote must be quoted whole, with the quote doubled (\"\")")
         raise CohortError(f"cohort table {path} is not a readable CSV: the row starting on line {start}: {what}; "
                           "fix the quoting there") from err
+    if records[0][0].casefold().startswith("sep=") and len(records[0]) <= 2:
+        raise CohortError(f"cohort table {path}: line 1 ({','.join(records[0])!r}) is Excel's separator hint, not a "
+                          "header row; delete that line (or save the table again as 'CSV UTF-8 (comma delimited)')")
     header, rows, lines = records[0], records[1:], lines[1:]
+    repeated = [line for line, row in zip(lines, rows, strict=True) if row == header]
+    if repeated:
+        raise CohortError(f"cohort table {path}: {_lines(repeated)} repeat{'s' if len(repeated) == 1 else ''} the "
+                          "header row (tables joined one after another?); remove the repeated header lines")
     if len(header) == 1:
         for separator, name in SEPARATORS:
             if separator in header[0]:

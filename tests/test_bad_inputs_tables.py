@@ -2,7 +2,9 @@
 
 Like ``tests/test_bad_inputs.py``: each case breaks one thing in a small cohort or run config and
 runs the CLI; a refusal exits 2 with one line on stderr naming what is wrong and never shows a
-traceback. The outcomes are the rows marked † in ``docs/robustness.md``.
+traceback. Handled cases check what was read (a category stays a category), and the fixed test
+cohort's checks are called as ``finetune`` calls them before training. The outcomes are the rows
+marked † in ``docs/robustness.md``.
 """
 
 from __future__ import annotations
@@ -406,3 +408,16 @@ def test_label_map_keys_that_are_one_label_once_case_is_ignored_are_refused(tmp_
     path = _yaml(tmp_path, "csv: cohort.csv\nimages: {flair: flair}\nlabel_map: {Yes: 1, 'yes ': 0, no: 0}\n")
     _refused(["validate", str(path)], capsys, "label_map names 'Yes' and 'yes ', one label once case and spaces are "
              "ignored (as labels are matched); keep one of them")
+
+
+def test_joined_exports_and_excel_leftovers(tmp_path, capsys):
+    path = write_cohort(tmp_path, _rows(tmp_path))
+    table = tmp_path / "cohort.csv"
+    good = table.read_text()
+    lines = good.splitlines()
+    table.write_text("\n".join([*lines[:7], lines[0], *lines[7:]]) + "\n")  # a second export appended
+    _refused(["validate", str(path)], capsys, "line 8 repeats the header row (tables joined one after another?)")
+    table.write_text("sep=,\n" + good)  # Excel's separator hint
+    _refused(["validate", str(path)], capsys, "line 1 ('sep=,') is Excel's separator hint, not a header row")
+    table.write_text(good + ",,,,,\n,,,,,\n")  # empty spreadsheet rows at the end hold nothing: skipped
+    assert main(["validate", str(path)]) == 0
