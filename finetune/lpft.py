@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.models._manipulate import MATCH_PREV_GROUP
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
@@ -112,9 +111,10 @@ def load_probe_head(head: nn.Sequential, fit: dict[str, Any]) -> None:
 # Stages by parameter name, for the 3D MONAI ResNet and the slice encoder's timm ResNet alike:
 # ``backbone.conv1`` / ``bn1`` (the stem), ``backbone.layer1`` ... ``layer4``; the 3D encoder's
 # token positions join the last stage, anything else (the slice encoder's LSTM) comes after it.
+_MATCH_PREV_GROUP = (99999,)  # timm's marker (timm.models._manipulate): join the group before
 _STAGES = {
     "stem": r"^encoder\.backbone\.(?:conv1|bn1)\b",  # no capture: timm sorts captured numbers
-    "blocks": [(r"^encoder\.backbone\.layer(\d+)\.", None), (r"^encoder\.pos_embed$", MATCH_PREV_GROUP)],
+    "blocks": [(r"^encoder\.backbone\.layer(\d+)\.", None), (r"^encoder\.pos_embed$", _MATCH_PREV_GROUP)],
 }
 
 

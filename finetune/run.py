@@ -345,7 +345,9 @@ def _finetune_probe(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     inner-train; the inner-validation loss picks the epoch, the probe itself (epoch 0) included. Its loss
     there is partly in-sample (the probe saw the whole training fold), which errs towards keeping the
     probe. Kept, the fold is the frozen probe's, threshold and recalibration from its out-of-fold
-    probabilities; else from the fine-tuned model's inner-validation probabilities."""
+    probabilities; else from the fine-tuned model's inner-validation probabilities. (Selection rather than an
+    average of weights: only selection bounds the result by the probe's loss, and it is the early
+    stopping the MLP head already uses.)"""
     settings = ctx.settings
     inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
     data = {name: ctx.dataset(ids, preprocessor, augment=name == "train")
