@@ -89,6 +89,8 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "masked_volume": ("clip_masked_volume", _PROBE),  # clip + masked-volume modelling, then the probe
     "multiscale": ("clip_multiscale", _PROBE),  # clip with average + max pooling of two stages
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
+    "lpft": ("clip", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
+    "probe_pcs_pretraining": ("clip", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
 MULTIMODAL = ("default", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale", "clip_simclr_lesion")
