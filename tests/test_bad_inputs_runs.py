@@ -44,7 +44,7 @@ def _copy(run: Path, tmp_path: Path, legacy: bool = False) -> Path:
     copy = tmp_path / run.name
     shutil.copytree(run, copy)
     if legacy:
-        (copy / "run.json").unlink()
+        (copy / "run.json").unlink(missing_ok=True)
     return copy
 
 
