@@ -30,10 +30,10 @@ TINY_HEADS = {"head_extent_mm": [1.0, 1000.0]}
 
 
 def write_cohort(folder: Path, rows: list[dict], config: dict | None = None) -> Path:
-    """Write ``cohort.csv`` (from row dicts, empty string = empty cell) and ``cohort.yaml``."""
+    """Write ``cohort.csv`` (from row dicts, empty string or None = empty cell) and ``cohort.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
+    lines = [",".join(columns)] + [",".join("" if row.get(c) is None else str(row[c]) for c in columns) for row in rows]
     (folder / "cohort.csv").write_text("\n".join(lines) + "\n")
     data = {"csv": "cohort.csv", "id": "subject_id", "images": {"flair": "flair"}, "label": "recurrence_12m",
             **TINY_HEADS}
