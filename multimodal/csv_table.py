@@ -103,11 +103,15 @@ def read_records(path: Path) -> tuple[list[str], list[int], list[list[str]]]:
     except csv.Error as err:
         unclosed = "unexpected end of data" in str(err) or "field larger" in str(err)
         what = ("a quote (\") opened there is never closed" if unclosed else
+                "a NUL byte (part of the file is binary or UTF-16)" if "NUL" in str(err) else
                 f"a stray quote ({err}): a value holding a quote must be quoted whole, with the quote doubled (\"\")")
         raise CohortError(f"cohort table {path} is not a readable CSV: the row starting on line {start}: {what}; "
                           "fix the quoting there") from err
+    if not records:
+        raise CohortError(f"cohort table {path} holds empty cells only (not a readable CSV); export the table with "
+                          "its header row")
     if records[0][0].casefold().startswith("sep=") and len(records[0]) <= 2:
-        raise CohortError(f"cohort table {path}: line 1 ({','.join(records[0])!r}) is Excel's separator hint, not a "
+        raise CohortError(f"cohort table {path}: line {lines[0]} ({','.join(records[0])!r}) is Excel's separator hint, not a "
                           "header row; delete that line (or save the table again as 'CSV UTF-8 (comma delimited)')")
     header, rows, lines = records[0], records[1:], lines[1:]
     repeated = [line for line, row in zip(lines, rows, strict=True) if row == header]

@@ -419,5 +419,7 @@ def test_joined_exports_and_excel_leftovers(tmp_path, capsys):
     _refused(["validate", str(path)], capsys, "line 8 repeats the header row (tables joined one after another?)")
     table.write_text("sep=,\n" + good)  # Excel's separator hint
     _refused(["validate", str(path)], capsys, "line 1 ('sep=,') is Excel's separator hint, not a header row")
+    table.write_text(",,,,,\n" * 3)  # an export of an empty sheet
+    _refused(["validate", str(path)], capsys, "holds empty cells only (not a readable CSV)")
     table.write_text(good + ",,,,,\n,,,,,\n")  # empty spreadsheet rows at the end hold nothing: skipped
     assert main(["validate", str(path)]) == 0
