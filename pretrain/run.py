@@ -291,7 +291,11 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
                                seed=run_config.seed).to(device)
     trained = step_module
     if distributed.world_size() > 1:
-        trained = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        # Which parameters a step uses depends on the objectives (clip alone never reads the image
+        # tokens' positions or a matching head), so DDP must look for unused ones: without it the
+        # default clip run failed at its second step under torchrun.
+        trained = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=True)
     train_loader = make_loader(data.train, pretrain.batch_size, run_config.data.workers, run_config.seed, train=True)
     val_loader = make_loader(data.val, pretrain.batch_size, run_config.data.workers, run_config.seed, train=False)
     steps_per_epoch = len(train_loader)
