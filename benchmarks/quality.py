@@ -32,7 +32,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cohort-seed", type=int, default=2, help="synth seed of the reported cohort")
     parser.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick][_image].json)")
+    parser.add_argument("--budgets", help="comma-separated subset of the profile's budgets, e.g. 0.1,1.0")
+    parser.add_argument("--seeds", help="comma-separated subset of the profile's seeds, e.g. 0")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: tabulate the finished runs in --runs (e.g. after a stopped benchmark)")
@@ -378,6 +380,10 @@ def run_benchmark(args: argparse.Namespace, risk_profile: str, methods: list[str
     """Every method on one synthetic cohort profile; writes its JSON + Markdown table and returns it."""
     size = "quick" if args.quick else "tune" if args.tune else "full"
     profile = PROFILES[size]
+    if args.budgets or args.seeds:  # a subset of the runs (the table then says fewer seeds)
+        profile = replace(profile, budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets
+                          else profile.budgets,
+                          seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else profile.seeds)
     suffix = ("" if size == "full" else f"_{size}") + ("" if risk_profile == "standard" else f"_{risk_profile}")
     root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
     out = args.out or HERE / "results" / f"quality{suffix}.json"
