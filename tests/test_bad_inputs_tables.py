@@ -181,6 +181,8 @@ def test_yaml_words_in_na_values_and_label_map_stay_words(tmp_path):
     from multimodal.yaml_loader import load_yaml
 
     assert from_dict(ImagingConfig, load_yaml("augment: {enabled: off}")).augment.enabled is False
+    # a key overriding one merged from an anchor is no repeated key
+    assert load_yaml("a: &x {b: 1}\nc: {<<: *x, b: 2}") == {"a": {"b": 1}, "c": {"b": 2}}
 
 
 @pytest.mark.parametrize(("text", "expected"), [
