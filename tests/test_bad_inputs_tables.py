@@ -183,6 +183,8 @@ def test_yaml_words_in_na_values_and_label_map_stay_words(tmp_path):
     assert from_dict(ImagingConfig, load_yaml("augment: {enabled: off}")).augment.enabled is False
     # a key overriding one merged from an anchor is no repeated key
     assert load_yaml("a: &x {b: 1}\nc: {<<: *x, b: 2}") == {"a": {"b": 1}, "c": {"b": 2}}
+    # numbers read as numbers (YAML 1.1 read 3e-4 as text and 010 as octal 8)
+    assert load_yaml("[2_000, 3e-4, 010, 0x1f, -1.5, .inf]") == [2000, 3e-4, 10, 31, -1.5, float("inf")]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
