@@ -307,9 +307,10 @@ def _acquire(path: Path, holder: dict[str, Any]) -> None:
                     raise RunFolderError(f"run folder {path.parent} is being locked by another process ({path}); "
                                          "wait for it to finish")
         elif _live_holder(path) is not None:
-            local = other.get("host") == socket.gethostname()
-            raise RunFolderError(f"run folder {path.parent} is in use by {_describe(other)}; wait for it to finish"
-                                 + ("" if local else f", or delete {path} if that process is no longer running"))
+            gone = ("is not a strokessl run (its number was reused)" if other.get("host") == socket.gethostname()
+                    else "is no longer running")
+            raise RunFolderError(f"run folder {path.parent} is in use by {_describe(other)}; wait for it to finish, "
+                                 f"or delete {path} if that process {gone}")
         logger.warning("run folder %s: taking over the stale lock of %s, which is no longer running", path.parent,
                        _describe(other) if other is not None else "an unreadable lock file")
         stale = path.with_name(f".{LOCK}.stale-{os.getpid()}")
