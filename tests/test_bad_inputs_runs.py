@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from multimodal.synthetic import write_synthetic_cohort
 from strokessl.cli import main
 
-FINETUNE = {"mode": "scratch", "epochs": 1, "batch_size": 8, "folds": 2, "repeats": 1, "bootstrap": 50,
+FINETUNE = {"mode": "scratch", "epochs": 1, "batch_size": 8, "folds": 2, "repeats": 1, "bootstrap": 100,
             "hidden": 16, "baselines": ["logistic_regression"]}
 
 
