@@ -97,7 +97,7 @@ def test_a_run_folder_that_is_a_file_or_holds_the_cohort_is_refused(runs, tmp_pa
     (tmp_path / "file").write_text("not a folder")
     for command in ("pretrain", "finetune"):  # was: FileExistsError / NotADirectoryError tracebacks
         assert main([command, config, "--set", f"run.dir={tmp_path / 'file'}"]) == 2
-        _refused(capsys, "is a file")
+        _refused(capsys, "run.dir", str(tmp_path / "file"))  # the config or the run folder refuses it
     cohort = _own_cohort(runs, tmp_path)
     before = sorted(p.name for p in cohort.parent.iterdir())
     assert main(["pretrain", config, "--set", f"cohort={cohort}", "--set", f"run.dir={cohort.parent}"]) == 2
