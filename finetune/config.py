@@ -112,7 +112,8 @@ AUTO_REPEATS = 3
 
 def resolved_repeats(settings: FinetuneConfig, positives: int) -> int:
     """``finetune.repeats``, or for ``null`` (auto): ``AUTO_REPEATS`` on a small labeled cohort
-    (<= ``SMALL_COHORT_POSITIVES`` positives, DESIGN.md §6), 1 otherwise."""
+    (<= ``SMALL_COHORT_POSITIVES`` positives: model selection must not hinge on a handful of
+    validation positives), 1 otherwise."""
     if settings.repeats is not None:
         return settings.repeats
     return AUTO_REPEATS if positives <= SMALL_COHORT_POSITIVES else 1

@@ -1,7 +1,7 @@
 """The recurrence classifier: pretrained encoders + a DNN fusion head → one logit per subject.
 
 ``FusionClassifier`` composes one encoder per modality (image: 3D ResNet or 2D ResNet per slice +
-LSTM; table: FT-Transformer or MLP; any registered other) and a fusion head (DESIGN.md §6)::
+LSTM; table: FT-Transformer or MLP; any registered other) and a fusion head::
 
     image (B, C, H, W, D) ─ image_encoder ─ (B, Di) ┐
     table {continuous, categorical, missing} ─ table_encoder ─ (B, Dt) ├─ fusion ─ MLP head ─ (B,) logits
@@ -17,7 +17,7 @@ gate mixes per-modality projections: a sigmoid between two, a softmax over more)
 (the projections as one token each through one self-attention layer, then their mean). With one
 encoder the head is the MLP on that embedding alone, whatever ``fusion`` says.
 
-Modes (``MODES``, issue 4 item 2): ``frozen`` (encoders fixed and in ``eval()``; only the head
+Modes (``MODES``): ``frozen`` (encoders fixed and in ``eval()``; only the head
 trains, on embeddings computed once by ``precompute_embeddings``), ``trainable`` (everything
 trains, encoders at ``lr * encoder_lr_ratio`` with layer-wise decay over the image encoder's
 stages; from the fitted probe with ``head: probe``, LP-FT: ``finetune.lpft``) and ``scratch``

@@ -11,8 +11,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
 from finetune.baselines import baseline_frame, fit_predict_baseline
-from finetune.metrics import share_of_oracle_gain
-from finetune.oracle import ORACLE
+from finetune.oracle import ORACLE, share_of_oracle_gain
 from multimodal.synthetic import write_synthetic_cohort
 from multimodal.synthetic_clinical import draw_clinical, image_quantities
 from strokessl.cli import main
