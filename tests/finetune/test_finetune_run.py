@@ -204,9 +204,9 @@ def test_slice_lstm_image_branch_from_pretraining_to_predict(config, tmp_path):
 def test_platt_recalibration_keeps_fold_ranking_and_reaches_predict(config, tmp_path, monkeypatch):
     # On 48 tiny subjects the fitted map falls back to the identity (the fit itself is tested in
     # test_recalibration.py); a fixed non-identity map makes this a real check of the wiring.
-    import finetune.run
+    import finetune.fold
 
-    monkeypatch.setattr(finetune.run, "fit_recalibration", lambda method, labels, probabilities: (
+    monkeypatch.setattr(finetune.fold, "fit_recalibration", lambda method, labels, probabilities: (
         None if method == "none" else {"method": "platt", "intercept": -0.5, "slope": 2.0}))
     runs = {}
     for method in ("none", "platt"):
@@ -255,7 +255,7 @@ def test_probe_head_from_a_pretraining_run_and_predict(config, tmp_path):
 
 def test_frozen_embeddings_shared_across_folds_change_nothing(config, tmp_path, monkeypatch):
     """Frozen pretrained encoders embed the cohort once for all folds; per-fold embedding gives the same run."""
-    from finetune import run as finetune_run
+    from finetune.fold import FoldContext
 
     pretrained = tmp_path / "pre"
     assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
@@ -263,14 +263,14 @@ def test_frozen_embeddings_shared_across_folds_change_nothing(config, tmp_path, 
     common = ["finetune", str(config), "--init", str(pretrained), "--set", "finetune.head=mlp", "--set",
               "finetune.head_layers=0"]
     assert main([*common, "--set", f"run.dir={shared}"]) == 0
-    original = finetune_run.FoldContext.__init__
+    original = FoldContext.__init__
 
     def no_sharing(self, *args, **kwargs):
         original(self, *args, **kwargs)
         assert self.share_embeddings  # frozen + pretrained + one preprocessor: sharing was on above
         self.share_embeddings = False
 
-    monkeypatch.setattr(finetune_run.FoldContext, "__init__", no_sharing)
+    monkeypatch.setattr(FoldContext, "__init__", no_sharing)
     assert main([*common, "--set", f"run.dir={per_fold}"]) == 0
     a = pd.read_csv(shared / "predictions.csv").set_index("subject_id")["probability"]
     b = pd.read_csv(per_fold / "predictions.csv").set_index("subject_id")["probability"]

@@ -12,11 +12,12 @@ from conftest import write_tiny_config
 from safetensors.torch import load_file
 
 from finetune.config import FinetuneConfig
+from finetune.fold import FoldContext, _fit_probe_fold
 from finetune.inference import EmbeddingDataset, predict_probabilities
+from finetune.loop import train_fold
 from finetune.lpft import ProbeReduction, load_probe_head
 from finetune.model import FusionClassifier, build_classifier, parameter_groups, set_mode
 from finetune.probe import fit_linear_probe, probe_groups
-from finetune.run import FoldContext, _fit_probe_fold, train_fold
 from multimodal.cohort import load_cohort, stratified_folds
 from multimodal.config import load_cohort_config, load_run_config
 from multimodal.encoders import create_encoder
@@ -213,20 +214,20 @@ def test_trainable_lpft_through_the_cli_then_predict(pretrained, tmp_path):
 def test_slice_lstm_lpft_with_a_fine_tuned_epoch_then_predict(pretrained, tmp_path, monkeypatch):
     """The ResNet-per-slice + LSTM encoder through LP-FT; selection is forced past the probe, so the
     fold is the fine-tuned model's (its threshold from inner validation) and predict must reproduce it."""
-    import finetune.run
+    import finetune.fold
 
     config, _ = pretrained
     model = ["--set", "model.encoders.image.name=slice_lstm_resnet10t",
              "--set", "model.encoders.image.args={lstm_hidden: 8}"]
     pre = tmp_path / "pre"
     assert main(["pretrain", str(config), *model, "--set", f"run.dir={pre}"]) == 0
-    original = finetune.run.train_fold
+    original = finetune.fold.train_fold
 
     def past_the_probe(*args, **kwargs):
         history = original(*args, **{**kwargs, "from_start": False})
         return [{"epoch": 0, "val_loss": math.inf}, *history]
 
-    monkeypatch.setattr(finetune.run, "train_fold", past_the_probe)
+    monkeypatch.setattr(finetune.fold, "train_fold", past_the_probe)
     run = tmp_path / "lstm"
     assert main(["finetune", str(config), "--init", str(pre), *model, "--set", "finetune.mode=trainable",
                  "--set", "finetune.branches=image", "--set", "finetune.epochs=1", "--set", f"run.dir={run}"]) == 0
