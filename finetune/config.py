@@ -8,7 +8,9 @@ from typing import Any
 from finetune.baselines import BASELINES
 from finetune.losses import LOSSES
 from finetune.recalibration import RECALIBRATIONS
-from multimodal.config import RunConfig, check_choice, check_range, from_dict
+from multimodal.config import RunConfig
+from multimodal.config_checks import check_choice, check_range
+from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
 
 MODES = ("frozen", "trainable", "scratch")

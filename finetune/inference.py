@@ -26,7 +26,8 @@ from finetune.config import FinetuneConfig, finetune_config
 from finetune.model import FusionClassifier, build_classifier, load_classifier_state, set_mode
 from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
-from multimodal.config import ModelConfig, RunConfig, from_dict, load_run_config
+from multimodal.config import ModelConfig, RunConfig, load_run_config
+from multimodal.config_mapping import from_dict
 from multimodal.data import (
     BUILT_IN_MODALITIES,
     build_dataset,

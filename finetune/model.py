@@ -37,7 +37,7 @@ from torch import nn
 from finetune.config import MODES
 from finetune.lpft import ProbeReduction, has_stages, probe_head, stage_parameter_groups
 from finetune.probe import ProbeTable, probe_groups
-from multimodal.config import check_choice
+from multimodal.config_checks import check_choice
 from multimodal.data import to_device
 from multimodal.errors import ConfigError
 

@@ -22,11 +22,11 @@ from multimodal.cohort import load_cohort, raw_header
 from multimodal.config import (
     CohortConfig,
     cohort_roles,
-    from_dict,
     is_run_config,
     load_cohort_config,
     load_run_config,
 )
+from multimodal.config_mapping import from_dict
 from multimodal.errors import StrokeSSLError
 from multimodal.run_folder import FINETUNING, check_output, require_run
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 
-from multimodal.config import check_choice
+from multimodal.config_checks import check_choice
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from multimodal.config import (
     load_cohort_config,
     load_run_config,
     save_config,
-    to_dict,
 )
+from multimodal.config_mapping import to_dict
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
 from multimodal.run_folder import (
     FINETUNING,

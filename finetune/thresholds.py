@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from finetune.losses._labels import as_binary_labels, class_counts
-from multimodal.config import check_choice
+from multimodal.config_checks import check_choice
 from multimodal.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """YAML configs as typed dataclasses.
 
-Two kinds of config (DESIGN.md §6):
+Two kinds of config, the data apart from the training settings:
 
 * ``cohort.yaml`` describes data only (which column is the id, the label, each MRI sequence...);
 * a run config (``configs/*.yaml``) points at a cohort config by path under ``cohort`` and holds
@@ -13,22 +13,17 @@ any key from the command line; relative paths resolve against the YAML file that
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from multimodal.config_checks import check_folder, check_model, check_range
+from multimodal.config_checks import check_choice, check_folder, check_model, check_range
+from multimodal.config_mapping import from_dict, to_dict, unquoted_text
 from multimodal.errors import ConfigError
-from multimodal.yaml_loader import load_yaml
-
-T = TypeVar("T")
+from multimodal.yaml_loader import apply_overrides, read_yaml
 
 MISSING_IMAGE_POLICIES = ("error", "drop", "zero", "drop_modality")
 FEATURE_TYPES = ("continuous", "categorical")
@@ -37,15 +32,13 @@ CACHE_DTYPES = ("float32", "float16")
 # this pipeline, and a grid outside 8..512 voxels per axis cannot hold a head or does not fit memory.
 SPACING_MM = (0.5, 30.0)
 SPATIAL_SIZE = (8, 512)
-# The YAML 1.1 words for a switch (multimodal.yaml_loader reads them as text): accepted where a bool is asked.
-YAML11_BOOLEANS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
 HEAD_EXTENT_MM = (30.0, 400.0)  # default cohort head_extent_mm: a human head, not millimetres or a metre
 
 
 # --------------------------------------------------------------------------- cohort config
 @dataclass
 class CohortConfig:
-    """What a cohort CSV holds (DESIGN.md §2). Written by ``strokessl synth`` beside its CSV."""
+    """What a cohort CSV holds and which column plays which role. Written by ``strokessl synth`` beside its CSV."""
 
     csv: Path  # the cohort table; image paths inside it are relative to its folder
     id: str = "subject_id"  # unique subject (patient) id column
@@ -88,7 +81,7 @@ class CohortConfig:
             raise ConfigError(f"head_extent_mm must be [min, max] mm with 0 < min < max, got {list(self.head_extent_mm)}")
         for i, marker in enumerate(self.na_values):
             if marker is None or isinstance(marker, bool):
-                raise ConfigError(_unquoted_text(f"na_values[{i}]", marker))
+                raise ConfigError(unquoted_text(f"na_values[{i}]", marker))
             if not isinstance(marker, (str, int, float)):
                 raise ConfigError(f"na_values[{i}] must be a word or a number, got {marker!r}")
         if self.label_map is not None:
@@ -269,174 +262,9 @@ class RunConfig:
         check_range("seed", self.seed, 0, 2**32 - 1, hint="NumPy and scikit-learn take seeds in that range")
 
 
-# --------------------------------------------------------------------------- helpers
-def _unquoted_text(key: str, value: Any) -> str:
-    """The fix for a word YAML read as a boolean or null where text was meant (``na_values: [null]``)."""
-    read = "null (null, ~ or nothing)" if value is None else f"the boolean {str(value).lower()}"
-    return (f"{key}: YAML reads this unquoted value as {read}, not as text; quote it (e.g. "
-            f"'{'null' if value is None else str(value).lower()}') to mean the word in the table")
 
 
-def check_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
-    """Raise a ``ConfigError`` naming ``key`` and the closest allowed value."""
-    if value in allowed:
-        return
-    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-    raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}{did_you_mean}")
-
-
-def _unknown_key_error(where: str, key: str, valid: list[str]) -> ConfigError:
-    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {sorted(valid)}"
-    return ConfigError(f"unknown config key {where + key!r}{did_you_mean}")
-
-
-def _coerce(value: Any, annotation: Any, key: str, base: Path | None) -> Any:
-    """Turn a YAML value into ``annotation``; relative paths resolve against ``base``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key, base)
-    if annotation is Any:
-        return value
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
-        return from_dict(annotation, value, where=f"{key}.", base=base)
-    if annotation is Path:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{key} must be a path, got {value!r}")
-        path = Path(value).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        return path
-    if annotation is bool:
-        if isinstance(value, str) and value.strip().casefold() in YAML11_BOOLEANS:
-            return YAML11_BOOLEANS[value.strip().casefold()]  # where a switch is asked for, yes / off mean one
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if annotation in (int, float, str):
-        if annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if annotation is float and isinstance(value, str):
-            # PyYAML (YAML 1.1) reads 3e-4 as a string; it only knows 3.0e-4 as a float.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if annotation is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if annotation is str and (value is None or isinstance(value, bool)):
-            raise ConfigError(_unquoted_text(key, value))
-        raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            # A single value where a list is expected is a common hand-written YAML slip.
-            value = [value]
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key} must have {len(args)} values, got {list(value)!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]", base) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        item = args[0] if args else Any
-        coerced = [_coerce(v, item, f"{key}[{i}]", base) for i, v in enumerate(value)]
-        return tuple(coerced) if origin is tuple else coerced
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        key_type, value_type = args if args else (Any, Any)
-        return {
-            _coerce(k, key_type, key, base): _coerce(v, value_type, f"{key}.{k}", base)
-            for k, v in value.items()
-        }
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: Path | None = None) -> T:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys with a suggestion."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    migrate = getattr(cls, "migrate", None)  # a config section that still reads older keys
-    if migrate is not None and isinstance(data, dict):
-        data = migrate(data)
-    kwargs = {}
-    for key, value in (data or {}).items():
-        if key not in names:
-            raise _unknown_key_error(where, str(key), names)
-        kwargs[key] = _coerce(value, hints[key], f"{where}{key}", base)
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    for name in required:
-        if name not in kwargs:
-            raise ConfigError(f"config key {where}{name!r} is required")
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain YAML-safe types (paths as strings, tuples as lists) from a config dataclass."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "source"}
-    if isinstance(obj, dict):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ``ConfigError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); a config is "
-                          "YAML text: key: value lines") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
-    if data is None:
-        raise ConfigError(f"{path} is empty; a cohort config needs at least csv: FILE.csv and images: "
-                          "{sequence: column}, a run config at least cohort: path/to/cohort.yaml")
-    if not isinstance(data, dict):
-        kind = "a list ('- item' lines)" if isinstance(data, list) else f"a single value ({data!r})"
-        raise ConfigError(f"{path} holds {kind}, not keys; write key: value lines at the top level "
-                          "(e.g. csv: cohort.csv)")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested mapping, in place."""
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"--set expects key=value, got {override!r}")
-        dotted, raw = override.split("=", 1)
-        try:
-            value = load_yaml(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = dotted.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
+# --------------------------------------------------------------------------- reading and writing
 def is_run_config(path: str | Path) -> bool:
     """True when the YAML at ``path`` is a run config (it names a ``cohort``)."""
     return "cohort" in read_yaml(path)

@@ -1,7 +1,7 @@
 """Checks of config values that the typed sections run when they load (and ``validate`` runs on a
-run config): numbers within the range their stage can use, folders that can be folders, encoder
-entries that name a registered modality and encoder, input files that exist. Each refusal is one
-``ConfigError`` naming the dotted key, what is wrong and the accepted range.
+run config): a word among the allowed ones, numbers within the range their stage can use, folders
+that can be folders, encoder entries that name a registered modality and encoder, input files that
+exist. Each refusal is one ``ConfigError`` naming the dotted key, what is wrong and the accepted range.
 """
 
 from __future__ import annotations
@@ -9,12 +9,21 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from multimodal.errors import ConfigError
 
 if TYPE_CHECKING:
     from multimodal.config import ModelConfig, RunConfig
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    """Raise a ``ConfigError`` naming ``key`` and the closest allowed value."""
+    if value in allowed:
+        return
+    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}{did_you_mean}")
 
 
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None, *,

@@ -45,8 +45,8 @@ from multimodal.config import (
     MISSING_IMAGE_POLICIES,
     AugmentConfig,
     ImagingConfig,
-    check_choice,
 )
+from multimodal.config_checks import check_choice
 from multimodal.errors import ImageError
 from multimodal.finite import require_finite
 from multimodal.head import channel_problem, head_mask, mask_extent_mm, zscore_in_mask

@@ -30,8 +30,8 @@ from multimodal.config import (
     HEAD_EXTENT_MM,
     MISSING_IMAGE_POLICIES,
     ImagingConfig,
-    check_choice,
 )
+from multimodal.config_checks import check_choice
 from multimodal.errors import ImageError, StrokeSSLError
 from multimodal.file_digest import FileDigests, file_identity
 from multimodal.imaging import preprocess_subject

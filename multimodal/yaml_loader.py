@@ -7,14 +7,20 @@ cell holds. This loader keeps PyYAML's safe constructors with YAML 1.2's core ru
 scalars: only ``true`` / ``false`` are booleans, integers are decimal (or ``0x`` / ``0o``), a float
 may omit the dot before its exponent, and a key given twice in one mapping is an error naming
 both lines.
+
+``read_yaml`` reads a config file as a mapping and ``apply_overrides`` applies ``--set a.b=value``
+strings to one; each refusal is a ``ConfigError`` saying how to fix the file or the override.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from multimodal.errors import ConfigError
 
 BOOL = "tag:yaml.org,2002:bool"
 INT = "tag:yaml.org,2002:int"
@@ -61,3 +67,46 @@ ConfigLoader.add_constructor(INT, ConfigLoader.construct_yaml_int)
 def load_yaml(text: str) -> Any:
     """``text`` parsed by :class:`ConfigLoader` (raises ``yaml.YAMLError``)."""
     return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader subclass: builds plain types only
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); a config is "
+                          "YAML text: key: value lines") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+    if data is None:
+        raise ConfigError(f"{path} is empty; a cohort config needs at least csv: FILE.csv and images: "
+                          "{sequence: column}, a run config at least cohort: path/to/cohort.yaml")
+    if not isinstance(data, dict):
+        kind = "a list ('- item' lines)" if isinstance(data, list) else f"a single value ({data!r})"
+        raise ConfigError(f"{path} holds {kind}, not keys; write key: value lines at the top level "
+                          "(e.g. csv: cohort.csv)")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested mapping, in place."""
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"--set expects key=value, got {override!r}")
+        dotted, raw = override.split("=", 1)
+        try:
+            value = load_yaml(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from multimodal.config import RunConfig, check_choice, check_range, from_dict
+from multimodal.config import RunConfig
+from multimodal.config_checks import check_choice, check_range
+from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
 from pretrain.objectives import OBJECTIVES
 from pretrain.views import SIMCLR_VIEWS

@@ -48,8 +48,8 @@ from multimodal.config import (
     load_cohort_config,
     load_run_config,
     save_config,
-    to_dict,
 )
+from multimodal.config_mapping import to_dict
 from multimodal.data import encoder_sizes, seed_everything
 from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
 from multimodal.run_folder import (

@@ -177,7 +177,8 @@ def test_yaml_words_in_na_values_and_label_map_stay_words(tmp_path):
     assert cohort.labels.tolist() == [1.0, 0.0, 0.0] * 4
     assert cohort.features["smoking"].isna().tolist() == [True, False, False] * 4  # 'off' only, not 'no'
     # where a setting is a switch, the same words still mean one
-    from multimodal.config import ImagingConfig, from_dict
+    from multimodal.config import ImagingConfig
+    from multimodal.config_mapping import from_dict
     from multimodal.yaml_loader import load_yaml
 
     assert from_dict(ImagingConfig, load_yaml("augment: {enabled: off}")).augment.enabled is False

@@ -101,7 +101,8 @@ def test_third_modality_pretrains_fine_tunes_and_predicts(runs, tmp_path):
 
 
 def test_pairwise_clip_trains_the_third_encoder():
-    from multimodal.config import ModelConfig, from_dict
+    from multimodal.config import ModelConfig
+    from multimodal.config_mapping import from_dict
     from pretrain.config import PretrainConfig
     from pretrain.loop import PretrainStep
     from pretrain.model import build_pretrain_model

@@ -6,12 +6,11 @@ import yaml
 from multimodal.config import (
     CohortConfig,
     RunConfig,
-    from_dict,
     load_cohort_config,
     load_run_config,
     save_config,
-    to_dict,
 )
+from multimodal.config_mapping import from_dict, to_dict
 from multimodal.errors import ConfigError
 
 

@@ -11,7 +11,8 @@ import torch
 from test_pretrain_run import cohort, write_config  # noqa: F401 - the module's cohort fixture, reused
 from torch.utils.flop_counter import FlopCounterMode
 
-from multimodal.config import ModelConfig, RunConfig, from_dict
+from multimodal.config import ModelConfig, RunConfig
+from multimodal.config_mapping import from_dict
 from multimodal.encoders import create_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import pretrain_config

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from multimodal.config import ModelConfig, from_dict
+from multimodal.config import ModelConfig
+from multimodal.config_mapping import from_dict
 from multimodal.encoders import create_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig

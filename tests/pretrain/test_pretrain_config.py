@@ -1,6 +1,7 @@
 import pytest
 
-from multimodal.config import RunConfig, from_dict
+from multimodal.config import RunConfig
+from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
 from pretrain.config import pretrain_config
 

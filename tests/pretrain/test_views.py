@@ -10,7 +10,8 @@ import pytest
 import torch
 from test_pretrain_run import cohort, write_config  # noqa: F401 - the module's cohort fixture, reused
 
-from multimodal.config import AugmentConfig, RunConfig, from_dict
+from multimodal.config import AugmentConfig, RunConfig
+from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
 from multimodal.imaging import build_augmentation
 from pretrain.config import pretrain_config
