@@ -1,1 +1,1 @@
-"""Supervised fine-tuning and evaluation (filled by the fine-tuning issue)."""
+"""Supervised fine-tuning and evaluation."""

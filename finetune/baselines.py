@@ -1,7 +1,6 @@
 """Classical baselines on the clinical table, run in the same folds and metrics as the deep model.
 
-Every fine-tuning report shows where deep learning stands against two scikit-learn models
-(DESIGN.md §6, "Baseline inputs"):
+Every fine-tuning report shows where deep learning stands against two scikit-learn models:
 
 - ``logistic_regression``: standardised continuous values (median-imputed) + a missing
   indicator per feature + one-hot categoricals, L2 logistic regression with
@@ -175,7 +174,7 @@ def baseline_frame(
     category, stored as ``object`` with NaN for missing: the dtype is how the pipelines tell
     the roles apart, and NaN (not ``None``) is the marker ``MissingIndicator`` looks for. A named
     column absent from ``cohort_features`` enters as all-missing with a warning, as absent
-    features do for the deep model (DESIGN.md §6).
+    features do for the deep model.
     """
     overlap = sorted(set(continuous) & set(categorical))
     if overlap:

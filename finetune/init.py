@@ -5,7 +5,7 @@ A pretraining run folder (``pretrain/run.py``) holds ``config.yaml``, ``preproce
 ``table_encoder``, ...; a unimodal ``simclr`` / ``scarf`` run has only its own) and, once
 finished, ``metrics.json``.
 
-DESIGN.md §6 settles how a model pretrained on one cohort meets another:
+How a model pretrained on one cohort meets another:
 
 - the pretraining ``preprocessor.json`` is reused (it saw no labels); features the new cohort
   lacks enter as missing tokens, a column the encoder never saw is an error (``reconcile_features``);

@@ -1,4 +1,4 @@
-"""Binary-classification metrics with stratified bootstrap intervals (DESIGN.md §6).
+"""Binary-classification metrics with stratified bootstrap intervals.
 
 Inputs everywhere: ``labels`` (N,) of 0/1, ``probabilities`` (N,) in [0, 1] and a decision
 ``threshold`` (a subject is predicted positive / high-risk when ``p >= threshold``).
@@ -40,7 +40,7 @@ METRICS: tuple[str, ...] = (
 )
 """Metric names reported by :func:`classification_metrics` and :func:`bootstrap_ci`."""
 
-ECE_BINS = 10  # DESIGN.md §6: ten equal-mass bins
+ECE_BINS = 10  # ten equal-mass bins (each holds the same number of subjects)
 PROB_CLIP = 1e-6  # keeps logit(p) finite for p = 0 or 1 in the calibration fits
 _NEWTON_STEPS = 50  # these 1-2 parameter fits converge in < 10 steps; a row still moving is NaN
 _NEWTON_TOL = 1e-8
@@ -309,7 +309,7 @@ def stratified_bootstrap_indices(labels: np.ndarray, n_resamples: int,
     """(n_resamples, N) row indices into ``labels``: all negatives' draws first, then positives'.
 
     Negatives are drawn with replacement from the negatives and positives from the positives,
-    so every resample keeps the original class counts (DESIGN.md §6).
+    so every resample keeps the original class counts.
     """
     y = np.asarray(labels)
     neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)

@@ -3,7 +3,7 @@
 Each function draws one PNG for the run's ``report/`` folder and returns its path. Figures are
 built on matplotlib's object API with the Agg canvas (no pyplot global state, no display
 needed) and written atomically: saved to a temp file in the target folder, then ``os.replace``d,
-so a killed run never leaves a half-written image (DESIGN.md §4). Labels are worded for
+so a killed run never leaves a half-written image. Labels are worded for
 clinical readers (sensitivity / specificity, not TPR / FPR alone).
 """
 

@@ -1,4 +1,4 @@
-"""Decision thresholds chosen on validation data (DESIGN.md §6): Youden's J or a target
+"""Decision thresholds chosen on validation data: Youden's J or a target
 sensitivity, never a silent 0.5.
 
 Convention everywhere: a subject is predicted positive (high risk) when

@@ -1,6 +1,6 @@
 """Cohort tables: read the CSV a user brings, assign column roles, map labels, split patients.
 
-A cohort (DESIGN.md §2) is one CSV row per subject with an id column, one column of NIfTI paths
+A cohort is one CSV row per subject with an id column, one column of NIfTI paths
 per MRI sequence, an optional 0/1 label column (empty = unlabeled) and clinical feature columns.
 ``load_cohort`` turns it into a ``Cohort``; ``multimodal.validate`` checks everything up front.
 """

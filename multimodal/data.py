@@ -54,7 +54,7 @@ def register_modality(name: str) -> Callable[[ModalityReader], ModalityReader]:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (DESIGN.md §5: one seed drives everything)."""
+    """Seed Python, NumPy and torch: one seed drives everything."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

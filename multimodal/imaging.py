@@ -1,4 +1,4 @@
-"""MRI volumes: MONAI preprocessing → disk cache → random augmentations (DESIGN.md §1, §6).
+"""MRI volumes: MONAI preprocessing → disk cache → random augmentations.
 
 One subject record is ``{"subject_id", "image": {sequence: path | None}, "label", "table"}``.
 

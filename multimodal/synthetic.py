@@ -1,7 +1,7 @@
 """Synthetic stroke cohorts in the real cohort format, built on the MNI152 template.
 
-``write_synthetic_cohort(OUT)`` writes what a user would bring (DESIGN.md §2) plus the ground
-truth a benchmark needs:
+``write_synthetic_cohort(OUT)`` writes what a user would bring (NIfTI images, a cohort CSV and
+its cohort.yaml) plus the ground truth a benchmark needs:
 
 * ``OUT/images/sub-XXXX_<seq>.nii.gz``: one 3D NIfTI per subject and sequence, each with its own
   field of view, voxel size, slice thickness, orientation, intensity scale and on-disk dtype;

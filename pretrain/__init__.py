@@ -1,1 +1,1 @@
-"""Contrastive image–tabular pretraining (filled by the pretraining issue)."""
+"""Contrastive image–tabular pretraining."""

@@ -42,8 +42,8 @@ def projection_head(input_dim: int, hidden_dim: int, output_dim: int) -> Project
 
     "We use a MLP with one hidden layer to obtain z = g(h) = W2 σ(W1 h)" (SimCLR, Chen et al.
     2020), σ = GELU. lightly's ``SimCLRProjectionHead`` adds BatchNorm1d by default, but
-    "BatchNorm only where the config asks for it (it is per-rank under DDP, and SyncBatchNorm
-    needs GPUs)" (DESIGN.md §6): a BN-free head keeps 1 and N processes equivalent.
+    BatchNorm is per-rank under DDP (and SyncBatchNorm needs GPUs), so it is used only where the
+    config asks for it: a BN-free head keeps 1 and N processes equivalent.
     """
     return ProjectionHead(
         [(input_dim, hidden_dim, None, nn.GELU()), (hidden_dim, output_dim, None, None)]

@@ -1,4 +1,4 @@
-"""``strokessl pretrain``: a run config → a finished run folder (DESIGN.md §4).
+"""``strokessl pretrain``: a run config → a finished run folder.
 
 Set-up (distributed, seeds, run folder, data, model, optimiser), resume, the epoch loop, atomic
 checkpoints and the final artefacts. The per-step work lives in ``pretrain.loop``.

@@ -48,7 +48,7 @@ def table_signature(
     missing: torch.Tensor,
     category_sizes: Sequence[int],
 ) -> torch.Tensor:
-    """The clinical row as one vector for the near-duplicate test (DESIGN §6).
+    """The clinical row as one vector for the near-duplicate test.
 
     Args:
         continuous: (N, n_cont) standardised values (``TabularPreprocessor`` output).
