@@ -82,7 +82,8 @@ def check_test_cohort(test: Cohort, development: Cohort, sequences: list[str]) -
 
 def _plain_id(subject: str) -> str:
     """An id without letter case, separators or leading zeros: ``sub-0001`` and ``SUB_1`` are alike."""
-    return re.sub(r"0+(?=\d)", "", re.sub(r"[^0-9a-z]", "", subject.casefold()))
+    # Only the zeros that lead a run of digits: sub-0102 and sub-1002 stay apart.
+    return re.sub(r"(?<!\d)0+(?=\d)", "", re.sub(r"[^0-9a-z]", "", subject.casefold()))
 
 
 def _overlap(test: Cohort, development: Cohort) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

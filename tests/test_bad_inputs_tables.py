@@ -364,6 +364,16 @@ def test_a_few_chance_matches_with_the_development_cohort_are_warned_in_counts(t
     assert "s00" not in caplog.text and "S-00" not in caplog.text  # counts only: no subject ids in the log
 
 
+@pytest.mark.parametrize(("first", "second", "alike"), [
+    ("sub-0001", "SUB_1", True), ("S-00", "s00", True), ("p007a", "P-7-A", True),
+    ("sub-0102", "sub-1002", False), ("sub-0102", "sub-0012", False), ("sub-1200", "sub-0012", False),
+])
+def test_ids_are_alike_only_up_to_case_separators_and_leading_zeros(first, second, alike):
+    from finetune.test_cohort import _plain_id
+
+    assert (_plain_id(first) == _plain_id(second)) is alike
+
+
 def test_thousands_separators_are_named_as_such(tmp_path, capsys):
     rows = _rows(tmp_path)
     for i, row in enumerate(rows):
