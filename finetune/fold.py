@@ -242,21 +242,24 @@ def _finetune_probe(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
                     train_ids: list[str], test_ids: list[str], labels: Any, seed: int,
                     probe: tuple[list[dict[str, Any]], list[str], np.ndarray, np.ndarray],
                     ) -> tuple[list[dict[str, Any]], list[str], np.ndarray, np.ndarray]:
-    """LP-FT: from the fitted probe (``_fit_probe_fold``'s outcome), train encoders and probe layers on
-    inner-train; the inner-validation loss picks the epoch, the probe itself (epoch 0) included. Its loss
-    there is partly in-sample (the probe saw the whole training fold), which errs towards keeping the
-    probe. Kept, the fold is the frozen probe's, threshold and recalibration from its out-of-fold
-    probabilities; else from the fine-tuned model's inner-validation probabilities. (Selection rather than an
-    average of weights: only selection bounds the result by the probe's loss, and it is the early
-    stopping the MLP head already uses.)"""
+    """LP-FT: fine-tune encoders and probe layers from a linear probe, on inner-train; the
+    inner-validation loss picks the epoch, the starting probe itself (epoch 0) included. That probe is
+    fitted on inner-train only, so epoch 0 competes on subjects it has not seen (the fold's own probe,
+    fitted on every training subject, would score partly in-sample there and always stay best). Kept,
+    the fold is the frozen probe's (``probe``, ``_fit_probe_fold``'s outcome on the whole fold, refitted
+    into the head), threshold and recalibration from its out-of-fold probabilities; else the fine-tuned
+    model's, from its inner-validation probabilities. (Selection rather than an average of weights: only
+    selection bounds the result by the probe's loss, and it is the early stopping the MLP head uses.)"""
     settings = ctx.settings
     inner_train, inner_val = stratified_split(train_ids, labels(train_ids), settings.inner_val_fraction, seed)
+    _fit_probe_fold(ctx, model, preprocessor, inner_train, inner_val, labels, seed)  # the starting point
     data = {name: ctx.dataset(ids, preprocessor, augment=name == "train")
             for name, ids in (("train", inner_train), ("val", inner_val))}
     epochs = train_fold(model, settings, data["train"], data["val"], labels(inner_train), ctx.device, seed,
-                        from_start=True)
+                        from_start=True)  # restores the best epoch's weights: the pretrained encoders at epoch 0
     history = [*probe[0], *epochs]
     if next(e for e in epochs if e.get("selected"))["epoch"] == 0:  # the probe stayed best
+        _fit_probe_fold(ctx, model, preprocessor, train_ids, test_ids, labels, seed)  # the fold's probe again
         return history, *probe[1:]
     test = ctx.dataset(test_ids, preprocessor, augment=False)
     return (history, inner_val, predict_probabilities(model, data["val"], settings.batch_size, ctx.device),

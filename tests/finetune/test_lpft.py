@@ -195,11 +195,24 @@ def _check_predict_reproduces_out_of_fold(run, cohort_yaml, out):
         assert predicted.loc[subject, column] == pytest.approx(oof.loc[subject, "probability"], abs=1e-5)
 
 
-def test_trainable_lpft_through_the_cli_then_predict(pretrained, tmp_path):
+def test_trainable_lpft_through_the_cli_then_predict(pretrained, tmp_path, monkeypatch):
+    import finetune.fold
+
     config, pre = pretrained
+    events = []  # ("fit", rows the probe was fitted on) and ("train", rows of inner-train), in call order
+    fit, train = finetune.fold.fit_linear_probe, finetune.fold.train_fold
+    monkeypatch.setattr(finetune.fold, "fit_linear_probe",
+                        lambda features, *a, **k: events.append(("fit", len(features))) or fit(features, *a, **k))
+    monkeypatch.setattr(finetune.fold, "train_fold",
+                        lambda model, s, data, *a, **k: events.append(("train", len(data))) or train(model, s, data, *a, **k))
     run = tmp_path / "lpft"
     assert main(["finetune", str(config), "--init", str(pre), "--set", "finetune.mode=trainable",
                  "--set", "finetune.probe_components=pretraining", "--set", f"run.dir={run}"]) == 0
+    # Each fold: its probe, then the starting probe fitted on inner-train only (so epoch 0 is scored on
+    # subjects it never saw), then fine-tuning on those same rows.
+    first = next(i for i, event in enumerate(events) if event[0] == "train")
+    assert events[first - 1] == ("fit", events[first][1]) and events[first - 2][0] == "fit"
+    assert events[first - 2][1] > events[first][1]
     fold = json.loads((run / "folds" / "r0f0.json").read_text())
     probe, epochs = fold["history"][0], fold["history"][1:]
     assert probe["C"] > 0 and probe["components_from"] == "pretraining" and probe["component_subjects"] == 48
