@@ -66,12 +66,15 @@ PRETRAININGS = {
     "clip_masked_volume": {"clip": 1.0, "masked_volume": 1.0},
     "clip_multiscale": {"clip": 1.0},
     "clip_simclr_lesion": {"clip": 1.0, "simclr": 1.0},
+    "clip_stages": {"clip": 1.0},
 }
 # Further run-config overrides of a pretraining (beyond its objectives).
 PRETRAIN_SETS: dict[str, list[str]] = {
     "clip_multiscale": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
                         '"pool": "multiscale"}'],
     "clip_simclr_lesion": ["pretrain.simclr_views=lesion_preserving"],
+    "clip_stages": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
+                    '"pool": "stages"}'],
 }
 _PROBE = {"mode": "frozen", "head": "probe"}
 # Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
@@ -89,11 +92,13 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "masked_volume": ("clip_masked_volume", _PROBE),  # clip + masked-volume modelling, then the probe
     "multiscale": ("clip_multiscale", _PROBE),  # clip with average + max pooling of two stages
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
+    "stages": ("clip_stages", _PROBE),  # clip with the mean + sd of every encoder stage as the embedding
     "lpft": ("clip", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
     "probe_pcs_pretraining": ("clip", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
-MULTIMODAL = ("default", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale", "clip_simclr_lesion")
+MULTIMODAL = ("default", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale", "clip_simclr_lesion",
+              "stages")
 UNIMODAL = ("simclr", "scarf")
 
 

@@ -23,7 +23,8 @@ _MONAI_RESNETS: dict[int, Callable[..., nn.Module]] = {
     50: monai_nets.resnet50,
 }
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # forward_feature_maps' keys
-POOLS = ("avg", "multiscale")
+POOLS = ("avg", "multiscale", "stages")
+_STD_EPS = 1e-6  # inside the square root: a one-voxel map (layer4 at 32³) has variance 0, and sqrt's gradient there is infinite
 
 
 def _replace_batchnorm3d(module: nn.Module, norm: str) -> None:
@@ -56,6 +57,13 @@ class ImageEncoder3D(nn.Module):
     an average over the whole head dilutes survives as a maximum: ``num_features`` D = 2 · (F3 + F4)
     (1536 for depth 10/18/34 at full width). Each token pools its cell of the ``token_grid``³
     grid the same way, so tokens stay ``(B, token_grid**3, D)``.
+
+    ``pool: stages`` concatenates the spatial mean *and* standard deviation of every stage,
+    ``[mean(stem), sd(stem), mean(layer1), sd(layer1), ..., mean(layer4), sd(layer4)]``: D = 2 · (sum of
+    the stage widths) (1024 for depth 10 at half width). At a 32³ input the last stage is a single
+    voxel, so the plain average is one location's features; the early stages' statistics keep what
+    a CNN's per-sample normalisation and the record-aligned deep stages lose (the share of dark or
+    bright voxels: atrophy, lesion load). Tokens pool each cell the same way.
     """
 
     def __init__(
@@ -98,6 +106,8 @@ class ImageEncoder3D(nn.Module):
         self.pool = pool
         if pool == "multiscale":  # avg + max of layer3 and layer4
             self.num_features = 2 * (self.stage_specs()["layer3"][0] + self.num_features)
+        elif pool == "stages":  # mean + sd of every stage
+            self.num_features = 2 * sum(channels for channels, _ in self.stage_specs().values())
         self.token_grid = token_grid
         self.token_pool = nn.AdaptiveAvgPool3d(token_grid)
         self.token_max_pool = nn.AdaptiveMaxPool3d(token_grid)
@@ -144,6 +154,8 @@ class ImageEncoder3D(nn.Module):
             pooled = self.token_pool(fmap)  # (B, F, g, g, g)
             tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
             return {"embedding": fmap.mean(dim=(2, 3, 4)), "tokens": tokens}
+        if self.pool == "stages":
+            return self._stage_statistics(maps)
         stages = (fmap, maps["layer3"])  # (B, F4, h, w, d), (B, F3, 2h, 2w, 2d)
         embedding = torch.cat([part for m in stages for part in (m.mean(dim=(2, 3, 4)), m.amax(dim=(2, 3, 4)))],
                               dim=1)  # (B, 2 (F4 + F3))
@@ -151,6 +163,19 @@ class ImageEncoder3D(nn.Module):
                            dim=1)  # (B, 2 (F4 + F3), g, g, g)
         tokens = pooled.flatten(2).transpose(1, 2) + self.pos_embed
         return {"embedding": embedding, "tokens": tokens}
+
+    def _stage_statistics(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``pool: stages``: spatial mean and sd of each stage, globally and per token cell."""
+        embedding, pooled = [], []
+        for name in STAGES:
+            m = maps[name]  # (B, F_s, h_s, w_s, d_s)
+            mean = m.mean(dim=(2, 3, 4))
+            variance = (m * m).mean(dim=(2, 3, 4)) - mean * mean
+            embedding += [mean, (variance.clamp_min(0) + _STD_EPS).sqrt()]
+            cell_mean, cell_square = self.token_pool(m), self.token_pool(m * m)  # (B, F_s, g, g, g)
+            pooled += [cell_mean, (cell_square - cell_mean * cell_mean).clamp_min(0).add(_STD_EPS).sqrt()]
+        tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2) + self.pos_embed  # (B, g³, D)
+        return {"embedding": torch.cat(embedding, dim=1), "tokens": tokens}  # (B, D)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C, H, W, D)`` -> dict ``embedding (B, D)`` (global average of the last feature

@@ -22,7 +22,8 @@ TAB_KWARGS = {"num_continuous": 3, "category_sizes": [3, 4], "dim": 32, "depth":
 
 
 # Registered encoders with a non-default option, tested like the registered names.
-OPTIONS = {"resnet3d_10-multiscale": ("resnet3d_10", {"pool": "multiscale"})}
+OPTIONS = {"resnet3d_10-multiscale": ("resnet3d_10", {"pool": "multiscale"}),
+           "resnet3d_10-stages": ("resnet3d_10", {"pool": "stages"})}
 
 
 def _create(name: str) -> nn.Module:
@@ -157,6 +158,26 @@ def test_multiscale_pool_widths_and_its_parts() -> None:
         create_encoder("resnet3d_10", pool="max")
     with pytest.raises(ConfigError, match="did you mean 'multiscale'"):
         create_encoder("resnet3d_10", pool="multiscal")
+
+
+def test_stages_pool_is_every_stage_mean_and_sd_with_finite_gradients_at_one_voxel() -> None:
+    model = create_encoder("resnet3d_10", widen_factor=0.25, pool="stages").eval()
+    widths = [16, 16, 32, 64, 128]  # stem, layer1 ... layer4 at a quarter width
+    assert model.num_features == 2 * sum(widths)
+    x = torch.randn(2, 1, 32, 32, 32, requires_grad=True)  # layer4 is one voxel at 32³ (stride 32)
+    maps = model.forward_feature_maps(x)
+    embedding = model(x)
+    start = 0
+    for name, width in zip(("stem", "layer1", "layer2", "layer3", "layer4"), widths, strict=True):
+        m = maps[name].flatten(2)  # (B, F, voxels)
+        torch.testing.assert_close(embedding[:, start:start + width], m.mean(dim=2))
+        torch.testing.assert_close(embedding[:, start + width:start + 2 * width], m.std(dim=2, correction=0),
+                                   atol=1e-3, rtol=1e-4)  # the sd carries a 1e-6 floor inside its root
+        start += 2 * width
+    assert maps["layer4"].shape[2:] == (1, 1, 1)
+    embedding.sum().backward()
+    assert torch.isfinite(x.grad).all()  # sd of a one-voxel map: no NaN gradient
+    assert model.forward_tokens(x).shape == (2, 8, model.num_features)
 
 
 def test_multiscale_pool_keeps_a_small_bright_cluster_that_averaging_dilutes() -> None:
