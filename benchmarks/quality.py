@@ -94,6 +94,7 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
     "stages": ("clip_stages", _PROBE),  # clip with the mean + sd of every encoder stage as the embedding
     "lpft": ("clip", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
+    "lpft_stages": ("clip_stages", {"mode": "trainable", "head": "probe"}),  # LP-FT from the stages pretraining
     "probe_pcs_pretraining": ("clip", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
