@@ -80,8 +80,10 @@ _PROBE = {"mode": "frozen", "head": "probe"}
 # Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
 # configs/*.yaml: keep the two in step.
 METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "default": ("clip", _PROBE),  # the recipe of configs/*.yaml: clip, then a frozen linear probe
-    "image_only": ("clip", {**_PROBE, "branches": "image"}),  # the frozen image embedding alone
+    # the recipe of configs/*.yaml: clip with the stages pool, then a frozen linear probe
+    "default": ("clip_stages", _PROBE),
+    "clip_avg": ("clip", _PROBE),  # the default before pool: stages (the last stage's global average)
+    "image_only": ("clip_stages", {**_PROBE, "branches": "image"}),  # the frozen image embedding alone
     "clip_itm_probe": ("clip_itm", _PROBE),
     "clip_itm_frozen": ("clip_itm", {"mode": "frozen", "head": "mlp"}),
     "clip_itm_trainable": ("clip_itm", {"mode": "trainable", "head": "mlp"}),
@@ -92,14 +94,12 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "masked_volume": ("clip_masked_volume", _PROBE),  # clip + masked-volume modelling, then the probe
     "multiscale": ("clip_multiscale", _PROBE),  # clip with average + max pooling of two stages
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
-    "stages": ("clip_stages", _PROBE),  # clip with the mean + sd of every encoder stage as the embedding
-    "lpft": ("clip", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
-    "lpft_stages": ("clip_stages", {"mode": "trainable", "head": "probe"}),  # LP-FT from the stages pretraining
-    "probe_pcs_pretraining": ("clip", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
+    "lpft": ("clip_stages", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
+    "probe_pcs_pretraining": ("clip_stages", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
-MULTIMODAL = ("default", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale", "clip_simclr_lesion",
-              "stages")
+MULTIMODAL = ("default", "clip_avg", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale",
+              "clip_simclr_lesion")
 UNIMODAL = ("simclr", "scarf")
 
 
