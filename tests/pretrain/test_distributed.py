@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pretrain import distributed
-from pretrain.model import MatchingFusion
+from pretrain.fusion import MatchingFusion
 from pretrain.objectives import EmbeddingQueue, clip_loss, itm_loss, itm_noise
 
 BATCH, WORLD, DIM, PROJ, SEED = 3, 2, 6, 5, 7

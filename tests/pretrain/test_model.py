@@ -13,8 +13,8 @@ from multimodal.config_mapping import from_dict
 from multimodal.encoders import create_encoder
 from multimodal.errors import ConfigError
 from pretrain.config import PretrainConfig
+from pretrain.fusion import MatchingFusion
 from pretrain.model import (
-    MatchingFusion,
     PretrainModel,
     build_pretrain_model,
     encoder_state_dicts,
