@@ -113,3 +113,19 @@ def test_partial_r2_credits_only_what_the_table_cannot_predict() -> None:
     beyond = probe_partial_r2(holds_own, quantity, design, seed=0)
     assert beyond["partial_r2"] > 0.85 and 0.4 < beyond["table_r2"] < 0.75
     assert probe_partial_r2(holds_table, quantity, design, seed=0)["partial_r2"] < 0.1
+
+
+def test_a_wide_embedding_is_probed_through_its_components_and_keeps_its_signal() -> None:
+    # 400 columns (> LOGISTIC_WIDTH): a planted binary factor spread over 40 of them stays readable,
+    # an unrelated one stays at chance.
+    from multimodal.linear_probes import LOGISTIC_WIDTH, probe_auroc
+
+    rng = np.random.default_rng(3)
+    n, width = 300, LOGISTIC_WIDTH + 144
+    factor = rng.normal(size=n)
+    x = rng.normal(size=(n, width))
+    x[:, :40] += 0.6 * factor[:, None]
+    planted = (factor > 0.5).astype(int)
+    unrelated = (rng.normal(size=n) > 0.5).astype(int)
+    assert probe_auroc(x, planted, seed=0) > 0.9
+    assert abs(probe_auroc(x, unrelated, seed=0) - 0.5) < 0.1
