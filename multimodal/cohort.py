@@ -233,7 +233,7 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
                                 "ids must be unique", subject=str(subject), column=config.id))
         for column in config.images.values():
             path = resolve_image_path(config, frame.at[row, column])
-            if path is not None and not path.is_file():
+            if path is not None and not path.exists():
                 problems.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
     # Keep the first row of a repeated id so the rest of the checks run on a consistent table.
     kept_lines = line[~duplicated]

@@ -47,7 +47,9 @@ def shared_image_problems(config: CohortConfig, image_paths: dict[str, dict[str,
         for sequence, path in paths.items():
             if path is None:
                 continue
-            first_subject, first_sequence = owner.setdefault(file_key(path), (subject, sequence))
+            # a DICOM study folder holds one series per sequence: the folder and the chosen series identify a scan
+            key = (file_key(path), config.series.get(sequence)) if path.is_dir() else file_key(path)
+            first_subject, first_sequence = owner.setdefault(key, (subject, sequence))
             if (first_subject, first_sequence) == (subject, sequence):
                 continue
             if first_subject == subject:

@@ -55,6 +55,9 @@ class CohortConfig:
     # all = no image modality) | drop_modality (no image modality: scored from the other modalities)
     missing_images: str = "error"
     volume_index: dict[str, int] = field(default_factory=dict)  # sequence -> volume of a 4D file
+    # sequence -> SeriesDescription or SeriesInstanceUID of the series to read when its cells name DICOM
+    # folders holding several (a study export); two sequences may then share one column of folders
+    series: dict[str, str] = field(default_factory=dict)
     # (min, max) mm a head spans along every axis: each file's field of view and the head found in it
     # must lie within (a single slice, a few millimetres or a metre is no human head)
     head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM
@@ -65,17 +68,23 @@ class CohortConfig:
         named: dict[str, str] = {}
         for sequence, column in self.images.items():
             first = named.setdefault(column, sequence)
-            if first != sequence:
+            if first != sequence and not (sequence in self.series and first in self.series):
                 raise ConfigError(f"images.{sequence} names column {column!r}, as images.{first} does: two copies of "
-                                  "one channel; point each sequence at its own column")
+                                  "one channel; point each sequence at its own column (or, for folders of DICOM "
+                                  "studies, pick each one's series with series: {sequence: description})")
         for column, kind in self.types.items():
             check_choice(f"types.{column}", kind, FEATURE_TYPES)
-        for sequence in self.volume_index:
-            if sequence not in self.images:
-                raise ConfigError(
-                    f"volume_index names sequence {sequence!r}, which is not in images "
-                    f"({sorted(self.images)}); use a sequence name from images"
-                )
+        for key in ("volume_index", "series"):
+            for sequence in getattr(self, key):
+                if sequence not in self.images:
+                    raise ConfigError(
+                        f"{key} names sequence {sequence!r}, which is not in images "
+                        f"({sorted(self.images)}); use a sequence name from images"
+                    )
+        for sequence, selector in self.series.items():
+            if not isinstance(selector, str) or not selector.strip():
+                raise ConfigError(f"series.{sequence} must be a SeriesDescription or SeriesInstanceUID as text, got "
+                                  f"{selector!r}; quote it in cohort.yaml")
         low, high = self.head_extent_mm
         if not 0 < low < high:
             raise ConfigError(f"head_extent_mm must be [min, max] mm with 0 < min < max, got {list(self.head_extent_mm)}")
@@ -101,7 +110,7 @@ class CohortConfig:
 
 
 ROLE_KEYS = ("id", "images", "label", "label_map", "text", "ignore", "features", "types", "na_values",
-             "missing_images", "volume_index", "head_extent_mm")
+             "missing_images", "volume_index", "series", "head_extent_mm")
 
 
 def cohort_roles(config: CohortConfig) -> dict[str, Any]:

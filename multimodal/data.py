@@ -101,7 +101,7 @@ def volume_cache(run_config: RunConfig, cohort_config: CohortConfig, sequences: 
     """The MRI cache for ``cohort_config``'s images with the run's imaging settings."""
     return VolumeCache(cache_dir_for(run_config, cohort_config), run_config.imaging, sequences,
                        cohort_config.missing_images, cohort_config.volume_index, run_config.data.cache_dtype,
-                       cohort_config.head_extent_mm)
+                       cohort_config.head_extent_mm, cohort_config.series)
 
 
 class MultimodalDataset(Dataset):

@@ -2,8 +2,8 @@
 
 One subject record is ``{"subject_id", "image": {sequence: path | None}, "label", "table"}``.
 
-1. ``preprocess_subject`` (deterministic): load each NIfTI (``multimodal.nifti``, which refuses
-   files without a usable geometry or with non-finite voxels), check each field of view holds a
+1. ``preprocess_subject`` (deterministic): load each NIfTI or DICOM series folder
+   (``multimodal.nifti``, which refuses files without a usable geometry or with non-finite voxels), check each field of view holds a
    head and overlaps the first sequence's, resample every sequence onto the first usable
    sequence's grid, stack as channels, reorient (RAS), resample to the target spacing, find a
    head mask (``multimodal.head``), check the head's extent and each channel's signal in it, crop
@@ -105,6 +105,7 @@ def preprocess_subject(
     missing_images: str = "error",
     volume_index: dict[str, int] | None = None,
     head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM,
+    series: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Deterministic preprocessing of one subject.
 
@@ -133,7 +134,7 @@ def preprocess_subject(
         raise ImageError(f"subject {subject!r} has no image for any of {list(sequences)}")
 
     data: dict[str, Any] = {
-        s: load_sequence(subject, s, str(paths[s]), volume_index.get(s))
+        s: load_sequence(subject, s, str(paths[s]), volume_index.get(s), (series or {}).get(s))
         for s, p in zip(sequences, present, strict=True)
         if p
     }

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import nibabel as nib
@@ -26,6 +28,7 @@ from monai.data.image_reader import NibabelReader
 from monai.transforms import LoadImage
 from nibabel.filebasedimages import ImageFileError
 
+from multimodal.dicom_series import is_series_folder, read_series
 from multimodal.errors import ImageError
 
 # What nibabel / zlib / gzip / MONAI raise on a missing, truncated or non-NIfTI file.
@@ -144,8 +147,9 @@ def overlap(box: np.ndarray, reference: np.ndarray) -> float:
     return float(np.prod(sides) / smaller) if smaller > 0 else 0.0
 
 
-def load_sequence(subject: str, sequence: str, path: str, volume: int | None) -> MetaTensor:
-    """One NIfTI as a (1, X, Y, Z) float32 MetaTensor (native byte order) with its affine.
+def load_sequence(subject: str, sequence: str, path: str, volume: int | None, series: str | None = None) -> MetaTensor:
+    """One NIfTI, or the DICOM series of a folder (``series``: which one, ``multimodal.dicom_series``),
+    as a (1, X, Y, Z) float32 MetaTensor (native byte order) with its RAS affine.
 
     Intensities are divided by their largest magnitude, computed in float64: the per-channel
     z-score later makes the scale irrelevant, and this way any unit (a FLAIR near the float32
@@ -154,6 +158,11 @@ def load_sequence(subject: str, sequence: str, path: str, volume: int | None) ->
     def refuse(message: str) -> ImageError:
         return ImageError(f"subject {subject!r}, sequence {sequence!r}: {message}")
 
+    if is_series_folder(path):
+        voxels, affine = read_series(path, series, f"subject {subject!r}, sequence {sequence!r}")
+        img = MetaTensor(torch.from_numpy(voxels)[None], affine=torch.from_numpy(affine),
+                         meta={"filename_or_obj": path, "original_affine": affine})
+        return _scaled(img, path, refuse)
     try:
         shape = tuple(int(n) for n in read_header(path).shape)
     except ImageError as err:
@@ -167,16 +176,29 @@ def load_sequence(subject: str, sequence: str, path: str, volume: int | None) ->
     if volume is not None and not 0 <= volume < n_volumes:
         raise refuse(f"volume_index {volume} is out of range for {path}, which has {n_volumes} volume(s); "
                      f"use 0..{n_volumes - 1}")
-    # float64: integer and big-endian data convert exactly, and huge or tiny values stay finite.
-    loader = LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float64, ensure_channel_first=True)
     try:
-        img = loader(path)
+        img = _nifti_loader()(path)
     except READ_ERRORS as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise refuse(f"cannot read {path} ({first_line}); check the file is a complete 3D NIfTI (.nii / .nii.gz) "
                      "or fix its path in the cohort CSV") from err
     if volume is not None:
         img = img[volume : volume + 1]
+    return _scaled(img, path, refuse)
+
+
+@lru_cache(maxsize=1)
+def _nifti_loader() -> LoadImage:
+    """MONAI's loader with nibabel, built once: ``LoadImage`` also builds every default reader, and with
+    pydicom installed MONAI's NvImgCodec DICOM reader warns on each construction that its GPU plugin is
+    absent (it is never used here). float64: integer and big-endian data convert exactly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+        return LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float64, ensure_channel_first=True)
+
+
+def _scaled(img: MetaTensor, path: str, refuse: Any) -> MetaTensor:
+    """``img`` (float64) divided by its largest magnitude, as float32; non-finite voxels refused."""
     values = img.as_tensor()
     finite = torch.isfinite(values)
     if not finite.all():

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from multimodal.cohort import Cohort, Problem, read_cohort
 from multimodal.config import CohortConfig
+from multimodal.dicom_series import choose_series, read_series, scan_folder, series_problem
 from multimodal.errors import ImageError
 from multimodal.nifti import (
     MIN_FOV_OVERLAP,
@@ -30,6 +31,7 @@ from multimodal.nifti import (
     field_of_view_problem,
     overlap,
     read_header,
+    voxel_sizes,
     world_box,
 )
 
@@ -219,55 +221,21 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
         if not path.exists():
             report.errors.append(Problem(f"image file {path} does not exist", subject=subject, column=column))
             continue
-        try:
-            image = read_header(str(path))  # format, voxel type, grid size and geometry
-        except ImageError as err:
-            report.errors.append(Problem(f"image file {err}", subject=subject, column=column))
+        found = (_check_series_folder(report, path, config.series.get(sequence), read_images, subject, column)
+                 if path.is_dir() else _check_nifti(report, path, sequence, config, read_images, subject, column))
+        if found is None:
             continue
-        shape = tuple(int(n) for n in image.shape)
-        if len(shape) < 3:
-            report.errors.append(Problem(f"{path.name} is {len(shape)}D ({shape}); a 3D volume is needed", subject=subject, column=column))
-            continue
-        if len(shape) == 4 and shape[3] > 1 and sequence not in config.volume_index:
-            report.errors.append(Problem(
-                f"{path.name} is 4D {shape}; set volume_index: {{{sequence}: N}} in the cohort config to pick a volume",
-                subject=subject, column=column,
-            ))
-            continue
-        wanted = config.volume_index.get(sequence, 0)
-        if len(shape) == 3 and wanted > 0:  # preprocessing refuses it: say so here, before any training
-            report.errors.append(Problem(
-                f"{path.name} is 3D (one volume) but volume_index: {{{sequence}: {wanted}}} asks for volume {wanted}; "
-                f"every {sequence} file must hold that volume: split the 4D files (keep the volume you want) so "
-                "that all are 3D, and drop volume_index", subject=subject, column=column))
-            continue
-        if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
-            report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
-            continue
-        if read_images:
-            try:
-                data = np.asanyarray(image.dataobj)
-            except READ_ERRORS as err:
-                report.errors.append(Problem(f"image file {path} is unreadable ({type(err).__name__}: {err}); "
-                                             "re-export it as NIfTI", subject=subject, column=column))
-                continue
-            if not np.isfinite(data).all():
-                report.errors.append(Problem(
-                    f"{path.name} holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels; fix the export "
-                    "(or replace them by 0)", subject=subject, column=column))
-            elif data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
-                report.errors.append(Problem(f"{path.name} is constant ({float(data.flat[0])}): an empty "
-                                             "image; re-export it", subject=subject, column=column))
-        problem = field_of_view_problem(shape, image.affine, config.head_extent_mm)
+        shape, affine, dtype = found
+        problem = field_of_view_problem(shape, affine, config.head_extent_mm)
         if problem is not None:
             _unusable(report, config.missing_images, Problem(f"{path.name} {problem}", subject=subject, column=column))
         else:
-            boxes.setdefault(subject, {})[sequence] = world_box(shape, image.affine)
-        zooms = tuple(round(float(z), 2) for z in image.header.get_zooms()[:3])
+            boxes.setdefault(subject, {})[sequence] = world_box(shape, affine)
+        zooms = tuple(round(float(z), 2) for z in voxel_sizes(affine))
         shapes[sequence][shape[:3]] += 1
         spacings[sequence][zooms] += 1
-        orientations[sequence]["".join(nib.aff2axcodes(image.affine))] += 1
-        dtypes[sequence][str(image.get_data_dtype())] += 1
+        orientations[sequence]["".join(nib.aff2axcodes(affine))] += 1
+        dtypes[sequence][dtype] += 1
     for subject, fields in boxes.items():
         (first, reference), *others = fields.items()
         for sequence, box in others:
@@ -279,6 +247,84 @@ def _check_images(cohort: Cohort, sequences: list[str], read_images: bool, repor
                     "re-export it with its real geometry", subject=subject, column=config.images[sequence]))
     return {"shapes": shapes, "spacings": spacings, "orientations": orientations, "dtypes": dtypes,
             "missing": missing_sequence}
+
+
+def _check_nifti(report: ValidationReport, path: Any, sequence: str, config: CohortConfig, read_images: bool,
+                 subject: str, column: str) -> tuple[tuple[int, ...], np.ndarray, str] | None:
+    """Header (and with ``read_images`` voxel) checks of one NIfTI file: its ``(shape, affine, dtype)``,
+    or None after adding the error that makes it unusable."""
+    try:
+        image = read_header(str(path))  # format, voxel type, grid size and geometry
+    except ImageError as err:
+        report.errors.append(Problem(f"image file {err}", subject=subject, column=column))
+        return None
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 3:
+        report.errors.append(Problem(f"{path.name} is {len(shape)}D ({shape}); a 3D volume is needed", subject=subject, column=column))
+        return None
+    if len(shape) == 4 and shape[3] > 1 and sequence not in config.volume_index:
+        report.errors.append(Problem(
+            f"{path.name} is 4D {shape}; set volume_index: {{{sequence}: N}} in the cohort config to pick a volume",
+            subject=subject, column=column,
+        ))
+        return None
+    wanted = config.volume_index.get(sequence, 0)
+    if len(shape) == 3 and wanted > 0:  # preprocessing refuses it: say so here, before any training
+        report.errors.append(Problem(
+            f"{path.name} is 3D (one volume) but volume_index: {{{sequence}: {wanted}}} asks for volume {wanted}; "
+            f"every {sequence} file must hold that volume: split the 4D files (keep the volume you want) so "
+            "that all are 3D, and drop volume_index", subject=subject, column=column))
+        return None
+    if len(shape) > 4 or (len(shape) == 4 and sequence in config.volume_index and config.volume_index[sequence] >= shape[3]):
+        report.errors.append(Problem(f"{path.name} has shape {shape}, which no volume_index fits", subject=subject, column=column))
+        return None
+    if read_images:
+        try:
+            data = np.asanyarray(image.dataobj)
+        except READ_ERRORS as err:
+            report.errors.append(Problem(f"image file {path} is unreadable ({type(err).__name__}: {err}); "
+                                         "re-export it as NIfTI", subject=subject, column=column))
+            return None
+        if not np.isfinite(data).all():
+            report.errors.append(Problem(
+                f"{path.name} holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels; fix the export "
+                "(or replace them by 0)", subject=subject, column=column))
+        elif data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
+            report.errors.append(Problem(f"{path.name} is constant ({float(data.flat[0])}): an empty "
+                                         "image; re-export it", subject=subject, column=column))
+    return shape, image.affine, str(image.get_data_dtype())
+
+
+def _check_series_folder(report: ValidationReport, path: Any, selector: str | None, read_images: bool,
+                         subject: str, column: str) -> tuple[tuple[int, ...], np.ndarray, str] | None:
+    """Series checks of one DICOM folder (several series, missing or duplicated slices, spacing,
+    orientations, gantry tilt, multi-frame and unreadable files): ``(shape, affine, "DICOM")`` of
+    the chosen series, or None after adding the error that makes it unusable."""
+    where = f"{path.name}"
+    try:
+        scan = scan_folder(str(path))
+        series = choose_series(scan, selector, "DICOM folder")
+    except ImageError as err:
+        report.errors.append(Problem(str(err), subject=subject, column=column))
+        return None
+    problem = series_problem(series, scan)
+    if problem is not None:
+        report.errors.append(Problem(f"DICOM folder {where} {problem}", subject=subject, column=column))
+        return None
+    for warning in series.warnings:
+        report.warnings.append(Problem(f"DICOM folder {where}: series {series.label} {warning}", subject=subject,
+                                       column=column))
+    if read_images:
+        try:
+            voxels, _ = read_series(str(path), selector, "DICOM folder")
+        except ImageError as err:
+            report.errors.append(Problem(str(err), subject=subject, column=column))
+            return None
+        if not np.isfinite(voxels).all() or float(voxels.max()) == float(voxels.min()):
+            report.errors.append(Problem(f"DICOM folder {where}: series {series.label} is constant or not finite: "
+                                         "an empty image; re-export it", subject=subject, column=column))
+            return None
+    return series.shape, series.affine, "DICOM"
 
 
 def _unusable(report: ValidationReport, policy: str, problem: Problem) -> None:

@@ -32,6 +32,7 @@ from multimodal.config import (
     ImagingConfig,
 )
 from multimodal.config_checks import check_choice
+from multimodal.dicom_series import folder_files
 from multimodal.errors import ImageError, StrokeSSLError
 from multimodal.file_digest import FileDigests, file_identity
 from multimodal.imaging import preprocess_subject
@@ -63,6 +64,7 @@ class VolumeCache:
         volume_index: dict[str, int] | None = None,
         dtype: str = "float32",
         head_extent_mm: tuple[float, float] = HEAD_EXTENT_MM,
+        series: dict[str, str] | None = None,
     ) -> None:
         check_choice("missing_images", missing_images, MISSING_IMAGE_POLICIES)
         check_choice("data.cache_dtype", dtype, CACHE_DTYPES)
@@ -75,6 +77,7 @@ class VolumeCache:
         self.volume_index = {s: int(v) for s, v in (volume_index or {}).items() if s in self.sequences}
         self.dtype = dtype
         self.head_extent_mm = (float(head_extent_mm[0]), float(head_extent_mm[1]))
+        self.series = {s: str(v) for s, v in (series or {}).items() if s in self.sequences}
         self.built = 0
         self.hits = 0
         self.digests = FileDigests()
@@ -90,7 +93,9 @@ class VolumeCache:
                 continue
             try:
                 identity = file_identity(path)
-                digest = None if os.path.isdir(identity.path) else self.digests.digest(identity)
+                # a DICOM folder: every file under it (a changed, added or removed slice is a new entry)
+                digest = (self._folder_digest(identity.path) if os.path.isdir(identity.path)
+                          else self.digests.digest(identity))
             except OSError as err:
                 raise ImageError(
                     f"subject {record['subject_id']!r}, sequence {sequence!r}: {os.path.abspath(path)} cannot be "
@@ -106,12 +111,18 @@ class VolumeCache:
             # each policy its own entries: drop_modality and zero cache subjects whose image error refuses
             "missing_images": self.missing_images,
             "volume_index": sorted(self.volume_index.items()),
+            **({"series": sorted(self.series.items())} if self.series else {}),  # old keys stay valid
             "head_extent_mm": list(self.head_extent_mm),
             "dtype": self.dtype,  # so switching to float16 really shrinks the cache
             "strokessl": importlib.metadata.version("strokessl"),
             "monai": monai.__version__,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    def _folder_digest(self, folder: str) -> str:
+        """SHA-256 over the relative path and content digest of every file under ``folder``."""
+        listing = [[os.path.relpath(f, folder), self.digests.digest(file_identity(f))] for f in folder_files(folder)]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
     def has_image(self, record: dict[str, Any]) -> bool:
         """False for a subject whose image modality is absent under the policy: ``drop_modality``: a
@@ -156,7 +167,7 @@ class VolumeCache:
         if tensors is None:
             status = "built"
             tensors = preprocess_subject(record, self.imaging, self.sequences, self.missing_images,
-                                         self.volume_index, self.head_extent_mm)
+                                         self.volume_index, self.head_extent_mm, self.series)
             stored = dict(tensors, image=tensors["image"].to(getattr(torch, self.dtype)))
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))

@@ -111,7 +111,7 @@ CASES = [
     (".nii that is gzip-compressed", _cohort(_put(_renamed(".nii.gz"), "s03.nii")), 2,
      "is gzip-compressed but named s03.nii; rename it to end in .nii.gz"),
     ("header claims a 30000^3 grid", _cohort(_put(_huge_grid, "s03.nii")), 2, "claims a grid of 30000 x 30000 x 30000"),
-    ("image path is a folder", _cohort(_folder_as_image), 2, "s03.nii.gz is a folder, not a NIfTI file"),
+    ("image path is a folder", _cohort(_folder_as_image), 2, "s03.nii.gz holds no readable DICOM slices; give a DICOM series folder or a NIfTI file"),
     ("a single slice", _cohort(_put(_nifti(_image(3)[:, :, 4:5]), "s03.nii.gz")), 2, "is a single slice (10 x 10 x 1"),
     ("a 4 x 15 x 14 mm field of view", _cohort(_put(_nifti(np.random.default_rng(0).random((2, 15, 14), np.float32),
                                                            np.diag([2.0, 1.0, 1.0, 1.0])), "s03.nii.gz")), 2,

@@ -180,9 +180,9 @@ def counting_loader(monkeypatch) -> list[str]:
     calls: list[str] = []
     original = imaging.load_sequence
 
-    def spy(subject, sequence, path, volume):
+    def spy(subject, sequence, path, volume, series=None):
         calls.append(path)
-        return original(subject, sequence, path, volume)
+        return original(subject, sequence, path, volume, series)
 
     monkeypatch.setattr(imaging, "load_sequence", spy)
     return calls
