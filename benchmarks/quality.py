@@ -96,6 +96,10 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
     "lpft": ("clip_stages", {"mode": "trainable", "head": "probe"}),  # the probe first, then encoders + head fine-tuned
     "probe_pcs_pretraining": ("clip_stages", {**_PROBE, "probe_components": "pretraining"}),  # PCs of the pretraining subjects
+    # how many principal components each embedding block keeps (the default 16 against more, and all)
+    "probe_pcs32": ("clip_stages", {**_PROBE, "probe_pcs": 32}),
+    "probe_pcs64": ("clip_stages", {**_PROBE, "probe_pcs": 64}),
+    "probe_pcs_all": ("clip_stages", {**_PROBE, "probe_pcs": None}),
 }
 BASELINES = ("logistic_regression", "gradient_boosting")
 MULTIMODAL = ("default", "clip_avg", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale",

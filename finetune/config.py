@@ -35,6 +35,7 @@ class FinetuneConfig:
     # probe: the per-block principal components come from the training fold, or from every subject
     # the pretraining run read (its cohort and pretrain.rows; no labels)
     probe_components: str = "fold"
+    probe_pcs: int | None = 16  # probe: principal components kept per embedding block; null = every column
     head_layers: int = 2  # hidden layers of the MLP head; 0 = a linear head (a linear probe when frozen)
     dropout: float = 0.3
     epochs: int = 50
@@ -73,6 +74,8 @@ class FinetuneConfig:
         check_choice("finetune.head", self.head, HEADS)
         check_choice("finetune.select_on", self.select_on, SELECTION)
         check_choice("finetune.probe_components", self.probe_components, PROBE_COMPONENTS_FROM)
+        if self.probe_pcs is not None:
+            check_range("finetune.probe_pcs", self.probe_pcs, 1, 4096, hint="null = every embedding column")
         if self.head == "probe" and self.mode == "scratch":
             raise ConfigError(f"finetune.head: probe fits a linear model on pretrained embeddings; it needs "
                               f"finetune.mode: frozen or trainable (got {self.mode}), or use head: mlp")

@@ -229,7 +229,7 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
     require_finite(features, train_ids, "the embedding", NON_FINITE_ADVICE)
     basis = ctx.probe_basis(model)
-    fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model), basis=basis)
+    fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model), ctx.settings.probe_pcs, basis)
     load_probe_head(model.head, fit)
     history = [{"C": fit["C"], "group_weights": fit["group_weights"], "features": int(fit["weight"].shape[0]),
                 "components_from": ctx.settings.probe_components if basis is not None else "fold",

@@ -55,14 +55,14 @@ class ProbeReduction(nn.Module):
         return torch.cat([block(part) for block, part in zip(self.blocks, parts, strict=True)], dim=1)
 
 
-def probe_segments(groups: np.ndarray, components: int = PROBE_COMPONENTS) -> list[tuple[int, int, int]]:
+def probe_segments(groups: np.ndarray, components: int | None = PROBE_COMPONENTS) -> list[tuple[int, int, int]]:
     """``(group, d, k)`` per run of equal entries of the ``(F,)`` ``groups``: the design (group 0) keeps
-    its ``d`` columns, an embedding block ``min(components, d)`` (fewer fitted components, when a fold
-    has fewer subjects, are padded with zeros by ``load_probe_head``)."""
+    its ``d`` columns, an embedding block ``min(components, d)`` (None: ``d``; fewer fitted components,
+    when a fold has fewer subjects, are padded with zeros by ``load_probe_head``)."""
     groups = np.asarray(groups, dtype=int)
     starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
     sizes = np.diff(np.r_[starts, len(groups)])
-    segments = [(int(groups[s]), int(d), int(d) if groups[s] == 0 else min(components, int(d)))
+    segments = [(int(groups[s]), int(d), int(d) if groups[s] == 0 or components is None else min(components, int(d)))
                 for s, d in zip(starts, sizes, strict=True)]
     seen = [g for g, _, _ in segments]
     if len(seen) != len(set(seen)):
@@ -70,10 +70,11 @@ def probe_segments(groups: np.ndarray, components: int = PROBE_COMPONENTS) -> li
     return segments
 
 
-def probe_head(groups: np.ndarray) -> nn.Sequential:
-    """The LP-FT head for a probe classifier whose head input has ``groups`` (``probe_groups``):
-    ``Sequential(ProbeReduction, Linear(F', 1))``, to be filled by ``load_probe_head``."""
-    reduction = ProbeReduction(probe_segments(groups))
+def probe_head(groups: np.ndarray, components: int | None = PROBE_COMPONENTS) -> nn.Sequential:
+    """The LP-FT head for a probe classifier whose head input has ``groups`` (``probe_groups``) and keeps
+    ``components`` per embedding block: ``Sequential(ProbeReduction, Linear(F', 1))``, to be filled by
+    ``load_probe_head``."""
+    reduction = ProbeReduction(probe_segments(groups, components))
     return nn.Sequential(reduction, nn.Linear(reduction.out_features, 1))
 
 

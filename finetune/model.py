@@ -36,7 +36,7 @@ from torch import nn
 
 from finetune.config import MODES
 from finetune.lpft import ProbeReduction, has_stages, probe_head, stage_parameter_groups
-from finetune.probe import ProbeTable, probe_groups
+from finetune.probe import PROBE_COMPONENTS, ProbeTable, probe_groups
 from multimodal.config_checks import check_choice
 from multimodal.data import to_device
 from multimodal.errors import ConfigError
@@ -221,7 +221,7 @@ def build_classifier(encoders: dict[str, nn.Module | None], settings: Any, num_c
         model = FusionClassifier(encoders, fusion="concat", hidden=settings.hidden, dropout=settings.dropout,
                                  head_layers=0)
         if getattr(settings, "mode", "frozen") == "trainable":  # LP-FT: the probe as layers the encoders feed
-            model.head = probe_head(probe_groups(model))
+            model.head = probe_head(probe_groups(model), getattr(settings, "probe_pcs", PROBE_COMPONENTS))
         return model
     return FusionClassifier(encoders, fusion=settings.fusion, hidden=settings.hidden, dropout=settings.dropout,
                             head_layers=settings.head_layers)

@@ -41,24 +41,28 @@ class _Encoder(torch.nn.Module):
 class _Settings:
     head, branches, probe_table_embedding, hidden, dropout = "probe", "both", False, 8, 0.0
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+    def __init__(self, mode: str, probe_pcs: int | None = 16) -> None:
+        self.mode, self.probe_pcs = mode, probe_pcs
 
 
-@pytest.mark.parametrize("n", [120, 14])  # 14 subjects: fewer components than the head holds (zero-padded)
-def test_lpft_head_computes_the_frozen_probe_logit(n):
+# 14 subjects: fewer components than the head holds (zero-padded); probe_pcs 8 and None (every column)
+@pytest.mark.parametrize(("n", "pcs"), [(120, 16), (14, 16), (120, 8), (120, None)])
+def test_lpft_head_computes_the_frozen_probe_logit(n, pcs):
     rng = np.random.default_rng(0)
     image = rng.normal(size=(n, 40)) @ rng.normal(size=(40, 40))  # an embedding block (40 > 16 components)
     table = {"continuous": torch.tensor(rng.normal(size=(n, 2)), dtype=torch.float32),
              "categorical": torch.tensor(rng.integers(0, 3, size=(n, 1))),
              "missing": torch.tensor(rng.random((n, 3)) < 0.1)}
     y = (image[:, 0] + table["continuous"][:, 0].numpy() + rng.normal(size=n) > 0).astype(int)
-    models = {mode: set_mode(build_classifier({"image": _Encoder(40), "table": torch.nn.Identity()}, _Settings(mode),
-                                              2, [3]), mode).eval() for mode in ("frozen", "trainable")}
+    models = {mode: set_mode(build_classifier({"image": _Encoder(40), "table": torch.nn.Identity()},
+                                              _Settings(mode, pcs), 2, [3]), mode).eval()
+              for mode in ("frozen", "trainable")}
     assert isinstance(models["trainable"].head[0], ProbeReduction)
+    design_width = int((probe_groups(models["frozen"]) == 0).sum())  # the table design keeps every column
+    assert models["trainable"].head[0].out_features == design_width + (40 if pcs is None else pcs)
     inputs = {"image": torch.tensor(image, dtype=torch.float32), "table": table}
     features = torch.cat(list(models["frozen"].embed(inputs).values()), dim=1).numpy()
-    fit = fit_linear_probe(features, y, seed=0, groups=probe_groups(models["frozen"]))
+    fit = fit_linear_probe(features, y, seed=0, groups=probe_groups(models["frozen"]), components=pcs)
     for model in models.values():
         load_probe_head(model.head, fit)
     expected = features @ fit["weight"] + fit["bias"]
