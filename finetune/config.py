@@ -12,6 +12,7 @@ from multimodal.config import RunConfig
 from multimodal.config_checks import check_choice, check_range
 from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
+from multimodal.outcome import TIME_UNITS, Horizon, run_horizon
 
 MODES = ("frozen", "trainable", "scratch")
 BRANCHES = ("both", "image", "table")
@@ -63,6 +64,14 @@ class FinetuneConfig:
     # A fixed, labeled test cohort (cohort.yaml, relative to the run config): after cross-validation
     # the fold models (averaged) and the baselines refit on every labeled subject are scored on it.
     test_cohort: str | None = None
+    # time-to-event cohorts (cohort.yaml time / event): the binary label is recurrence by this horizon
+    horizon: float | None = None
+    horizon_unit: str = "months"  # days | weeks | months | years
+
+    @property
+    def outcome_horizon(self) -> Horizon | None:
+        """``horizon`` with its unit (``multimodal.outcome``), or None."""
+        return run_horizon({"horizon": self.horizon, "horizon_unit": self.horizon_unit})
 
     def __post_init__(self) -> None:
         check_choice("finetune.mode", self.mode, MODES)
@@ -74,6 +83,9 @@ class FinetuneConfig:
         check_choice("finetune.head", self.head, HEADS)
         check_choice("finetune.select_on", self.select_on, SELECTION)
         check_choice("finetune.probe_components", self.probe_components, PROBE_COMPONENTS_FROM)
+        check_choice("finetune.horizon_unit", self.horizon_unit, TIME_UNITS)
+        if self.horizon is not None:
+            Horizon(self.horizon, self.horizon_unit)  # refuses a horizon that is no positive number
         if self.probe_pcs is not None:
             check_range("finetune.probe_pcs", self.probe_pcs, 1, 4096, hint="null = every embedding column")
         if self.head == "probe" and self.mode == "scratch":

@@ -23,6 +23,7 @@ from multimodal.cohort import Cohort, load_cohort
 from multimodal.config import RunConfig, load_cohort_config
 from multimodal.data import build_dataset, volume_cache
 from multimodal.errors import ConfigError
+from multimodal.outcome import run_horizon
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def pretraining_subjects(run: PretrainingRun) -> tuple[Cohort, list[str]]:
     if not source.is_file():
         raise ConfigError(f"finetune.probe_components: pretraining reads the pretraining cohort {source} of "
                           f"{run.run_dir}, which no longer exists; restore it or use probe_components: fold")
-    cohort = load_cohort(load_cohort_config(source))
+    cohort = load_cohort(load_cohort_config(source), run_horizon(run.config.finetune))
     if run.config.pretrain.get("rows", "unlabeled") == "all":
         return cohort, list(cohort.ids)
     return cohort, [s for s, labeled in zip(cohort.ids, cohort.labeled, strict=True) if not labeled]

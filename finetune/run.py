@@ -119,14 +119,15 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
     make_folder(run_dir / "folds")
     begin_record(run_dir, FINETUNING)
     save_config(run_config, run_dir / "config.yaml")
-    cohort = load_cohort(cohort_config)
+    cohort = load_cohort(cohort_config, settings.outcome_horizon)
     labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
     if not labeled:
         raise CohortError(f"cohort {cohort.config.source} has no labeled subject to fine-tune on")
     cohort = cohort.subset(labeled)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
-    test = load_test_cohort(settings.test_cohort) if settings.test_cohort is not None else None
+    test = (load_test_cohort(settings.test_cohort, settings.outcome_horizon) if settings.test_cohort is not None
+            else None)
     if test is not None:  # a broken test cohort fails now, not after hours of training
         check_test_cohort(test, cohort, ctx.sequences if "image" in ctx.modalities else [])
     # The architecture each modality was built with, so predict can rebuild the fold models alone.

@@ -27,6 +27,7 @@ from multimodal.cohort import Cohort, load_cohort
 from multimodal.cohort_duplicates import file_key
 from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
+from multimodal.outcome import Horizon
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ OVERLAP_REFUSED = 0.5
 MIN_ROW_VALUES = 3
 
 
-def load_test_cohort(path: str | Path) -> Cohort:
-    """The labeled subjects of the test cohort; both classes must be present."""
-    cohort = load_cohort(load_cohort_config(path))
+def load_test_cohort(path: str | Path, horizon: Horizon | None = None) -> Cohort:
+    """The labeled subjects of the test cohort (at ``horizon`` for a time-to-event outcome); both classes
+    must be present."""
+    cohort = load_cohort(load_cohort_config(path), horizon)
     labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
     unlabeled = len(cohort.ids) - len(labeled)
     if unlabeled:

@@ -19,10 +19,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from multimodal.cohort_duplicates import case_duplicate_problems, shared_image_problems
-from multimodal.cohort_labels import map_labels, na_marker
+from multimodal.cohort_labels import map_labels, na_marker, read_time_to_event
 from multimodal.config import CohortConfig
 from multimodal.csv_table import read_header, read_records
 from multimodal.errors import CohortError
+from multimodal.outcome import Horizon, horizon_labels
 from multimodal.problems import Problem
 from multimodal.tabular import to_numeric_column
 
@@ -44,6 +45,10 @@ class Cohort:
     feature_types: dict[str, str]  # column -> continuous | categorical
     image_paths: dict[str, dict[str, Path | None]]  # subject -> sequence -> file (None = absent)
     text: pd.DataFrame = field(default_factory=pd.DataFrame)
+    time: np.ndarray | None = None  # (N,) follow-up in config.time_unit (NaN = missing), when the cohort has one
+    event: np.ndarray | None = None  # (N,) 0/1 (NaN = missing)
+    # how the binary label came from time and event at the run's horizon (multimodal.outcome.horizon_labels)
+    outcome: dict[str, Any] = field(default_factory=dict)
 
     @property
     def continuous(self) -> list[str]:
@@ -87,6 +92,9 @@ class Cohort:
             feature_types=dict(self.feature_types),
             image_paths={s: self.image_paths[s] for s in subjects},
             text=self.text.loc[subjects] if not self.text.empty else self.text,
+            time=self.time[rows] if self.time is not None else None,
+            event=self.event[rows] if self.event is not None else None,
+            outcome=dict(self.outcome),
         )
 
 
@@ -120,6 +128,8 @@ def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
     named += [(f"images.{seq}", col) for seq, col in config.images.items()]
     if config.label is not None:
         named.append(("label", config.label))
+    if config.time is not None:
+        named += [("time", config.time), ("event", config.event)]
     named += [("text", c) for c in config.text] + [("ignore", c) for c in config.ignore]
     named += [("features", c) for c in config.features or []] + [("types", c) for c in config.types]
     problems = []
@@ -135,7 +145,7 @@ def check_columns(config: CohortConfig, frame: pd.DataFrame) -> list[Problem]:
 
 def feature_columns(config: CohortConfig, frame: pd.DataFrame) -> list[str]:
     """Clinical feature columns: the allow-list if given, else every column without a role."""
-    roles = {config.id, config.label, *config.images.values(), *config.text, *config.ignore}
+    roles = {config.id, config.label, config.time, config.event, *config.images.values(), *config.text, *config.ignore}
     if config.features is not None:
         return [c for c in config.features if c not in roles]
     return [c for c in frame.columns if c not in roles]
@@ -210,8 +220,9 @@ def image_cell_problems(config: CohortConfig, frame: pd.DataFrame) -> list[Probl
     return problems
 
 
-def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
-    """Read the table and collect table-level problems (without touching image files)."""
+def read_cohort(config: CohortConfig, horizon: Horizon | None = None) -> tuple[Cohort, list[Problem]]:
+    """Read the table and collect table-level problems (without touching image files). With a
+    time-to-event outcome and a ``horizon`` the labels are those at the horizon (``multimodal.outcome``)."""
     frame = read_table(config)
     problems = check_columns(config, frame)
     if problems:
@@ -223,6 +234,18 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     frame = frame[ids.notna()].reset_index(drop=True)
     labels, label_problems = map_labels(config, frame)
     problems += label_problems
+    time = event = None
+    outcome: dict[str, Any] = {}
+    if config.time is not None:
+        time, event, outcome_problems = read_time_to_event(config, frame)
+        problems += outcome_problems
+        if horizon is not None:
+            derived, outcome = horizon_labels(time, event, horizon.in_unit(config.time_unit))
+            outcome["horizon"] = str(horizon)
+            if config.label is not None:  # both given: the horizon's label is used; say where they differ
+                both = ~np.isnan(labels) & ~np.isnan(derived)
+                outcome["label_column_disagrees"] = int((labels[both] != derived[both]).sum())
+            labels = derived
     duplicated = frame[config.id].duplicated().to_numpy()
     first_line = {}
     for row, subject in enumerate(frame[config.id]):
@@ -265,7 +288,8 @@ def read_cohort(config: CohortConfig) -> tuple[Cohort, list[Problem]]:
     }
     problems += shared_image_problems(config, image_paths)
     text = frame[config.text].set_axis(features.index) if config.text else pd.DataFrame(index=features.index)
-    cohort = Cohort(config, [str(s) for s in frame[config.id]], labels, features, kinds, image_paths, text)
+    cohort = Cohort(config, [str(s) for s in frame[config.id]], labels, features, kinds, image_paths, text,
+                    time, event, outcome)
     return cohort, problems
 
 
@@ -273,12 +297,13 @@ def _empty_cohort(config: CohortConfig) -> Cohort:
     return Cohort(config, [], np.zeros(0), pd.DataFrame(), {}, {})
 
 
-def load_cohort(config: CohortConfig) -> Cohort:
-    """Read a cohort for training; any table-level problem is one ``CohortError`` listing all.
+def load_cohort(config: CohortConfig, horizon: Horizon | None = None) -> Cohort:
+    """Read a cohort for training; any table-level problem is one ``CohortError`` listing all. ``horizon``:
+    the binary label of a time-to-event outcome (``multimodal.outcome``).
 
     Subjects lacking a sequence are dropped when ``missing_images: drop`` (with a warning).
     """
-    cohort, problems = read_cohort(config)
+    cohort, problems = read_cohort(config, horizon)
     if problems:
         raise CohortError(_join(problems, config))
     if config.missing_images == "drop":

@@ -97,3 +97,30 @@ def _unknown_hint(value: Any) -> str:
     if pd.notna(pd.to_numeric(text, errors="coerce")):
         return ""
     return f", or add {text!r} to its na_values if it means unknown"
+
+
+def read_time_to_event(config: CohortConfig, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """The ``time`` column as ``(N,)`` float (its ``time_unit``) and ``event`` as ``(N,)`` float 0/1,
+    NaN where empty or a ``na_values`` marker, with a problem per cell that is neither: a time that is
+    no number or negative, an event that is not 0/1 (or true/false, yes/no)."""
+    problems = []
+    time = np.full(len(frame), np.nan)
+    event = np.full(len(frame), np.nan)
+    for i, (subject, t, e) in enumerate(zip(frame[config.id], frame[config.time], frame[config.event], strict=True)):
+        if not pd.isna(t):
+            value = float(t) if _is_number(t) else np.nan
+            if np.isfinite(value) and value >= 0:
+                time[i] = value
+            else:
+                problems.append(Problem(f"follow-up time {t!r} is not a number of {config.time_unit} >= 0; fix the "
+                                        "cell, leave it empty, or add the marker to na_values",
+                                        subject=str(subject), column=config.time))
+        if not pd.isna(e):
+            key = str(e).strip().casefold()
+            if key in DEFAULT_LABEL_MAP or (_is_number(key) and float(key) in (0.0, 1.0)):
+                event[i] = float(DEFAULT_LABEL_MAP.get(key, float(key) if _is_number(key) else 0))
+            else:
+                problems.append(Problem(f"event {e!r} is not 0/1 (1 = recurrence seen, 0 = none by the last "
+                                        "follow-up); fix the cell or leave it empty", subject=str(subject),
+                                        column=config.event))
+    return time, event, problems

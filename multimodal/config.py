@@ -23,6 +23,7 @@ import yaml
 from multimodal.config_checks import check_choice, check_folder, check_model, check_range
 from multimodal.config_mapping import from_dict, to_dict, unquoted_text
 from multimodal.errors import ConfigError
+from multimodal.outcome import TIME_UNITS
 from multimodal.yaml_loader import apply_overrides, read_yaml
 
 MISSING_IMAGE_POLICIES = ("error", "drop", "zero", "drop_modality")
@@ -44,6 +45,11 @@ class CohortConfig:
     id: str = "subject_id"  # unique subject (patient) id column
     images: dict[str, str] = field(default_factory=dict)  # sequence name -> column of NIfTI paths
     label: str | None = "recurrence_12m"  # 0/1 outcome column, empty = unlabeled; None = no label
+    # time-to-event outcome (multimodal.outcome): follow-up time column, its unit, and the 0/1 event column;
+    # with finetune.horizon they give the binary label (censored before the horizon = unlabeled)
+    time: str | None = None
+    time_unit: str = "months"
+    event: str | None = None
     # value -> 0/1; matched case-insensitively after stripping. None = 0/1, 0.0/1.0, true/false, yes/no
     label_map: dict[str, int] | None = None
     text: list[str] = field(default_factory=list)  # free-text columns (never used as features)
@@ -74,6 +80,10 @@ class CohortConfig:
                                   "studies, pick each one's series with series: {sequence: description})")
         for column, kind in self.types.items():
             check_choice(f"types.{column}", kind, FEATURE_TYPES)
+        if (self.time is None) != (self.event is None):
+            raise ConfigError("time and event name a time-to-event outcome together: give both columns (follow-up "
+                              "time and the 0/1 event), or neither")
+        check_choice("time_unit", self.time_unit, TIME_UNITS)
         for key in ("volume_index", "series"):
             for sequence in getattr(self, key):
                 if sequence not in self.images:
@@ -109,7 +119,8 @@ class CohortConfig:
         return self.csv.parent
 
 
-ROLE_KEYS = ("id", "images", "label", "label_map", "text", "ignore", "features", "types", "na_values",
+ROLE_KEYS = ("id", "images", "label", "time", "time_unit", "event", "label_map", "text", "ignore", "features",
+             "types", "na_values",
              "missing_images", "volume_index", "series", "head_extent_mm")
 
 

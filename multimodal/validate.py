@@ -34,6 +34,7 @@ from multimodal.nifti import (
     voxel_sizes,
     world_box,
 )
+from multimodal.outcome import Horizon
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,16 @@ class ValidationReport:
 
 
 def validate_cohort(config: CohortConfig, read_images: bool = True, sequences: list[str] | None = None,
-                    folds: int | None = None, pretraining: tuple[str, float, int] | None = None) -> ValidationReport:
+                    folds: int | None = None, pretraining: tuple[str, float, int] | None = None,
+                    horizon: Horizon | None = None) -> ValidationReport:
     """Check the table and every image file; ``read_images=False`` reads headers only. From a run
     config: ``folds`` (``finetune.folds``) checks there are enough labeled subjects of each class,
     ``pretraining`` (``pretrain.rows``, ``val_fraction``, ``batch_size``) that the pretraining split
-    fills one batch."""
+    fills one batch; ``horizon`` (``finetune.horizon``) the binary label of a time-to-event outcome."""
     report = ValidationReport()
-    cohort, problems = read_cohort(config)
+    cohort, problems = read_cohort(config, horizon)
     report.errors += problems
+    _outcome_warnings(cohort, report)
     if not cohort.ids:
         return report
     sequences = sequences or list(config.images)
@@ -355,9 +358,37 @@ def _summarise(cohort: Cohort, images: dict[str, Any]) -> dict[str, Any]:
         "subjects": len(cohort.ids),
         "labeled": int(labeled.sum()),
         "positives": int((cohort.labels == 1).sum()),
+        "outcome": dict(cohort.outcome),
         "columns": columns,
         **images,
     }
+
+
+def _outcome_warnings(cohort: Cohort, report: ValidationReport) -> None:
+    """What a person should know about a time-to-event outcome: no horizon (so no binary label from it),
+    a label column that disagrees with it at the horizon."""
+    config = cohort.config
+    if config.time is None or not cohort.ids:
+        return
+    if not cohort.outcome:
+        report.warnings.append(Problem(
+            f"time-to-event outcome ({config.time}, {config.event}) without a horizon: validate a run config with "
+            "finetune.horizon (e.g. 12 with horizon_unit: months) to see the binary label it gives",
+            column=config.time))
+    elif cohort.outcome.get("label_column_disagrees"):
+        report.warnings.append(Problem(
+            f"the label column disagrees with {config.time} / {config.event} at the horizon "
+            f"{cohort.outcome['horizon']} for {cohort.outcome['label_column_disagrees']} subject(s); the label at the "
+            "horizon is used", column=config.label))
+
+
+def _outcome_lines(outcome: dict[str, Any]) -> list[str]:
+    """The summary's lines on how a time-to-event outcome became the binary label."""
+    if not outcome:
+        return []
+    return [f"  label at the horizon {outcome['horizon']}: {outcome['event_by_horizon']} event(s) by it (1), "
+            f"{outcome['followed_past_horizon']} followed past it without one (0), {outcome['censored_before_horizon']} "
+            f"censored before it and {outcome['missing_time_or_event']} without time or event (unlabeled)"]
 
 
 def _top(counter: Counter, k: int = 3) -> str:
@@ -377,6 +408,7 @@ def format_report(report: ValidationReport, config: CohortConfig) -> str:
         lines += [
             f"  subjects: {summary['subjects']}   labeled: {labeled}   positives: {positives}{prevalence}"
             f"   unlabeled: {summary['subjects'] - labeled}",
+            *_outcome_lines(summary.get("outcome", {})),
             "",
             f"  {'column':<24} {'type':<12} {'missing':>8}  values",
         ]

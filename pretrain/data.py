@@ -28,6 +28,7 @@ from multimodal.data import (
     volume_cache,
 )
 from multimodal.errors import StrokeSSLError
+from multimodal.outcome import run_horizon
 from multimodal.tabular import TabularPreprocessor
 from pretrain import distributed
 from pretrain.config import PretrainConfig
@@ -67,7 +68,8 @@ def build_pretrain_data(
     """Split, fit (or reload) the preprocessor, warm the MRI cache and build both datasets.
 
     Subjects lacking a modality pretraining reads are left out (no pair can be formed with them)."""
-    cohort = load_cohort(cohort_config)
+    # a time-to-event outcome's label at the horizon decides who is labeled (censored subjects are not)
+    cohort = load_cohort(cohort_config, run_horizon(run_config.finetune))
     subjects = pretraining_subjects(cohort, pretrain.rows)
     modalities = pretrain_modalities(run_config.model, pretrain)
     others = {m: run_config.model.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}

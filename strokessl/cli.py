@@ -176,7 +176,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from multimodal.errors import CohortError
     from multimodal.validate import format_report, validate_cohort
 
-    sequences, folds, pretraining = None, None, None
+    sequences, folds, pretraining, horizon = None, None, None, None
     if is_run_config(args.config):
         run_config = load_run_config(args.config, args.overrides)
         cohort_config = load_cohort_config(run_config.cohort)
@@ -187,7 +187,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
         errors = missing_files(run_config)  # every section's mistakes in one go, not one per run of validate
         try:
-            folds = finetune_config(run_config).folds
+            finetune_settings = finetune_config(run_config)
+            folds, horizon = finetune_settings.folds, finetune_settings.outcome_horizon
         except ConfigError as error:
             errors.append(str(error))
         try:
@@ -202,7 +203,7 @@ def run_validate(args: argparse.Namespace) -> int:
             logger.warning("--set applies to run configs; %s is a cohort config", args.config)
         cohort_config = load_cohort_config(args.config)
     report = validate_cohort(cohort_config, read_images=not args.headers_only, sequences=sequences, folds=folds,
-                             pretraining=pretraining)
+                             pretraining=pretraining, horizon=horizon)
     sys.stdout.write(format_report(report, cohort_config) + "\n")
     if not report.ok:
         raise CohortError(f"{len(report.errors)} error(s) in cohort {cohort_config.source}; see the list above")

@@ -39,6 +39,7 @@ from multimodal.data import (
 )
 from multimodal.errors import StrokeSSLError
 from multimodal.finite import NON_FINITE_ADVICE, require_finite
+from multimodal.outcome import run_horizon
 from multimodal.run_folder import FINETUNING, PRETRAINING, require_run
 from pretrain.export import (  # loading a pretraining run's weights, nothing else
     load_run_model,
@@ -70,7 +71,7 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if require_run(run_dir, (FINETUNING, PRETRAINING), command) == FINETUNING:
         models = load_fold_models(run_dir, device)
-        cohort = load_cohort(new_cohort_config(run_dir, cohort_path))
+        cohort = load_cohort(new_cohort_config(run_dir, cohort_path), run_horizon(models.run_config.finetune))
         fold = models.folds[0]
         if "table" in models.modalities:
             check_feature_columns(fold.preprocessor.feature_names, list(cohort.features.columns), allow_missing_features)
@@ -84,7 +85,7 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
     if cohort_path.suffix.lower() not in (".yaml", ".yml"):
         raise StrokeSSLError(f"--cohort {cohort_path}: a pretraining run has no stored column roles; give a cohort.yaml")
     run = load_pretraining_run(run_dir)
-    cohort = load_cohort(load_cohort_config(cohort_path))
+    cohort = load_cohort(load_cohort_config(cohort_path), run_horizon(run.config.finetune))
     sequences = reconcile_sequences(run.sequences, cohort.sequences, cohort.config.missing_images)
     preprocessor = reconcile_features(run.preprocessor, list(cohort.features.columns))
     modalities = run_modalities(run_dir)
