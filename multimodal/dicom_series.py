@@ -9,7 +9,7 @@ affine built from ImagePositionPatient, ImageOrientationPatient and PixelSpacing
 
 Hand-written on pydicom because MONAI's ``PydicomReader`` stacks every file of a folder without
 grouping by series, sorts slices by InstanceNumber only and builds a made-up affine for
-multi-frame files (MONAI issue 8468); ITK takes the first series of a folder with a warning.
+multi-frame files; ITK takes the first series of a folder with a warning.
 """
 
 from __future__ import annotations
@@ -210,13 +210,15 @@ def series_problem(series: Series, scan: FolderScan) -> str | None:
     return None
 
 
-def read_series(folder: str, selector: str | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+def read_series(folder: str, selector: str | None, where: str,
+                scan: FolderScan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The chosen series of ``folder`` as ``(X, Y, Z)`` float64 voxels (X along the rows' direction,
     Z along the slice normal; RescaleSlope / Intercept applied) and its ``(4, 4)`` RAS affine.
-    Anything that keeps it from being read right is an ``ImageError`` starting with ``where``."""
+    Anything that keeps it from being read right is an ``ImageError`` starting with ``where``.
+    ``scan``: the folder's ``scan_folder`` result when the caller has it (headers are not read twice)."""
     import pydicom
 
-    scan = scan_folder(folder)
+    scan = scan or scan_folder(folder)
     series = choose_series(scan, selector, where)
     problem = series_problem(series, scan)
     if problem is not None:

@@ -303,7 +303,7 @@ def _check_series_folder(report: ValidationReport, path: Any, selector: str | No
     """Series checks of one DICOM folder (several series, missing or duplicated slices, spacing,
     orientations, gantry tilt, multi-frame and unreadable files): ``(shape, affine, "DICOM")`` of
     the chosen series, or None after adding the error that makes it unusable."""
-    where = f"{path.name}"
+    where = path.name
     try:
         scan = scan_folder(str(path))
         series = choose_series(scan, selector, "DICOM folder")
@@ -319,7 +319,7 @@ def _check_series_folder(report: ValidationReport, path: Any, selector: str | No
                                        column=column))
     if read_images:
         try:
-            voxels, _ = read_series(str(path), selector, "DICOM folder")
+            voxels, _ = read_series(str(path), selector, "DICOM folder", scan)
         except ImageError as err:
             report.errors.append(Problem(str(err), subject=subject, column=column))
             return None
