@@ -64,9 +64,9 @@ def list_baselines() -> list[str]:
 
 
 # --------------------------------------------------------------------------- entries
-@register_baseline("logistic_regression")
-def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
-    """Standardised continuous + missing indicators + one-hot categoricals → balanced LR, C by inner CV."""
+def linear_design() -> ColumnTransformer:
+    """The logistic-regression baseline's design, unfitted: standardised continuous values (median-imputed),
+    a missing indicator per column and one-hot categoricals (the Cox baseline reads it too)."""
     continuous = Pipeline([
         # Median imputation only fills the hole; the missing indicator below carries the
         # information that the value was absent. ``keep_empty_features`` keeps a column that
@@ -74,7 +74,7 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
         ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
         ("scale", StandardScaler()),
     ])
-    features = ColumnTransformer(
+    return ColumnTransformer(
         [
             ("continuous", continuous, _CONTINUOUS),
             # features="all": one indicator per input column, even if the training fold had no
@@ -85,6 +85,11 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
         ],
         sparse_threshold=0.0,
     )
+
+
+@register_baseline("logistic_regression")
+def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
+    """Standardised continuous + missing indicators + one-hot categoricals → balanced LR, C by inner CV."""
     # Log loss, not AUROC, picks C: AUROC ignores the coefficients' scale, so many C tie and the
     # tie goes to the smallest, whose near-constant probabilities then pool badly across folds.
     classifier = LogisticRegressionCV(
@@ -92,7 +97,7 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
         scoring="neg_log_loss", class_weight="balanced", max_iter=5000, random_state=seed)
     pure_l2(classifier)
     classifier.set_params(**params)
-    return Pipeline([("features", features), ("classifier", classifier)])
+    return Pipeline([("features", linear_design()), ("classifier", classifier)])
 
 
 @register_baseline("gradient_boosting")

@@ -20,10 +20,15 @@ THRESHOLD_METHODS = ("youden", "sensitivity")
 HEADS = ("mlp", "probe")
 SELECTION = ("loss", "auroc")
 PROBE_COMPONENTS_FROM = ("fold", "pretraining")
+TASKS = ("binary", "survival")
+DEFAULT_SURVIVAL_HORIZON = Horizon(12, "months")
 
 
 @dataclass
 class FinetuneConfig:
+    # binary: recurrence (the cohort's label, or the label at ``horizon``); survival: time to recurrence
+    # from the cohort's time and event columns (a Cox model; metrics at ``horizon``, 12 months if unset)
+    task: str = "binary"
     mode: str = "frozen"  # frozen | trainable | scratch (random init, supervised baseline)
     branches: str = "both"  # both | image | table: image-only and tabular-only ablations
     fusion: str = "concat"  # concat | gated | attention
@@ -73,7 +78,14 @@ class FinetuneConfig:
         """``horizon`` with its unit (``multimodal.outcome``), or None."""
         return run_horizon({"horizon": self.horizon, "horizon_unit": self.horizon_unit})
 
+    @property
+    def survival_horizon(self) -> Horizon:
+        """Where the survival task reads its time-dependent metrics and probabilities: ``horizon``, or
+        ``DEFAULT_SURVIVAL_HORIZON`` when unset."""
+        return self.outcome_horizon or DEFAULT_SURVIVAL_HORIZON
+
     def __post_init__(self) -> None:
+        check_choice("finetune.task", self.task, TASKS)
         check_choice("finetune.mode", self.mode, MODES)
         check_choice("finetune.branches", self.branches, BRANCHES)
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
@@ -91,6 +103,9 @@ class FinetuneConfig:
         if self.head == "probe" and self.mode == "scratch":
             raise ConfigError(f"finetune.head: probe fits a linear model on pretrained embeddings; it needs "
                               f"finetune.mode: frozen or trainable (got {self.mode}), or use head: mlp")
+        if self.task == "survival" and (self.head != "probe" or self.mode != "frozen"):
+            raise ConfigError(f"finetune.task: survival fits a Cox model on frozen embeddings (head: probe, mode: "
+                              f"frozen); got head {self.head}, mode {self.mode}: set finetune.mode=frozen")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"finetune.layer_decay must be in (0, 1] (1 = no decay), got {self.layer_decay}")
         self._check_numbers()

@@ -220,14 +220,7 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
                     seed: int) -> tuple[list[dict[str, float]], list[str], np.ndarray, np.ndarray]:
     """Linear probe on the whole training fold (its inner CV picks C, so no subject is held back);
     the threshold and recalibration use the probe's out-of-fold probabilities within the fold."""
-    batch_size = ctx.settings.batch_size
-    embedded = {name: ctx.embed(model, ids, preprocessor, labels(ids))
-                for name, ids in (("train", train_ids), ("test", test_ids))}
-    # A subject lacking a modality enters with the training mean of that embedding (mean imputation).
-    init_missing_embeddings(model, embedded["train"].embeddings, embedded["train"].present)
-    filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)
-    features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
-    require_finite(features, train_ids, "the embedding", NON_FINITE_ADVICE)
+    features, test = probe_inputs(ctx, model, preprocessor, train_ids, test_ids, labels)
     basis = ctx.probe_basis(model)
     fit = fit_linear_probe(features, labels(train_ids), seed, probe_groups(model), ctx.settings.probe_pcs, basis)
     load_probe_head(model.head, fit)
@@ -235,7 +228,21 @@ def _fit_probe_fold(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
                 "components_from": ctx.settings.probe_components if basis is not None else "fold",
                 "component_subjects": len(basis) if basis is not None else len(train_ids)}]
     return (history, train_ids, np.asarray(fit["oof_probabilities"]),
-            predict_probabilities(model, embedded["test"], batch_size, ctx.device))
+            predict_probabilities(model, test, ctx.settings.batch_size, ctx.device))
+
+
+def probe_inputs(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor, train_ids: list[str],
+                 test_ids: list[str], labels: Any) -> tuple[np.ndarray, EmbeddingDataset]:
+    """The probe's ``(N_train, F)`` inputs of the training fold (frozen embeddings, the table design) and
+    the test fold's embeddings; a subject lacking a modality enters with the training mean of that
+    embedding (mean imputation, set in the model)."""
+    embedded = {name: ctx.embed(model, ids, preprocessor, labels(ids))
+                for name, ids in (("train", train_ids), ("test", test_ids))}
+    init_missing_embeddings(model, embedded["train"].embeddings, embedded["train"].present)
+    filled = fill_missing(model, embedded["train"].embeddings, embedded["train"].present)
+    features = torch.cat([filled[m] for m in model.modalities], dim=1).numpy()  # (N, sum D_m), modality order
+    require_finite(features, train_ids, "the embedding", NON_FINITE_ADVICE)
+    return features, embedded["test"]
 
 
 def _finetune_probe(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor,

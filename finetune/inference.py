@@ -71,12 +71,18 @@ def classifier_logits(model: FusionClassifier, batch: dict[str, Any]) -> torch.T
 
 
 @torch.no_grad()
-def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """(N,) recurrence probabilities for ``dataset`` in order (model in eval mode)."""
+def predict_logits(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N,) model outputs for ``dataset`` in order (model in eval mode): the recurrence logit, or the
+    log relative hazard of a survival model."""
     model.eval()
-    out = [torch.sigmoid(classifier_logits(model, to_device(b, device))).float().cpu()
+    out = [classifier_logits(model, to_device(b, device)).float().cpu()
            for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
     return torch.cat(out).numpy()
+
+
+def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N,) recurrence probabilities for ``dataset`` in order (model in eval mode)."""
+    return torch.sigmoid(torch.from_numpy(predict_logits(model, dataset, batch_size, device))).numpy()
 
 
 @dataclass

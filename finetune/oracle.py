@@ -59,6 +59,12 @@ def true_image_quantities(cohort: Cohort) -> pd.DataFrame | None:
     return risk.loc[cohort.ids, names].astype(float)
 
 
+def with_truth(frame: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """``baseline_frame`` rows with the true image quantities of the same subjects as extra float columns
+    (``true_<name>``: the baselines' pipelines read roles by dtype, so they enter as continuous)."""
+    return pd.concat([frame, truth.loc[frame.index].add_prefix("true_")], axis=1)
+
+
 def fit_predict_oracle(train_frame: pd.DataFrame, train_labels: np.ndarray, test_frame: pd.DataFrame,
                        quantities: pd.DataFrame, test_quantities: pd.DataFrame, seed: int) -> np.ndarray:
     """The logistic-regression baseline refit with the true image quantities as extra continuous
@@ -66,10 +72,6 @@ def fit_predict_oracle(train_frame: pd.DataFrame, train_labels: np.ndarray, test
 
     Returns (N_test,) probabilities of class 1 in ``test_frame`` row order.
     """
-    def with_truth(frame: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-        # float columns: the baseline pipeline standardises them as continuous (it reads roles by dtype)
-        return pd.concat([frame, truth.loc[frame.index].add_prefix("true_")], axis=1)
-
     return fit_predict_baseline("logistic_regression", with_truth(train_frame, quantities), train_labels,
                                 with_truth(test_frame, test_quantities), seed)
 

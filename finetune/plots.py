@@ -1,4 +1,4 @@
-"""Report figures for a fine-tuning run: ROC, precision–recall, calibration and risk groups.
+"""Report figures for a fine-tuning run: ROC, precision–recall, calibration, risk groups, Kaplan–Meier.
 
 Each function draws one PNG for the run's ``report/`` folder and returns its path. Figures are
 built on matplotlib's object API with the Agg canvas (no pyplot global state, no display
@@ -29,6 +29,7 @@ from finetune.metrics import (
     expected_calibration_error,
 )
 from multimodal.checkpoint import atomic_path
+from multimodal.survival_metrics import kaplan_meier
 
 _DPI = 150
 
@@ -160,4 +161,31 @@ def plot_risk_groups(risk_groups_dict: dict, path: str | os.PathLike,
     ax.set(title=f"{title}\n{subtitle}", ylabel="Observed event rate (%)",
            ylim=(0, max(max(rates) * 1.2, 5.0)))
     ax.grid(axis="y", alpha=0.3)
+    return _save_atomic(figure, path)
+
+
+def plot_kaplan_meier(groups: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, horizon: float,
+                      time_unit: str, logrank_p: float | None = None) -> Path:
+    """Kaplan–Meier curves of recurrence-free survival, one per group (``{name: ((N,) time, (N,) 0/1
+    event)}``), censoring marks, the horizon dashed and the number at risk there in the legend."""
+    figure = _new_figure(6.5, 4.8)
+    ax = figure.add_subplot()
+    for name, (time, event) in groups.items():
+        if len(time) == 0:
+            continue
+        times, km = kaplan_meier(event, time)
+        steps, survival = np.r_[0.0, times], np.r_[1.0, km]
+        at_risk = int((np.asarray(time) >= horizon).sum())
+        line = ax.step(steps, survival, where="post", label=f"{name} (n = {len(time)}, {int(np.sum(event))} events; "
+                       f"{at_risk} at risk at the horizon)")[0]
+        censored = np.unique(np.asarray(time)[~np.asarray(event, bool)])
+        ax.plot(censored, survival[np.searchsorted(steps, censored, side="right") - 1], "|", color=line.get_color(),
+                markersize=6)
+    ax.axvline(horizon, color="grey", linestyle="--", linewidth=1)
+    title = "Recurrence-free survival by risk group"
+    if logrank_p is not None:
+        title += f" (log-rank p = {logrank_p:.3g})"
+    ax.set(xlabel=f"time since baseline ({time_unit})", ylabel="recurrence-free probability", ylim=(0, 1.02),
+           title=title)
+    ax.legend(loc="lower left", fontsize=8)
     return _save_atomic(figure, path)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ GROUP_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # per embedding block, searched with C (s
 _INNER_FOLDS = 5
 PROBE_COMPONENTS = 16  # principal components kept per embedding block (fit_linear_probe's default)
 _EXHAUSTIVE_BLOCKS = 2  # up to this many embedding blocks every α combination is tried
+T = TypeVar("T")
 
 
 class TableDesign(nn.Module):
@@ -123,12 +126,55 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
-    groups = np.zeros(x.shape[1], dtype=int) if groups is None else np.asarray(groups, dtype=int)
-    if groups.shape != (x.shape[1],):
-        raise ValueError(f"groups must have one entry per feature ({x.shape[1]}), got shape {groups.shape}")
     folds = min(_INNER_FOLDS, int(min(y.sum(), len(y) - y.sum())))
     if folds < 2:
         raise ValueError("the linear probe needs at least 2 positives and 2 negatives in the training fold")
+    block = reduce_blocks(x, groups, components, basis)
+    z, reduced_groups = block.z, block.groups
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+    def fit(weight: np.ndarray) -> tuple[float, LogisticRegressionCV]:
+        search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
+                                      max_iter=5000, random_state=seed)
+        pure_l2(search)
+        search.fit(z * weight, y)
+        scores = search.scores_  # (folds, [l1_ratios,] Cs); a dict by class before scikit-learn 1.8
+        scores = np.asarray(next(iter(scores.values())) if isinstance(scores, dict) else scores)
+        return float(scores.reshape(scores.shape[0], -1).mean(0).max()), search
+
+    weight, search = search_group_weights(reduced_groups, fit)
+    blocks = sorted(set(reduced_groups.tolist()) - {0})
+    mean, projection, scale = block.mean, block.projection, block.scale
+    c = float(np.atleast_1d(search.C_)[0])
+    oof = cross_val_predict(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), z * weight, y, cv=cv,
+                            method="predict_proba")[:, 1]
+    coef = projection @ (search.coef_[0] * weight / scale)  # (F,) on the raw features
+    bias = float(search.intercept_[0] - (coef * mean).sum())
+    group_weights = {int(b): float(weight[reduced_groups == b][0]) for b in blocks}
+    logger.debug("linear probe: C %.4g, group weights %s over %d features", c, group_weights, x.shape[1])
+    return {"weight": coef, "bias": bias, "C": c, "group_weights": group_weights, "oof_probabilities": oof,
+            "mean": mean, "projection": projection, "scale": scale, "reduced_groups": reduced_groups,
+            "reduced_coef": search.coef_[0] * weight, "intercept": float(search.intercept_[0])}
+
+
+@dataclass
+class ReducedBlocks:
+    """A probe's inputs after ``reduce_blocks``: ``z = ((x - mean) @ projection) / scale``, ``(N, F')``."""
+
+    mean: np.ndarray  # (F,)
+    projection: np.ndarray  # (F, F')
+    scale: np.ndarray  # (F',)
+    groups: np.ndarray  # (F',) the block of each reduced column (0 = the table design)
+    z: np.ndarray  # (N, F')
+
+
+def reduce_blocks(x: np.ndarray, groups: np.ndarray | None, components: int | None,
+                  basis: np.ndarray | None) -> ReducedBlocks:
+    """Each embedding block of ``(N, F)`` ``x`` (``groups`` > 0) reduced to its ``components`` leading
+    principal components (axes from ``basis`` rows when given, else ``x``'s), every column standardised."""
+    groups = np.zeros(x.shape[1], dtype=int) if groups is None else np.asarray(groups, dtype=int)
+    if groups.shape != (x.shape[1],):
+        raise ValueError(f"groups must have one entry per feature ({x.shape[1]}), got shape {groups.shape}")
     mean = x.mean(0)
     axes_from = x if basis is None else np.asarray(basis, dtype=np.float64)  # rows the principal axes come from
     if axes_from.ndim != 2 or axes_from.shape[1] != x.shape[1]:
@@ -137,30 +183,31 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
     reduced = (x - mean) @ projection  # (N, F')
     scale = reduced.std(0)
     scale[scale < 1e-8] = 1.0  # a constant column (an absent category) gets weight 0 anyway
-    z = reduced / scale
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    blocks = sorted(set(reduced_groups.tolist()) - {0})
-    fits: dict[tuple[float, ...], tuple[float, np.ndarray, LogisticRegressionCV] | None] = {}
+    return ReducedBlocks(mean, projection, scale, reduced_groups, reduced / scale)
 
-    def fit(alphas: tuple[float, ...]) -> tuple[float, np.ndarray, LogisticRegressionCV] | None:
+
+def search_group_weights(groups: np.ndarray, fit: Callable[[np.ndarray], tuple[float, T]]) -> tuple[np.ndarray, T]:
+    """The per-block α (from ``GROUP_WEIGHTS``) whose ``fit(column weights (F',))`` scores highest (its
+    inner-CV score; ties keep the earlier choice), with that fit. Every combination for up to
+    ``_EXHAUSTIVE_BLOCKS`` blocks, a coordinate-wise search beyond (the fits grow as 4 ** blocks);
+    group 0 (the table design) always has weight 1, and all-zero weights are never fitted."""
+    blocks = sorted(set(groups.tolist()) - {0})
+    fits: dict[tuple[float, ...], tuple[float, np.ndarray, T] | None] = {}
+
+    def scored(alphas: tuple[float, ...]) -> tuple[float, np.ndarray, T] | None:
         if alphas not in fits:
-            weight = np.ones(z.shape[1])
+            weight = np.ones(len(groups))
             for block, alpha in zip(blocks, alphas, strict=True):
-                weight[reduced_groups == block] = alpha
+                weight[groups == block] = alpha
             fits[alphas] = None
             if weight.any():  # every column dropped: nothing to fit
-                search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
-                                              max_iter=5000, random_state=seed)
-                pure_l2(search)
-                search.fit(z * weight, y)
-                scores = search.scores_  # (folds, [l1_ratios,] Cs); a dict by class before scikit-learn 1.8
-                scores = np.asarray(next(iter(scores.values())) if isinstance(scores, dict) else scores)
-                fits[alphas] = (float(scores.reshape(scores.shape[0], -1).mean(0).max()), weight, search)
+                score, result = fit(weight)
+                fits[alphas] = (score, weight, result)
         return fits[alphas]
 
     def better(candidate: tuple[float, ...], incumbent: tuple[float, ...] | None) -> bool:
-        new, old = fit(candidate), fit(incumbent) if incumbent is not None else None
-        return new is not None and (old is None or new[0] > old[0] + 1e-9)  # ties keep the earlier choice
+        new, old = scored(candidate), scored(incumbent) if incumbent is not None else None
+        return new is not None and (old is None or new[0] > old[0] + 1e-9)
 
     chosen: tuple[float, ...] | None = None
     if len(blocks) <= _EXHAUSTIVE_BLOCKS:  # every combination (16 fits for image + table embeddings)
@@ -173,19 +220,9 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
                 for alpha in GROUP_WEIGHTS:
                     candidate = (*chosen[:j], alpha, *chosen[j + 1:])
                     chosen = candidate if better(candidate, chosen) else chosen
-    best = fit(chosen) if chosen is not None else None
+    best = scored(chosen) if chosen is not None else None
     assert best is not None
-    _, weight, search = best
-    c = float(np.atleast_1d(search.C_)[0])
-    oof = cross_val_predict(LogisticRegression(C=c, class_weight="balanced", max_iter=5000), z * weight, y, cv=cv,
-                            method="predict_proba")[:, 1]
-    coef = projection @ (search.coef_[0] * weight / scale)  # (F,) on the raw features
-    bias = float(search.intercept_[0] - (coef * mean).sum())
-    group_weights = {int(b): float(weight[reduced_groups == b][0]) for b in blocks}
-    logger.debug("linear probe: C %.4g, group weights %s over %d features", c, group_weights, x.shape[1])
-    return {"weight": coef, "bias": bias, "C": c, "group_weights": group_weights, "oof_probabilities": oof,
-            "mean": mean, "projection": projection, "scale": scale, "reduced_groups": reduced_groups,
-            "reduced_coef": search.coef_[0] * weight, "intercept": float(search.intercept_[0])}
+    return best[1], best[2]
 
 
 def _reduction(centred: np.ndarray, groups: np.ndarray, components: int | None) -> tuple[np.ndarray, np.ndarray]:

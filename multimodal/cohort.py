@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from multimodal.cohort_duplicates import case_duplicate_problems, shared_image_p
 from multimodal.cohort_labels import map_labels, na_marker, read_time_to_event
 from multimodal.config import CohortConfig
 from multimodal.csv_table import read_header, read_records
-from multimodal.errors import CohortError
+from multimodal.errors import CohortError, ConfigError
 from multimodal.outcome import Horizon, horizon_labels
 from multimodal.problems import Problem
 from multimodal.tabular import to_numeric_column
@@ -312,6 +312,19 @@ def load_cohort(config: CohortConfig, horizon: Horizon | None = None) -> Cohort:
             logger.warning("dropping %d subject(s) lacking a sequence (missing_images: drop)", len(cohort.ids) - len(keep))
             cohort = cohort.subset(keep)
     return cohort
+
+
+def with_event_labels(cohort: Cohort) -> Cohort:
+    """``cohort`` for the survival task: its labels are the event indicator (0/1) of every subject with
+    both follow-up time and event, NaN (unlabeled) otherwise. A cohort without a time-to-event outcome
+    is a ``ConfigError`` saying which cohort.yaml keys to add."""
+    if cohort.time is None or cohort.event is None:
+        raise ConfigError(f"finetune.task: survival needs a time-to-event outcome; cohort {cohort.config.source} names "
+                          "none: add time: (follow-up column), time_unit: and event: (0/1 column) to its cohort.yaml")
+    known = ~np.isnan(cohort.time) & ~np.isnan(cohort.event)
+    return replace(cohort, labels=np.where(known, cohort.event, np.nan),
+                   outcome={"survival": True, "with_time_and_event": int(known.sum()),
+                            "events": int(np.nansum(cohort.event[known])), "without_time_or_event": int((~known).sum())})
 
 
 def outcome_names(labels: np.ndarray) -> list[str]:

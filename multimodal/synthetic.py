@@ -5,9 +5,13 @@ its cohort.yaml) plus the ground truth a benchmark needs:
 
 * ``OUT/images/sub-XXXX_<seq>.nii.gz``: one 3D NIfTI per subject and sequence, each with its own
   field of view, voxel size, slice thickness, orientation, intensity scale and on-disk dtype;
-* ``OUT/cohort.csv`` (ids, image paths, clinical columns with gaps, a free-text report and the
-  12-month recurrence label, empty for unlabeled subjects) and ``OUT/cohort.yaml``;
-* ``OUT/risk.csv`` (true risk, its logit components, latent image quantities) and
+* ``OUT/cohort.csv`` (ids, image paths, clinical columns with gaps, a free-text report, the
+  12-month recurrence label and the observed follow-up: ``followup_months`` with its ``recurrence``
+  event, administratively and randomly censored; outcomes empty for unlabeled subjects) and
+  ``OUT/cohort.yaml``; with ``dicom_fraction`` some subjects' images are DICOM series folders
+  ``OUT/images/sub-XXXX_<seq>/`` instead;
+* ``OUT/risk.csv`` (true risk, its logit components, latent image quantities, latent event and
+  censoring times: a constant hazard whose 12-month probability is the true risk) and
   ``OUT/truth.json`` (prevalence and the AUROC an oracle reaches with all / image / tabular parts).
 
 The anatomy comes from nilearn's bundled MNI152 T1 template and GM/WM probability maps, padded
@@ -36,11 +40,14 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from multimodal.dicom_writer import write_series
 from multimodal.errors import CohortError
+from multimodal.survival_metrics import harrell_c
 from multimodal.synthetic_clinical import (
     draw_clinical,
     get_profile,
     image_quantities,
+    observed_follow_up,
     radiology_report,
 )
 
@@ -309,6 +316,14 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, rng: np.rando
     nib.save(image, str(path))
 
 
+_COHORT_YAML_HEADER = """\
+# Synthetic cohort (strokessl synth). recurrence_12m is the 12-month outcome as the generator knows it,
+# complete follow-up included; followup_months / recurrence are what the cohort observed (some patients
+# censored before 12 months). A run uses recurrence_12m unless finetune.horizon is set (the binary label
+# at that horizon from time and event; censored before it = unlabeled) or finetune.task is survival.
+"""
+
+
 # --------------------------------------------------------------------------- public entry point
 def _check_arguments(out: Path, n: int, grid: int, labeled_fraction: float, sequences: Sequence[str],
                      prevalence: float) -> None:
@@ -330,7 +345,8 @@ def _check_arguments(out: Path, n: int, grid: int, labeled_fraction: float, sequ
 
 def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled_fraction: float = 0.5,
                            seed: int = 0, sequences: Sequence[str] = ("flair", "dwi"),
-                           prevalence: float = 0.15, profile: str = "standard") -> Path:
+                           prevalence: float = 0.15, profile: str = "standard",
+                           dicom_fraction: float = 0.0) -> Path:
     """Write a synthetic stroke cohort (NIfTI images, CSV, cohort.yaml, ground truth) into ``out``.
 
     Args:
@@ -343,6 +359,8 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         prevalence: mean 12-month recurrence risk of the generating model.
         profile: ``standard`` (the record predicts much of what the image shows) or ``image``
             (image-only quantities carry risk the record barely predicts); see ``RiskProfile``.
+        dicom_fraction: share of subjects whose images are written as DICOM series (one folder of
+            single-frame MR files per sequence) instead of NIfTI; 0 = NIfTI only.
 
     Returns:
         The path of ``out/cohort.yaml``, ready for every ``strokessl`` stage.
@@ -351,12 +369,16 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     sequences = list(sequences)
     get_profile(profile)  # an unknown name fails before any file is written
     _check_arguments(out, n, grid, labeled_fraction, sequences, prevalence)
+    if not 0.0 <= dicom_fraction <= 1.0:
+        raise CohortError(f"dicom_fraction must be in [0, 1], got {dicom_fraction}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     table, risk = draw_clinical(n, seed=seed, prevalence=prevalence, profile=profile)
     ids = [f"sub-{i + 1:04d}" for i in range(n)]
     rng = np.random.default_rng([seed, 1])
     labeled = np.zeros(n, bool)
     labeled[rng.permutation(n)[: round(labeled_fraction * n)]] = True
+    as_dicom = np.zeros(n, bool)  # its own stream: without DICOM the cohort is byte-identical to before
+    as_dicom[np.random.default_rng([seed, 4]).permutation(n)[: round(dicom_fraction * n)]] = True
 
     anat = load_anatomy()
     paths: dict[str, list[str]] = {s: [] for s in sequences}
@@ -370,8 +392,13 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         for sequence in sequences:
             shape, affine, slice_axis = _grid(sequence, grid, subj.centre, sub_rng)
             data = _render(anat, subj, sequence, shape, affine, slice_axis, sub_rng)
-            relative = f"images/{ids[i]}_{sequence}.nii.gz"
-            _write_nifti(out / relative, data, affine, sub_rng)
+            if as_dicom[i]:
+                relative = f"images/{ids[i]}_{sequence}"
+                write_series(out / relative, data, affine, description=f"AX {sequence.upper()}",
+                             patient_id=ids[i])
+            else:
+                relative = f"images/{ids[i]}_{sequence}.nii.gz"
+                _write_nifti(out / relative, data, affine, sub_rng)
             paths[sequence].append(relative)
 
     cohort = pd.DataFrame({"subject_id": ids, **paths})
@@ -379,6 +406,10 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     cohort["report"] = reports
     cohort["recurrence_12m"] = pd.array(np.where(labeled, risk["recurrence_12m"], 0), dtype="Int64")
     cohort.loc[~labeled, "recurrence_12m"] = pd.NA
+    followup, event = observed_follow_up(risk)
+    cohort["followup_months"] = pd.array(np.where(labeled, followup, np.nan), dtype="Float64")
+    cohort["recurrence"] = pd.array(np.where(labeled, event, 0), dtype="Int64")
+    cohort.loc[~labeled, "recurrence"] = pd.NA
 
     risk = risk.rename(columns={"recurrence_12m": "drawn_label"})
     quantities = image_quantities(risk)
@@ -386,12 +417,16 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         risk[column] = quantities[column].round(6)
     risk.insert(0, "subject_id", ids)
     risk["labeled"] = labeled.astype(int)
+    risk["event_time_months"] = risk["event_time_months"].round(4)
+    risk["censor_time_months"] = risk["censor_time_months"].round(4)
+    risk["followup_months"], risk["event"] = followup, event
     risk.to_csv(out / "risk.csv", index=False)
     (out / "truth.json").write_text(json.dumps(_truth(risk, prevalence, n, grid, seed, sequences, profile), indent=2) + "\n")
     config = {"csv": "cohort.csv", "id": "subject_id", "images": {s: s for s in sequences},
-              "label": "recurrence_12m", "text": ["report"],
+              "label": "recurrence_12m", "time": "followup_months", "time_unit": "months", "event": "recurrence",
+              "text": ["report"],
               "types": {"hypertension": "categorical", "diabetes": "categorical"}}
-    (out / "cohort.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "cohort.yaml").write_text(_COHORT_YAML_HEADER + yaml.safe_dump(config, sort_keys=False))
     # cohort.csv last: its presence marks a finished cohort (an interrupted run can simply be rerun).
     cohort.to_csv(out / "cohort.csv", index=False, na_rep="")
     logger.info("synthetic cohort: %d subjects (%d labeled, %d positive) in %s", n, labeled.sum(),
@@ -421,5 +456,19 @@ def _truth(risk: pd.DataFrame, prevalence: float, n: int, grid: int, seed: int, 
         "weights": dict(zip(("image", "tabular", "interaction"), get_profile(profile).weights, strict=True)),
         "auroc": {f"{name}_{where}": auroc(s, m) for name, s in scores.items()
                   for where, m in (("labeled", lab), ("all", np.ones_like(lab)))},
+        "follow_up": _follow_up_truth(risk[lab]),
         "n": n, "grid": grid, "seed": seed, "sequences": sequences,
     }
+
+
+def _follow_up_truth(labeled: pd.DataFrame) -> dict:
+    """How censoring shaped the labeled subjects' observed outcome, and the concordance the true risk
+    reaches on it (Harrell's C of a constant-hazard model: the ordering every survival model aims at)."""
+    time, event = labeled["followup_months"].to_numpy(float), labeled["event"].to_numpy(bool)
+    censored_early = (~event) & (time < 12.0)
+    c = harrell_c(labeled["true_risk"].to_numpy(float), event, time) if event.any() else None
+    return {"events": int(event.sum()), "events_by_12_months": int((event & (time <= 12.0)).sum()),
+            "censored_before_12_months": int(censored_early.sum()),
+            "negatives_censored_before_12_months": int((censored_early & (labeled["drawn_label"] == 0)).sum()),
+            "median_follow_up_months": float(np.median(time)) if len(time) else None,
+            "harrell_c_true_risk": c}

@@ -136,7 +136,8 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15,
 
     Returns ``(table, risk)``: ``table`` holds the clinical columns as the CSV stores them (no id,
     label or report); ``risk`` holds the latent quantities, logit components, ``true_risk`` and the
-    drawn label ``recurrence_12m`` for every subject. ``write_synthetic_cohort`` uses exactly this,
+    drawn label ``recurrence_12m`` for every subject, with the latent ``event_time_months`` (its
+    12-month indicator is that label) and ``censor_time_months`` (see ``observed_follow_up``). ``write_synthetic_cohort`` uses exactly this,
     so it is also the cheap way to check prevalence on thousands of subjects.
     """
     chosen = get_profile(profile)
@@ -152,7 +153,16 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15,
     risk["intercept"] = round(intercept, 6)
     risk["logit"] = logit.round(6)
     risk["true_risk"] = expit(logit).round(6)
-    risk["recurrence_12m"] = (rng.random(n) < expit(logit)).astype(int)
+    # One uniform draw gives both the 12-month label and the event time of a constant hazard whose
+    # 12-month probability is the true risk, so recurrence_12m == (event time < 12 months) exactly.
+    u = rng.random(n)
+    risk["recurrence_12m"] = (u < expit(logit)).astype(int)
+    follow_rng = np.random.default_rng([seed, 3])  # its own stream: the table's draws do not move
+    risk["event_time_months"] = 12.0 * np.log1p(-u) / np.log1p(-expit(logit))
+    # Administrative censoring (staggered entry: 9-48 months of possible follow-up) and random loss to
+    # follow-up (10 % a year).
+    risk["censor_time_months"] = np.minimum(follow_rng.uniform(9.0, 48.0, n),
+                                            follow_rng.exponential(12.0 / -np.log(0.9), n))
 
     # Latent image quantities stay out of the clinical table (head_scale once leaked in: a shortcut
     # that let contrastive pretraining match images to records by head size alone).
@@ -186,3 +196,13 @@ def radiology_report(side: str, infarct_ml: float, wmh_ml: float, atrophy_mm: fl
     return f"{lesion}, {wm}{extra}"
 
 
+
+
+def observed_follow_up(risk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """What a cohort observes of ``draw_clinical``'s latent times: ``(N,)`` follow-up in months (event or
+    last contact, one decimal) and ``(N,)`` 0/1 event. Event times round up and censoring times down, so
+    "event by 12 months" and "followed past 12 months" keep the meaning they have for the latent times."""
+    event_time, censor_time = risk["event_time_months"].to_numpy(), risk["censor_time_months"].to_numpy()
+    event = event_time <= censor_time
+    followup = np.where(event, np.ceil(event_time * 10 - 1e-9), np.floor(censor_time * 10)) / 10
+    return followup, event.astype(int)

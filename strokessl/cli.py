@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="risk model: standard (the record predicts much of what the image shows) or image "
                             "(WMH load, atrophy beyond age and infarct volume beyond NIHSS carry risk the record "
                             "barely predicts; a benchmark with room for the image to win)")
+    synth.add_argument("--dicom", nargs="?", type=float, const=0.25, default=0.0, metavar="FRACTION",
+                       help="write a share of the subjects (default 0.25) as DICOM series folders instead of NIfTI")
     synth.add_argument("--infarct-masks", action="store_true",
                        help="also write truth/<id>_infarct.nii.gz (ground truth for checking saliency maps)")
 
@@ -161,6 +163,7 @@ def run_synth(args: argparse.Namespace) -> int:
     path = write_synthetic_cohort(
         args.out, n=args.n, grid=args.grid, labeled_fraction=args.labeled_fraction,
         seed=args.seed, sequences=sequences, prevalence=args.prevalence, profile=args.profile,
+        dicom_fraction=args.dicom,
     )
     if args.infarct_masks:
         from multimodal.synthetic_masks import write_infarct_masks
@@ -224,11 +227,13 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     from finetune.run import run_finetune as finetune
     from finetune.summary import format_metrics
+    from finetune.survival_summary import format_survival_metrics
 
     overrides = [*(args.overrides or []), *([f"finetune.repeats={args.repeats}"] if args.repeats is not None else [])]
     run_dir = finetune(args.config, overrides, init=args.init, resume=args.resume)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    sys.stdout.write(f"\nMetrics with 95 % stratified bootstrap CIs:\n{format_metrics(metrics)}\n")
+    text = format_survival_metrics(metrics) if metrics.get("task") == "survival" else format_metrics(metrics)
+    sys.stdout.write(f"\nMetrics with 95 % stratified bootstrap CIs:\n{text}\n")
     logger.info("run folder: %s", run_dir)
     return 0
 

@@ -9,16 +9,25 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import write_cohort, write_nifti
-from dicom_writer import rewrite, write_series
 from pydicom.data import get_testdata_file
 from scipy.spatial.transform import Rotation
 
 from multimodal.config import CohortConfig, ImagingConfig
+from multimodal.dicom_writer import write_series
 from multimodal.dicom_series import read_series, scan_folder
 from multimodal.errors import ConfigError, ImageError
 from multimodal.imaging import preprocess_subject
 from multimodal.validate import validate_cohort
 from multimodal.volume_cache import VolumeCache
+
+
+def rewrite(path: Path, **tags: object) -> None:
+    """Set header tags of one written slice in place."""
+    ds = pydicom.dcmread(path)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=True)
+
 
 
 def _volume(shape=(12, 10, 8), seed=0) -> np.ndarray:

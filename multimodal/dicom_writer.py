@@ -1,11 +1,11 @@
-"""Writing small DICOM MR series from a volume and its RAS affine (pydicom), for the reader's tests."""
+"""Writing a DICOM MR series from a volume and its RAS affine (pydicom): ``strokessl synth --dicom``
+and the DICOM reader's tests. One single-frame file per slice, as scanners export them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -13,13 +13,17 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, description: str = "AX FLAIR",
-                 uid: str | None = None, names: list[str] | None = None, slope: float = 0.5,
-                 intercept: float = -100.0) -> list[Path]:
+                 uid: str | None = None, names: list[str] | None = None, slope: float | None = 0.5,
+                 intercept: float | None = -100.0, patient_id: str = "anon") -> list[Path]:
     """One file per slice along the volume's last axis: pixel (row r, column c) of slice k is voxel
     (c, r, k), ImagePositionPatient the world point of (0, 0, k) (DICOM's LPS), stored as int16 with
-    ``RescaleSlope`` / ``RescaleIntercept``. ``names``: file names (default ``slice_###.dcm``).
+    ``RescaleSlope`` / ``RescaleIntercept`` (None: chosen so the volume's range fills int16).
+    ``names``: file names (default ``slice_###.dcm``).
     Columns 0 and 1 of ``affine`` must be orthogonal (DICOM rows and columns are)."""
     folder.mkdir(parents=True, exist_ok=True)
+    low, high = float(np.min(volume)), float(np.max(volume))
+    intercept = low if intercept is None else intercept
+    slope = (max(high - intercept, 1e-6) / 32000.0) if slope is None else slope
     lps = RAS_TO_LPS @ affine
     col_step, row_step = lps[:3, 0], lps[:3, 1]  # voxel axis 0 runs along a row (column index)
     uid = uid or generate_uid()
@@ -32,7 +36,7 @@ def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, descripti
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.StudyInstanceUID = "MR", "anon", "1.2.3"
+        ds.Modality, ds.PatientID, ds.StudyInstanceUID = "MR", patient_id, "1.2.3"
         ds.SeriesInstanceUID, ds.SeriesDescription, ds.InstanceNumber = uid, description, volume.shape[2] - k
         ds.ImageOrientationPatient = [*(col_step / np.linalg.norm(col_step)), *(row_step / np.linalg.norm(row_step))]
         ds.ImagePositionPatient = list(lps[:3, 3] + lps[:3, 2] * k)
@@ -49,10 +53,3 @@ def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, descripti
         paths.append(path)
     return paths
 
-
-def rewrite(path: Path, **tags: object) -> None:
-    """Set header tags of one written slice in place."""
-    ds = pydicom.dcmread(path)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.save_as(path, enforce_file_format=True)

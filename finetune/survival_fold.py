@@ -1,0 +1,93 @@
+"""One fold of the survival task (``finetune.task: survival``): the Cox probe and the Cox baseline.
+
+The fold embeds its subjects as the binary probe does (``finetune.fold.probe_inputs``), fits the
+survival probe on the whole training fold (``finetune.survival_probe``: α and the L2 penalty by
+the inner cross-validated partial likelihood), folds it into the classifier's final ``Linear`` (the
+model's output is then a log relative hazard) and scores the held-out part: its risk, its
+probability of recurrence by the horizon (Breslow's baseline survival of the training fold) and the
+fold's metrics. The Cox baseline on the table (and on synthetic cohorts the Cox oracle, the table
+plus the generator's true image quantities) is fitted on the same training part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from finetune.baselines import baseline_frame
+from finetune.config import FinetuneConfig
+from finetune.fold import FoldContext, probe_inputs
+from finetune.inference import predict_logits
+from finetune.lpft import load_probe_head
+from finetune.model import FusionClassifier
+from finetune.oracle import true_image_quantities, with_truth
+from finetune.probe import probe_groups
+from finetune.survival_probe import fit_cox_probe, fit_predict_cox_baseline
+from multimodal.config import CohortConfig
+from multimodal.cox import event_probability
+from multimodal.data import seed_everything
+from multimodal.finite import NON_FINITE_ADVICE, require_finite
+from multimodal.survival_metrics import survival_metrics
+from multimodal.tabular import TabularPreprocessor
+
+COX_BASELINE = "cox"
+COX_ORACLE = "cox_oracle"
+
+
+def survival_horizon_record(settings: FinetuneConfig, cohort_config: CohortConfig) -> dict[str, Any]:
+    """The horizon a survival run reads its metrics and probabilities at, as ``model.json`` keeps it:
+    ``{"value", "unit", "in_time_unit", "time_unit"}`` (``in_time_unit``: in the cohort's time column's unit)."""
+    horizon = settings.survival_horizon
+    return {"value": horizon.value, "unit": horizon.unit, "time_unit": cohort_config.time_unit,
+            "in_time_unit": horizon.in_unit(cohort_config.time_unit)}
+
+
+def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str],
+                      seed: int) -> tuple[dict[str, Any], FusionClassifier]:
+    """Fit and score one fold; returns the fold record (``folds/rRfF.json``) and the fold model."""
+    cohort, settings = ctx.cohort, ctx.settings
+    horizon = settings.survival_horizon.in_unit(cohort.config.time_unit)
+    position = {s: i for i, s in enumerate(cohort.ids)}
+
+    def outcome(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        rows = [position[s] for s in ids]
+        return cohort.event[rows].astype(bool), cohort.time[rows].astype(float)
+
+    labels = lambda ids: outcome(ids)[0].astype(float)  # noqa: E731 - the event, where datasets want a label
+    preprocessor = ctx.preprocessor or TabularPreprocessor(cohort.continuous, cohort.categorical).fit(
+        cohort.features.loc[train_ids])
+    seed_everything(seed)
+    model = ctx.model(preprocessor)
+    features, test = probe_inputs(ctx, model, preprocessor, train_ids, test_ids, labels)
+    (event, time), (test_event, test_time) = outcome(train_ids), outcome(test_ids)
+    basis = ctx.probe_basis(model)
+    fit = fit_cox_probe(features, event, time, horizon, seed, probe_groups(model), settings.probe_pcs, basis)
+    load_probe_head(model.head, fit)
+    risk = predict_logits(model, test, settings.batch_size, ctx.device).astype(float)
+    require_finite(risk, test_ids, "the out-of-fold risk", NON_FINITE_ADVICE)
+    probabilities = event_probability(risk, fit["baseline_survival"])
+    frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
+              for split, ids in (("train", train_ids), ("test", test_ids))}
+    baselines = {COX_BASELINE: _listed(fit_predict_cox_baseline(frames["train"], event, time, frames["test"],
+                                                                horizon, seed))}
+    quantities = true_image_quantities(cohort)  # synthetic cohorts only: the generator's truth
+    if quantities is not None:
+        baselines[COX_ORACLE] = _listed(fit_predict_cox_baseline(
+            with_truth(frames["train"], quantities), event, time, with_truth(frames["test"], quantities), horizon, seed))
+    result = {
+        "preprocessor": preprocessor.to_dict(), "test_ids": test_ids, "risk": risk.tolist(),
+        "probabilities": probabilities.tolist(), "baseline_survival": fit["baseline_survival"],
+        "risk_cut": fit["risk_cut"], "threshold": float(event_probability(np.array([fit["risk_cut"]]),
+                                                                          fit["baseline_survival"])[0]),
+        "metrics": survival_metrics(risk, 1 - probabilities, test_event, test_time, horizon),
+        "history": [{"penalty": fit["penalty"], "group_weights": fit["group_weights"],
+                     "features": int(fit["weight"].shape[0])}],
+        "baselines": baselines,
+    }
+    return result, model
+
+
+def _listed(fitted: dict[str, Any]) -> dict[str, Any]:
+    """A baseline's fold outcome with arrays as lists (the fold record is JSON)."""
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fitted.items()}
