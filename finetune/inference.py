@@ -28,6 +28,7 @@ from finetune.recalibration import apply_recalibration
 from multimodal.cohort import Cohort
 from multimodal.config import ModelConfig, RunConfig, load_run_config
 from multimodal.config_mapping import from_dict
+from multimodal.cox import event_probability
 from multimodal.data import (
     BUILT_IN_MODALITIES,
     build_dataset,
@@ -91,6 +92,8 @@ class FoldModel:
     model: FusionClassifier  # in eval mode, on the device
     preprocessor: TabularPreprocessor  # the fold's own tabular state
     recalibration: dict[str, Any] | None  # Platt parameters fitted on the fold's inner validation
+    # survival runs: Breslow's baseline survival at the horizon (the model's output is a log hazard)
+    baseline_survival: float | None = None
 
 
 @dataclass
@@ -144,7 +147,8 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
             raise StrokeSSLError(f"fold model {weights} is missing or damaged ({err}); rerun the fine-tuning "
                                  "(finetune --resume recreates only what is missing)") from err
         set_mode(model, settings.mode).to(device).eval()
-        folds.append(FoldModel(fold_file.stem, model, preprocessor, fold.get("recalibration")))
+        folds.append(FoldModel(fold_file.stem, model, preprocessor, fold.get("recalibration"),
+                               fold.get("baseline_survival")))
     if not folds:
         raise StrokeSSLError(f"{run_dir}/folds holds no fold model")
     return FoldModels(run_dir, run_config, settings, sequences, modalities, others, folds)
@@ -184,7 +188,8 @@ def encode(encoder: torch.nn.Module, dataset: Dataset, modality: str, batch_size
 
 def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame:
     """Every fold model on ``subjects``: columns ``probability`` (the mean) and ``probability_<fold>``,
-    indexed by subject id. Sequences the models need must be in the cohort. Folds whose image (or
+    indexed by subject id; for a survival run the probability of recurrence by the horizon, with the
+    log relative hazards in ``risk_score`` (the mean) and ``risk_<fold>``. Sequences the models need must be in the cohort. Folds whose image (or
     other non-table) encoder has the same weights share one pass of it over the cohort; the clinical
     table goes through each fold's own preprocessor and table encoder."""
     config, settings = models.run_config, models.settings
@@ -198,7 +203,7 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
     device = next(models.folds[0].model.parameters()).device
     inputs = build_dataset(subjects, cache=cache, others=models.others, seed=config.seed)  # all but the table
     shared: dict[tuple[str, str], torch.Tensor] = {}  # (modality, weights digest) -> (N, D)
-    columns = {}
+    columns, risks = {}, {}
     for fold in models.folds:
         embeddings, present = {}, dict(inputs.present)
         for m in fold.model.modalities:
@@ -212,10 +217,20 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
                 shared[key] = encode(fold.model.encoder(m), inputs, m, settings.batch_size, device)
             embeddings[m] = shared[key]
         dataset = EmbeddingDataset(embeddings, np.zeros(len(subjects.ids)), present)
-        probabilities = apply_recalibration(
-            predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
+        if fold.baseline_survival is not None:
+            risk = predict_logits(fold.model, dataset, settings.batch_size, device).astype(float)
+            risks[f"risk_{fold.name}"] = risk
+            probabilities = event_probability(risk, fold.baseline_survival)
+        else:
+            probabilities = apply_recalibration(
+                predict_probabilities(fold.model, dataset, settings.batch_size, device), fold.recalibration)
         require_finite(probabilities, subjects.ids, f"the probability of fold model {fold.name}", NON_FINITE_ADVICE)
         columns[f"probability_{fold.name}"] = probabilities
-    frame = pd.DataFrame(columns, index=pd.Index(subjects.ids, name="subject_id"))
+    index = pd.Index(subjects.ids, name="subject_id")
+    frame = pd.DataFrame(columns, index=index)
     frame.insert(0, "probability", frame.mean(axis=1))
+    if risks:
+        risk_frame = pd.DataFrame(risks, index=index)
+        frame.insert(0, "risk_score", risk_frame.mean(axis=1))
+        frame = pd.concat([frame, risk_frame], axis=1)
     return frame

@@ -2,7 +2,9 @@
 
 Every fold model of the fine-tuning run predicts each subject (with that fold's own tabular
 preprocessor); the probabilities are averaged and the threshold chosen on the pooled
-out-of-fold predictions (``metrics.json``) assigns the high / low risk group. Unseen categories,
+out-of-fold predictions (``metrics.json``) assigns the high / low risk group. A survival run
+(``model.json`` names the task) writes the mean log relative hazard (``risk_score``) and the
+probability of recurrence by its horizon (``probability_by_12_months``, say), each fold's beside. Unseen categories,
 missing values and absent columns are handled as in training; a bare CSV is read with the column
 roles stored in the run folder (``model.json``), and its label column is optional.
 """
@@ -99,9 +101,13 @@ def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path, allow_
                               allow_missing_features)
     frame = ensemble_probabilities(models, subjects)
     probability = frame["probability"]
-    frame.insert(1, "risk_group", np.where(probability >= threshold, "high", "low"))
+    frame.insert(frame.columns.get_loc("probability") + 1, "risk_group",
+                 np.where(probability >= threshold, "high", "low"))
+    horizon = json.loads((run_dir / "model.json").read_text()).get("horizon")
+    if models.settings.task == "survival" and horizon:  # the probability is that of recurrence by the horizon
+        frame = frame.rename(columns={"probability": f"probability_by_{horizon['value']:g}_{horizon['unit']}"})
     with atomic_path(out) as tmp:
         frame.to_csv(tmp)
-    logger.info("predicted %d subjects with %d fold models (threshold %.3f): %s", len(frame), frame.shape[1] - 2,
+    logger.info("predicted %d subjects with %d fold models (threshold %.3f): %s", len(frame), len(models.folds),
                 threshold, out)
     return out

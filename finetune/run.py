@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from finetune.config import FinetuneConfig, finetune_config, resolved_repeats
 from finetune.fold import FoldContext, run_fold
 from finetune.summary import summarise_run
-from finetune.survival_fold import run_survival_fold, survival_horizon_record
+from finetune.survival_fold import horizon_record, run_survival_fold
 from finetune.survival_summary import summarise_survival_run
 from finetune.test_cohort import check_test_cohort, load_test_cohort
 from multimodal.checkpoint import atomic_write_text, make_folder, save_weights
@@ -144,7 +144,7 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         "encoders": to_dict(architecture.encoders), "sequences": ctx.sequences, "init": str(init) if init is not None else None,
         "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),
         "head": settings.head, "task": settings.task,
-        "horizon": survival_horizon_record(settings, cohort_config) if survival else None,
+        "horizon": horizon_record(settings, cohort_config),
     }, indent=2))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)

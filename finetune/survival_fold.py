@@ -35,10 +35,12 @@ COX_BASELINE = "cox"
 COX_ORACLE = "cox_oracle"
 
 
-def survival_horizon_record(settings: FinetuneConfig, cohort_config: CohortConfig) -> dict[str, Any]:
-    """The horizon a survival run reads its metrics and probabilities at, as ``model.json`` keeps it:
+def horizon_record(settings: FinetuneConfig, cohort_config: CohortConfig) -> dict[str, Any] | None:
+    """The horizon of the run's outcome as ``model.json`` keeps it (None for a binary label without one):
     ``{"value", "unit", "in_time_unit", "time_unit"}`` (``in_time_unit``: in the cohort's time column's unit)."""
-    horizon = settings.survival_horizon
+    horizon = settings.survival_horizon if settings.task == "survival" else settings.outcome_horizon
+    if horizon is None:
+        return None
     return {"value": horizon.value, "unit": horizon.unit, "time_unit": cohort_config.time_unit,
             "in_time_unit": horizon.in_unit(cohort_config.time_unit)}
 

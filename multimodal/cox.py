@@ -25,9 +25,6 @@ with warnings.catch_warnings():  # torchsurv 0.2 decorates with torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
     from torchsurv.loss.cox import baseline_survival_function, neg_partial_log_likelihood
 
-# torchsurv warns on every call that tied times go through Efron's method: that is the intent here.
-warnings.filterwarnings("ignore", message="Ties in `time` detected", category=UserWarning)
-
 PENALTIES = tuple(np.logspace(-3, 1, 7))  # per-event L2 strengths on a standardised design
 _INNER_FOLDS = 5
 
@@ -36,13 +33,20 @@ def _tensors(event: np.ndarray, time: np.ndarray) -> tuple[torch.Tensor, torch.T
     return torch.as_tensor(np.asarray(event, bool)), torch.as_tensor(np.asarray(time, np.float32))
 
 
+def _negative_log_likelihood(risk: torch.Tensor, event: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """torchsurv's negative partial log-likelihood, Efron ties, summed over events."""
+    with warnings.catch_warnings():  # torchsurv warns on every call that tied times go through Efron: the intent
+        warnings.filterwarnings("ignore", message="Ties in `time` detected", category=UserWarning)
+        return neg_partial_log_likelihood(risk, event, time, ties_method="efron", reduction="sum")
+
+
 def partial_log_likelihood(risk: np.ndarray | torch.Tensor, event: np.ndarray, time: np.ndarray) -> float:
     """Cox partial log-likelihood (Efron ties, summed over events) of ``(N,)`` log relative hazards."""
     e, t = _tensors(event, time)
     if not e.any():
         return 0.0
     risk = torch.as_tensor(risk, dtype=torch.float32)
-    return -float(neg_partial_log_likelihood(risk, e, t, ties_method="efron", reduction="sum"))
+    return -float(_negative_log_likelihood(risk, e, t))
 
 
 def fit_cox(z: np.ndarray, event: np.ndarray, time: np.ndarray, penalty: float,
@@ -59,7 +63,7 @@ def fit_cox(z: np.ndarray, event: np.ndarray, time: np.ndarray, penalty: float,
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = neg_partial_log_likelihood(x @ beta, e, t, ties_method="efron", reduction="sum") / events
+        loss = _negative_log_likelihood(x @ beta, e, t) / events
         loss = loss + 0.5 * penalty * beta.square().sum()
         loss.backward()
         return loss

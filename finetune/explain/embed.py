@@ -28,7 +28,7 @@ from finetune.init import (
 )
 from finetune.predict import check_feature_columns, new_cohort_config
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import Cohort, load_cohort, outcome_names
+from multimodal.cohort import Cohort, load_cohort, outcome_names, with_event_labels
 from multimodal.config import load_cohort_config
 from multimodal.data import (
     BUILT_IN_MODALITIES,
@@ -71,7 +71,11 @@ def embed_run(run_dir: str | Path, cohort_path: str | Path, batch_size: int = 16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if require_run(run_dir, (FINETUNING, PRETRAINING), command) == FINETUNING:
         models = load_fold_models(run_dir, device)
-        cohort = load_cohort(new_cohort_config(run_dir, cohort_path), run_horizon(models.run_config.finetune))
+        survival = models.settings.task == "survival"
+        cohort = load_cohort(new_cohort_config(run_dir, cohort_path),
+                             None if survival else run_horizon(models.run_config.finetune))
+        if survival and cohort.time is not None:  # the outcome a survival run learned: the event
+            cohort = with_event_labels(cohort)
         fold = models.folds[0]
         if "table" in models.modalities:
             check_feature_columns(fold.preprocessor.feature_names, list(cohort.features.columns), allow_missing_features)

@@ -133,7 +133,8 @@ def saliency_montage(image: np.ndarray, maps: dict[str, np.ndarray], path: str |
 def subject_figure(path: str | Path, *, probability: float, threshold: float, features: list[dict[str, Any]],
                    image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
                    slice_values: np.ndarray | None = None, head: np.ndarray | None = None, title: str = "",
-                   slices: int = 6, scored_by: str = "fold-ensemble mean") -> Path:
+                   slices: int = 6, scored_by: str = "fold-ensemble mean",
+                   risk_words: str = "predicted 12-month recurrence risk") -> Path:
     """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
     features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
     ``saliency_montage`` (None: no image part); ``slice_values`` ``(D,)``: each axial slice's
@@ -149,7 +150,7 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
     ax.axvline(threshold, color="black", linestyle="--")
     ax.set_xlim(0, 1)
     ax.set_yticks([])
-    ax.set_xlabel(f"predicted 12-month recurrence risk ({scored_by})", fontsize=8)
+    ax.set_xlabel(f"{risk_words} ({scored_by})", fontsize=8)
     ax.set_title(f"{title + ': ' if title else ''}risk {probability:.2f}, {group} risk group "
                  f"(threshold {threshold:.2f}, dashed)", fontsize=10)
     ax = figure.add_subplot(grid[1, :])

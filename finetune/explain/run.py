@@ -206,6 +206,15 @@ def _maps(image: dict[str, np.ndarray], groups: list[ImageScore], device: torch.
     return {"occlusion": occlusion(image["image"], groups, device, image["head_mask"]), f"Grad-CAM ({stage})": cam}
 
 
+def _risk_words(run_dir: Path) -> str:
+    """What the run's probability is, from its ``model.json``: recurrence by the run's horizon, else
+    the 12-month label of the cohort."""
+    horizon = json.loads((run_dir / "model.json").read_text()).get("horizon")
+    if horizon:
+        return f"predicted risk of recurrence by {horizon['value']:g} {horizon['unit']}"
+    return "predicted 12-month recurrence risk"
+
+
 def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
                     run_dir: Path, held: dict[str, list[int]], baseline: str = "missing", n_steps: int = 32,
                     top: int = 10) -> list[Path]:
@@ -258,6 +267,7 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
                                   title=f"{subject} ({'out-of-fold risk' if subject in held else 'all fold models'})",
                                   scored_by=(f"mean of the {len(held[subject])} fold models that did not train on it"
                                              if subject in held else f"mean of all {models} fold models"),
-                                  slice_values=None if per_slice is None else np.array(per_slice)))
+                                  slice_values=None if per_slice is None else np.array(per_slice),
+                                  risk_words=_risk_words(run_dir)))
     atomic_write_json(folder / f"{stem}.json", numbers)
     return [*written, folder / f"{stem}.json"]

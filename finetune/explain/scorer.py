@@ -78,11 +78,12 @@ class Scorer:
 
 
 def fold_scorer(models: FoldModels) -> Scorer:
-    """A fine-tuning run's fold ensemble: the mean recurrence logit of its fold models."""
+    """A fine-tuning run's fold ensemble: the mean recurrence logit (survival: log hazard) of its fold models."""
     members = [Member({m: fold.model.encoder(m) for m in fold.model.modalities}, fold.model.forward_from_embeddings,
                       fold.preprocessor) for fold in models.folds]
     device = next(models.folds[0].model.parameters()).device
-    return Scorer("recurrence logit", members, list(models.modalities), list(models.sequences), models.run_config,
+    what = "log hazard of recurrence" if models.settings.task == "survival" else "recurrence logit"
+    return Scorer(what, members, list(models.modalities), list(models.sequences), models.run_config,
                   device, dict(models.others))
 
 

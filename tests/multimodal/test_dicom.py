@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 from scipy.spatial.transform import Rotation
 
 from multimodal.config import CohortConfig, ImagingConfig
-from multimodal.dicom_writer import write_series
 from multimodal.dicom_series import read_series, scan_folder
+from multimodal.dicom_writer import write_series
 from multimodal.errors import ConfigError, ImageError
 from multimodal.imaging import preprocess_subject
 from multimodal.validate import validate_cohort
@@ -153,6 +153,46 @@ def test_a_series_folder_preprocesses_like_the_same_volume_as_nifti(tmp_path: Pa
     np.testing.assert_allclose(from_dicom["affine"].numpy(), from_nifti["affine"].numpy(), atol=1e-4)
     # int16 storage rounds each voxel by up to slope / 2 = 0.25 of ~700: ~0.002 after the z-score
     np.testing.assert_allclose(from_dicom["image"].numpy(), from_nifti["image"].numpy(), atol=0.01)
+
+
+@pytest.mark.parametrize("geometry", ["as_written", "oblique"])
+def test_a_synthetic_subject_as_a_shuffled_dicom_series_preprocesses_like_its_nifti(tmp_path: Path,
+                                                                                    geometry: str) -> None:
+    import nibabel as nib
+
+    from multimodal.synthetic import write_synthetic_cohort
+
+    cohort = write_synthetic_cohort(tmp_path / "c", n=2, grid=24, seed=3)
+    image = nib.load(cohort.parent / "images" / "sub-0001_flair.nii.gz")
+    volume, affine = np.asarray(image.dataobj, dtype=np.float64), image.affine.copy()
+    if geometry == "oblique":  # the same voxels, turned 20 degrees about two axes in world space
+        turn = np.eye(4)
+        turn[:3, :3] = Rotation.from_euler("xz", (20, 20), degrees=True).as_matrix()
+        affine = turn @ affine
+        write_nifti(tmp_path / "oblique.nii.gz", volume.astype(np.float32), affine)
+    nifti = tmp_path / "oblique.nii.gz" if geometry == "oblique" else cohort.parent / "images" / "sub-0001_flair.nii.gz"
+    names = [f"IM{k:04d}" for k in np.random.default_rng(0).permutation(volume.shape[2])]  # file order shuffled
+    write_series(tmp_path / "series", volume, affine, names=names, slope=None, intercept=None)
+    imaging = ImagingConfig(spacing=(10.0, 10.0, 10.0), spatial_size=(24, 24, 24))
+    read = {kind: preprocess_subject({"subject_id": "s", "image": {"flair": str(path)}}, imaging, ["flair"])
+            for kind, path in (("nifti", nifti), ("dicom", tmp_path / "series"))}
+    np.testing.assert_allclose(read["dicom"]["affine"].numpy(), read["nifti"]["affine"].numpy(), atol=1e-4)
+    difference = np.abs(read["dicom"]["image"].numpy() - read["nifti"]["image"].numpy()).max()
+    assert difference < 1e-3  # int16 storage over the volume's range: a step of 1/32000 of it before the z-score
+
+
+def test_synth_writes_some_subjects_as_dicom_series_that_validate(tmp_path: Path) -> None:
+    from multimodal.synthetic import write_synthetic_cohort
+
+    cohort = write_synthetic_cohort(tmp_path / "c", n=8, grid=12, seed=2, dicom_fraction=0.25)
+    import pandas as pd
+
+    table = pd.read_csv(cohort.parent / "cohort.csv")
+    series = [p for p in table["flair"] if not str(p).endswith(".nii.gz")]
+    assert len(series) == 2 and all((cohort.parent / p).is_dir() for p in series)
+    report = validate_cohort(_load(cohort))
+    assert not report.errors, report.errors
+    assert report.summary["dtypes"]["flair"]["DICOM"] == 2
 
 
 def test_the_cache_key_changes_when_a_slice_changes(tmp_path: Path) -> None:
