@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -188,4 +189,44 @@ def plot_kaplan_meier(groups: dict[str, tuple[np.ndarray, np.ndarray]], path: st
     ax.set(xlabel=f"time since baseline ({time_unit})", ylabel="recurrence-free probability", ylim=(0, 1.02),
            title=title)
     ax.legend(loc="lower left", fontsize=8)
+    return _save_atomic(figure, path)
+
+
+def plot_decision_curve(curve: dict[str, Any], path: str | os.PathLike, title: str = "Decision curve") -> Path:
+    """Net benefit against threshold probability (``clinical_utility.decision_curve``'s output): each
+    model, treat all (grey) and treat none (black); the y-axis is cut just below 0, where treating by
+    the model or everyone stops being worth it."""
+    figure = _new_figure(6.0, 4.6)
+    ax = figure.add_subplot()
+    thresholds = np.asarray(curve["thresholds"])
+    styles = {"treat_all": {"color": "grey", "linestyle": "--", "label": "treat all"},
+              "treat_none": {"color": "black", "linewidth": 1, "label": "treat none"}}
+    top = 0.0
+    for name, values in curve["net_benefit"].items():
+        values = np.asarray(values)
+        top = max(top, float(values.max()))
+        ax.plot(thresholds, values, **styles.get(name, {"label": name}))
+    ax.set(xlim=(0, thresholds.max()), ylim=(-0.05 * max(top, 0.01), 1.1 * max(top, 0.01)), title=title,
+           xlabel="threshold probability (treat when the predicted risk is at least this)", ylabel="net benefit")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_atomic(figure, path)
+
+
+def plot_survival_calibration(calibration: dict[str, Any], path: str | os.PathLike, horizon_words: str) -> Path:
+    """Predicted probability of recurrence by the horizon against the Kaplan–Meier observed one, per
+    equal-mass group (``clinical_utility.survival_calibration``)."""
+    figure = _new_figure(5.0, 5.0)
+    ax = figure.add_subplot()
+    groups = calibration["groups"]
+    predicted = [g["predicted"] for g in groups]
+    observed = [g["observed"] for g in groups]
+    top = max(0.1, *predicted, *observed) * 1.15
+    ax.plot([0, top], [0, top], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(predicted, observed, "o-", label=f"model ({len(groups)} groups of about equal size)")
+    ax.set(xlim=(0, top), ylim=(0, top), title=f"Calibration at {horizon_words}",
+           xlabel=f"predicted probability of recurrence by {horizon_words}",
+           ylabel="observed (Kaplan–Meier)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     return _save_atomic(figure, path)

@@ -175,6 +175,6 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         else:
             logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
     if survival:
-        summarise_survival_run(run_dir, cohort, settings, results, run_config.seed)
+        summarise_survival_run(run_dir, run_config, cohort, settings, results, run_config.seed)
     else:
         summarise_run(run_dir, run_config, cohort, test, settings, results, run_config.seed)

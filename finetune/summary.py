@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finetune.clinical_utility import decision_curve
 from finetune.config import FinetuneConfig
 from finetune.metrics import (
     bootstrap_ci,
@@ -20,8 +21,15 @@ from finetune.metrics import (
     risk_groups,
     summarise_folds,
 )
+from finetune.model_report import write_model_report
 from finetune.oracle import MIN_ORACLE_GAIN, ORACLE, oracle_section
-from finetune.plots import plot_calibration, plot_pr, plot_risk_groups, plot_roc
+from finetune.plots import (
+    plot_calibration,
+    plot_decision_curve,
+    plot_pr,
+    plot_risk_groups,
+    plot_roc,
+)
 from finetune.test_cohort import evaluate_test_cohort
 from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_json, atomic_write_text
@@ -89,6 +97,9 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     plot_pr(y, curves, report / "pr.png")
     plot_calibration(y, p, report / "calibration.png")
     plot_risk_groups(metrics["risk_groups"], report / "risk_groups.png")
+    metrics["decision_curve"] = decision_curve(curves, labels=y)
+    plot_decision_curve(metrics["decision_curve"], report / "decision_curve.png")
+    write_model_report(run_dir, run_config, cohort, settings, metrics, verdict(metrics))
     atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
     # strict JSON: an undefined value (a calibration slope on separable scores, say) is written as null
     atomic_write_json(run_dir / "metrics.json", metrics)

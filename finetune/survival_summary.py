@@ -4,7 +4,8 @@
 of recurrence by the horizon, risk group), ``metrics.json`` (written last: Harrell's and Uno's C,
 time-dependent AUROC and Brier score at the horizon, each with a stratified bootstrap interval, for
 the model and the Cox baseline, and their paired differences), ``report/kaplan_meier.png`` (the
-high- and low-risk groups with the log-rank test) and ``report/summary.md``; ``format_survival_metrics``
+high- and low-risk groups with the log-rank test), ``report/calibration.png`` (at the horizon),
+``report/decision_curve.png``, ``report/model_report.md`` and ``report/summary.md``; ``format_survival_metrics``
 gives the text the CLI prints. Subjects fall in the high-risk group when their risk is above their
 fold's median training risk (averaged over repeats), so the groups never see the test outcomes.
 """
@@ -18,11 +19,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import CensoredData, logrank
 
+from finetune.clinical_utility import decision_curve, survival_calibration
 from finetune.config import FinetuneConfig
-from finetune.plots import plot_kaplan_meier
+from finetune.model_report import write_model_report
+from finetune.plots import plot_decision_curve, plot_kaplan_meier, plot_survival_calibration
 from finetune.survival_fold import COX_BASELINE, COX_ORACLE
 from multimodal.checkpoint import atomic_write_json, atomic_write_text
 from multimodal.cohort import Cohort
+from multimodal.config import RunConfig
 from multimodal.survival_metrics import bootstrap_survival_metrics, kaplan_meier, survival_at
 
 _NAMES = {"harrell_c": "Harrell's C", "uno_c": "Uno's C", "td_auroc": "AUROC(t)", "brier": "Brier(t)"}
@@ -62,8 +66,8 @@ def risk_group_outcomes(high: np.ndarray, event: np.ndarray, time: np.ndarray, h
     return out
 
 
-def summarise_survival_run(run_dir: Path, cohort: Cohort, settings: FinetuneConfig, results: dict[str, Any],
-                           seed: int) -> Path:
+def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, settings: FinetuneConfig,
+                           results: dict[str, Any], seed: int) -> Path:
     """Pooled out-of-fold risks → metrics.json, predictions.csv, report/."""
     frame = _pooled(results)
     position = {s: i for i, s in enumerate(cohort.ids)}
@@ -100,6 +104,14 @@ def summarise_survival_run(run_dir: Path, cohort: Cohort, settings: FinetuneConf
               (("high", frame["risk_group"].to_numpy() == "high"), ("low", frame["risk_group"].to_numpy() == "low"))}
     plot_kaplan_meier(groups, run_dir / "report" / "kaplan_meier.png", at, cohort.config.time_unit,
                       metrics["risk_groups"].get("logrank", {}).get("p_value"))
+    probabilities = {m: frame[f"{column[m]}probability"].to_numpy() for m in models}
+    metrics["calibration"] = survival_calibration(event, time, probabilities["model"], at)
+    metrics["decision_curve"] = decision_curve(probabilities, event=event, time=time, horizon=at)
+    words = f"{horizon.value:g} {horizon.unit}"
+    plot_survival_calibration(metrics["calibration"], run_dir / "report" / "calibration.png", words)
+    plot_decision_curve(metrics["decision_curve"], run_dir / "report" / "decision_curve.png",
+                        title=f"Decision curve: recurrence by {words}")
+    write_model_report(run_dir, run_config, cohort, settings, metrics, survival_verdict(metrics))
     atomic_write_text(run_dir / "report" / "summary.md",
                       "# Fine-tuning summary (survival)\n\n```\n" + format_survival_metrics(metrics) + "\n```\n")
     atomic_write_json(run_dir / "metrics.json", metrics)

@@ -56,8 +56,11 @@ def test_scratch_run_writes_metrics_predictions_and_plots(config, tmp_path, caps
     folds = json.loads((run / "folds.json").read_text())
     tested = [s for split in folds.values() for s in split["test"]]
     assert sorted(tested) == sorted(predictions["subject_id"])  # every subject tested exactly once
-    for name in ("roc", "pr", "calibration", "risk_groups"):
+    for name in ("roc", "pr", "calibration", "risk_groups", "decision_curve"):
         assert (run / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    report = (run / "report" / "model_report.md").read_text()
+    assert "## 5. Calibration" in report and "random initialisation" in report and "| 0.10 |" in report
+    assert set(metrics["decision_curve"]["net_benefit"]) == {"model", *metrics["baselines"], "treat_all", "treat_none"}
 
 
 def test_resume_skips_finished_folds(config, tmp_path, capsys):

@@ -80,3 +80,17 @@ def test_survival_needs_time_and_event_and_a_frozen_probe(survival_run, tmp_path
                  "--set", f"cohort={plain}", "--set", f"run.dir={tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err
     assert "finetune.task: survival needs a time-to-event outcome" in err and "add time:" in err
+
+
+def test_the_run_writes_its_model_report_and_decision_curve(survival_run) -> None:
+    _, _, run = survival_run
+    report = (run / "report" / "model_report.md").read_text()
+    for section in ("## 1. Data", "## 4. Performance", "## 5. Calibration at the horizon", "## 7. Clinical utility",
+                    "## 8. Verdict", "| hba1c | continuous |", "Harrell's C"):
+        assert section in report
+    assert "sub-00" not in report  # aggregate figures only, no subject id
+    metrics = json.loads((run / "metrics.json").read_text())
+    curve = metrics["decision_curve"]
+    assert set(curve["net_benefit"]) >= {"model", "cox", "treat_all", "treat_none"}
+    for name in ("decision_curve.png", "calibration.png"):
+        assert (run / "report" / name).stat().st_size > 10_000
