@@ -58,11 +58,6 @@ _ALL = make_column_selector()
 _CATEGORICAL_PREFIX = "categorical__"
 
 
-def list_baselines() -> list[str]:
-    """Sorted registered baseline names."""
-    return sorted(BASELINES)
-
-
 # --------------------------------------------------------------------------- entries
 def linear_design() -> ColumnTransformer:
     """The logistic-regression baseline's design, unfitted: standardised continuous values (median-imputed),

@@ -81,9 +81,13 @@ def predict_logits(model: FusionClassifier, dataset: Dataset, batch_size: int, d
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
 def predict_probabilities(model: FusionClassifier, dataset: Dataset, batch_size: int, device: torch.device) -> np.ndarray:
     """(N,) recurrence probabilities for ``dataset`` in order (model in eval mode)."""
-    return torch.sigmoid(torch.from_numpy(predict_logits(model, dataset, batch_size, device))).numpy()
+    model.eval()
+    out = [torch.sigmoid(classifier_logits(model, to_device(b, device))).float().cpu()  # per batch, as ever:
+           for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)]  # the same bits as before
+    return torch.cat(out).numpy()
 
 
 @dataclass

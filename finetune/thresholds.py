@@ -3,7 +3,7 @@ sensitivity, never a silent 0.5.
 
 Convention everywhere: a subject is predicted positive (high risk) when
 ``probability >= threshold``, the same rule ``sklearn.metrics.roc_curve`` uses, so the
-threshold returned here reproduces the ROC point it was chosen at (``confusion_at``).
+threshold returned here reproduces the ROC point it was chosen at.
 Thresholds are observed probabilities, hence inside [0, 1].
 """
 
@@ -90,24 +90,3 @@ def choose_threshold(labels: Any, probabilities: Any, method: str = "youden",
     reached = np.nonzero(np.round(tpr * n_pos) >= needed - 1e-9)[0]
     # tpr reaches 1 at the lowest threshold, so a target in (0, 1] is always met somewhere.
     return float(thresholds[reached[0]])
-
-
-def confusion_at(labels: Any, probabilities: Any, threshold: float) -> dict[str, float]:
-    """Confusion counts and rates of ``probabilities >= threshold`` against ``labels`` (N,) 0/1.
-
-    Returns ``{"tp", "fp", "tn", "fn"}`` (ints) and ``"sensitivity"`` = tp / (tp + fn),
-    ``"specificity"`` = tn / (tn + fp) (NaN when that class is absent, e.g. a small test fold).
-    """
-    y = as_binary_labels(labels, "labels")
-    p = _probabilities(probabilities, y.size)
-    predicted = p >= float(threshold)
-    positive = y == 1
-    tp = int(np.sum(predicted & positive))
-    fp = int(np.sum(predicted & ~positive))
-    tn = int(np.sum(~predicted & ~positive))
-    fn = int(np.sum(~predicted & positive))
-    return {
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
-        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
-    }

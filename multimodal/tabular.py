@@ -193,9 +193,6 @@ class TabularPreprocessor:
         """``transform`` as torch tensors, the input format of the tabular encoders."""
         return {key: torch.from_numpy(value) for key, value in self.transform(frame).items()}
 
-    def fit_transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        return self.fit(frame).transform(frame)
-
     # ----------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()

@@ -17,7 +17,6 @@ from finetune.losses._labels import class_counts
 from finetune.losses._registry import (
     LOSSES,
     create_loss,
-    list_losses,
     loss_arguments,
     register_loss,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "create_loss",
     "effective_number_weights",
     "focal_terms",
-    "list_losses",
     "loss_arguments",
     "positive_weight",
     "register_loss",

@@ -23,11 +23,6 @@ register_loss = LOSSES.register
 _lookup = LOSSES.lookup
 
 
-def list_losses() -> list[str]:
-    """Sorted registered loss names."""
-    return sorted(LOSSES)
-
-
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build the loss registered as ``name``; ``None`` kwargs are dropped (constructor defaults).
 

@@ -4,11 +4,10 @@
 MLP); a new modality (report text, ...) adds one file that registers its encoders with
 ``@register_encoder(name, modality="text")`` and one entry under ``model.encoders`` in the config.
 
-Every encoder exposes ``num_features`` (D), ``forward_tokens(x) -> (B, T, D)`` and
-``forward(x) -> (B, D)``, so pretraining and fusion treat them alike.
-``forward_features(x) -> {"embedding": (B, D), "tokens": (B, T, D), ...}`` gives both from one
-backbone pass (contrastive + matching training needs both; two passes of a 3D ResNet would double
-the cost); ``forward`` and ``forward_tokens`` are views of it. The MLP tabular encoder has no
+Every encoder exposes ``num_features`` (D) and ``forward(x) -> (B, D)``, so pretraining and fusion
+treat them alike. ``forward_features(x) -> {"embedding": (B, D), "tokens": (B, T, D), ...}`` gives
+the embedding and the tokens from one backbone pass (contrastive + matching training needs both; two
+passes of a 3D ResNet would double the cost); ``forward`` is a view of it. The MLP tabular encoder has no
 tokens, so its dict holds ``embedding`` only. ``build_encoder`` builds the encoder a run config
 names for a modality; nothing is ever downloaded.
 """

@@ -48,7 +48,7 @@ class ImageEncoder3D(nn.Module):
     """MONAI 3D ResNet over a whole volume.
 
     Input ``(B, C, H, W, D)``. The last feature map ``(B, F, h, w, d)`` (h = H / 32 with the
-    stride-2 stem) gives ``forward_tokens -> (B, token_grid**3, F)`` (average-pooled to a
+    stride-2 stem) gives ``forward_features(x)["tokens"] -> (B, token_grid**3, F)`` (average-pooled to a
     ``token_grid``³ grid plus learned positions, so attention has more than one vector to look at)
     and ``forward -> (B, F)`` (global average). F = 512 for depth 10/18/34, 2048 for 50.
 
@@ -182,10 +182,6 @@ class ImageEncoder3D(nn.Module):
         map, D = F; or the multiscale pool), ``tokens (B, token_grid**3, D)`` (its ``token_grid``³
         average pool, or the multiscale pool per cell, + positions)."""
         return self.features_from_maps(self.forward_feature_maps(x))  # the one backbone pass
-
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W, D) -> (B, token_grid**3, num_features)``."""
-        return self.forward_features(x)["tokens"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, D) -> (B, num_features)``."""

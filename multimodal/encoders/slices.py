@@ -77,28 +77,16 @@ class SliceSequenceEncoder(nn.Module):
         feats = torch.cat([self.backbone(part) for part in slices.split(chunk)])  # (B*S, F)
         return feats.view(b, s, -1)
 
-    def forward_features(
-        self, x: torch.Tensor, slice_mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """``(B, C, H, W, S)`` -> dict ``embedding (B, 2h)``, ``tokens (B, S, 2h)``,
-        ``slice_features (B, S, F)``. ``slice_mask`` ``(B, S)`` bool, True for real slices,
-        restricts the mean to them (the LSTM still reads every slice)."""
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, C, H, W, S)`` -> dict ``embedding (B, 2h)`` (the mean over slices), ``tokens (B, S, 2h)``
+        (one LSTM output per slice), ``slice_features (B, S, F)``."""
         slice_features = self.forward_slices(x)
         tokens, _ = self.lstm(slice_features)  # (B, S, 2h)
-        if slice_mask is None:
-            embedding = tokens.mean(dim=1)
-        else:
-            weights = slice_mask.to(tokens.dtype).unsqueeze(-1)  # (B, S, 1)
-            embedding = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-        return {"embedding": embedding, "tokens": tokens, "slice_features": slice_features}
+        return {"embedding": tokens.mean(dim=1), "tokens": tokens, "slice_features": slice_features}
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W, S) -> (B, S, 2h)``, one LSTM output per slice."""
-        return self.forward_features(x)["tokens"]
-
-    def forward(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W, S) -> (B, 2h)``."""
-        return self.forward_features(x, slice_mask)["embedding"]
+        return self.forward_features(x)["embedding"]
 
 
 @register_encoder("slice_lstm_resnet18")

@@ -97,7 +97,7 @@ class TabularEncoder(nn.Module):
     ``missing (B, n_cont + n_cat)`` (continuous first). Each feature becomes one token
     (continuous ``x_j * W_j + b_j``, categorical an embedding row); where ``missing`` is True the
     token is a learned per-feature MISSING token, so a missing value is never read as 0.
-    ``forward_tokens -> (B, n_cont + n_cat, dim)``; ``forward -> (B, dim)``, the [CLS] output.
+    ``forward_features(batch)["tokens"] -> (B, n_cont + n_cat, dim)``; ``forward -> (B, dim)``, the [CLS] output.
     """
 
     def __init__(
@@ -150,10 +150,6 @@ class TabularEncoder(nn.Module):
         encoded = self._encode(batch)
         return {"embedding": encoded[:, 0], "tokens": encoded[:, 1:]}
 
-    def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``-> (B, n_cont + n_cat, dim)``, one token per feature (no [CLS])."""
-        return self.forward_features(batch)["tokens"]
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, dim)``, the [CLS] token."""
         return self.forward_features(batch)["embedding"]
@@ -202,13 +198,6 @@ class TabularMLP(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``-> (B, dim)``."""
         return self.forward_features(batch)["embedding"]
-
-    def forward_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Always a ``ConfigError``: the MLP has no per-feature tokens."""
-        raise ConfigError(
-            "the MLP tabular encoder ('tabular_mlp') has no per-feature tokens; "
-            "matching fusion needs tabular encoder 'ft_transformer'"
-        )
 
 
 @register_encoder("ft_transformer", modality="table")

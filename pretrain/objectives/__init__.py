@@ -1,11 +1,12 @@
-"""Pretraining objectives, one module each, registered by name (the keys of
-``pretrain.objectives`` in a run config). Each returns a dict of named terms: the entry
-``<name>_loss`` is weighted and summed into the total; the other scalar entries are logged.
+"""Pretraining objectives, one module each, named by the keys of ``pretrain.objectives`` in a run
+config. Each returns a dict of named terms: the entry ``<name>_loss`` is weighted and summed into the
+total; the other scalar entries are logged. The objectives read different parts of a step (pairs,
+views, masks), so ``pretrain.loop.PretrainStep`` calls each by name; ``OBJECTIVES`` lists those names
+for the config check (a new objective is a module here, a branch in the step and its name below).
 """
 
 from __future__ import annotations
 
-from multimodal.registry import Registry
 from pretrain.objectives.clip import clip_loss
 from pretrain.objectives.itm import (
     gumbel_noise,
@@ -15,25 +16,19 @@ from pretrain.objectives.itm import (
     sample_negatives,
     table_signature,
 )
-from pretrain.objectives.masked_tabular import apply_mask, mask_features, masked_tabular_loss
+from pretrain.objectives.masked_tabular import mask_features, masked_tabular_loss
 from pretrain.objectives.masked_volume import masked_volume_loss, patch_mask
 from pretrain.objectives.queue import EmbeddingQueue
 from pretrain.objectives.scarf import scarf_corrupt, scarf_loss
 from pretrain.objectives.simclr import simclr_loss
 
-OBJECTIVES = Registry("objective")
-for _name, _entry in {"clip": clip_loss, "itm": itm_loss, "masked_tabular": masked_tabular_loss,
-                      "masked_volume": masked_volume_loss, "simclr": simclr_loss, "scarf": scarf_loss}.items():
-    OBJECTIVES.register(_name)(_entry)
-get_objective = OBJECTIVES.lookup  # unknown name: ConfigError naming the nearest one
+OBJECTIVES = ("clip", "itm", "masked_tabular", "masked_volume", "scarf", "simclr")
 
 
 __all__ = [
     "OBJECTIVES",
     "EmbeddingQueue",
-    "apply_mask",
     "clip_loss",
-    "get_objective",
     "gumbel_noise",
     "itm_loss",
     "itm_noise",

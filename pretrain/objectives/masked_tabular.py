@@ -35,18 +35,6 @@ def mask_features(missing: torch.Tensor, rate: float, generator: torch.Generator
     return (order < count[:, None]) & ~missing
 
 
-def apply_mask(
-    continuous: torch.Tensor, categorical: torch.Tensor, missing: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The encoder's input with masked features entered as missing (value 0 / code 0, flag True)."""
-    n_cont = continuous.shape[1]
-    return {
-        "continuous": continuous.masked_fill(mask[:, :n_cont], 0.0),
-        "categorical": categorical.masked_fill(mask[:, n_cont:], 0),
-        "missing": missing | mask,
-    }
-
-
 def masked_tabular_loss(
     pred_continuous: torch.Tensor,
     pred_logits: Sequence[torch.Tensor],

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from finetune.thresholds import choose_threshold, confusion_at
+from finetune.thresholds import choose_threshold
 from multimodal.errors import ConfigError, StrokeSSLError
 
 
@@ -24,8 +24,6 @@ def test_youden_hand_example() -> None:
     probs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     # J by threshold: 0.8 → 1/3, 0.7 → 2/3, 0.6 → 2/3 − 1/5, 0.5 → 1 − 1/5 (best), 0.4 → 1 − 2/5
     assert choose_threshold(labels, probs) == 0.5
-    counts = confusion_at(labels, probs, 0.5)
-    assert counts == {"tp": 3, "fp": 1, "tn": 4, "fn": 0, "sensitivity": 1.0, "specificity": 0.8}
 
 
 def test_youden_maximises_j_by_brute_force() -> None:
@@ -73,12 +71,6 @@ def test_single_class_and_bad_arguments_raise() -> None:
         choose_threshold([0, 1], [0.2, 0.5], "youdn")
     with pytest.raises(ValueError, match="sigmoid"):
         choose_threshold([0, 1], [-3.0, 2.0])  # logits, not probabilities
-
-
-def test_confusion_at_undefined_rate_is_nan() -> None:
-    counts = confusion_at([0, 0], [0.2, 0.7], 0.5)
-    assert (counts["fp"], counts["tn"], counts["specificity"]) == (1, 1, 0.5)
-    assert np.isnan(counts["sensitivity"])
 
 
 def test_a_threshold_that_separates_nothing_names_whose_it_is(caplog: pytest.LogCaptureFixture) -> None:

@@ -81,7 +81,7 @@ def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> No
     assert torch.isfinite(pooled).all()
     loss = pooled.square().mean()
     if name != "tabular_mlp":
-        tokens = model.forward_tokens(x)
+        tokens = model.forward_features(x)["tokens"]
         assert tokens.shape == (pooled.shape[0], _expected_tokens(name), model.num_features)
         assert torch.isfinite(tokens).all()
         loss = loss + tokens.square().mean()
@@ -91,7 +91,7 @@ def test_forward_shapes_finite_and_all_parameters_get_gradients(name: str) -> No
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS) + sorted(OPTIONS))
-def test_forward_features_agrees_with_forward_and_forward_tokens(name: str) -> None:
+def test_forward_features_agrees_with_forward(name: str) -> None:
     torch.manual_seed(0)
     model = _create(name).eval()
     x = _input(name)
@@ -101,7 +101,6 @@ def test_forward_features_agrees_with_forward_and_forward_tokens(name: str) -> N
         if name == "tabular_mlp":  # documented: no tokens, so no "tokens" key
             assert set(features) == {"embedding"}
         else:
-            torch.testing.assert_close(features["tokens"], model.forward_tokens(x), rtol=0, atol=0)
             assert features["tokens"].shape[1] == _expected_tokens(name)
 
 
@@ -132,7 +131,7 @@ def test_instance_norm_builds_for_3d_resnet() -> None:
 def test_resnet3d_token_count_is_grid_cubed(grid: int) -> None:
     model = create_encoder("resnet3d_10", token_grid=grid).eval()
     x = torch.randn(1, 1, 24, 24, 24)
-    assert model.forward_tokens(x).shape == (1, grid**3, 512)
+    assert model.forward_features(x)["tokens"].shape == (1, grid**3, 512)
     assert model.forward_feature_map(x).shape == (1, 512, 1, 1, 1)  # stride-2 stem: 24 / 32 -> 1
 
 
@@ -177,7 +176,7 @@ def test_stages_pool_is_every_stage_mean_and_sd_with_finite_gradients_at_one_vox
     assert maps["layer4"].shape[2:] == (1, 1, 1)
     embedding.sum().backward()
     assert torch.isfinite(x.grad).all()  # sd of a one-voxel map: no NaN gradient
-    assert model.forward_tokens(x).shape == (2, 8, model.num_features)
+    assert model.forward_features(x)["tokens"].shape == (2, 8, model.num_features)
 
 
 def test_multiscale_pool_keeps_a_small_bright_cluster_that_averaging_dilutes() -> None:
@@ -234,9 +233,6 @@ def test_slice_chunk_and_masked_mean() -> None:
     with torch.no_grad():
         out = full.forward_features(x)
         torch.testing.assert_close(chunked.forward_features(x)["tokens"], out["tokens"])
-        mask = torch.zeros(2, 8, dtype=torch.bool)
-        mask[:, :3] = True
-        torch.testing.assert_close(full(x, slice_mask=mask), out["tokens"][:, :3].mean(dim=1))
         torch.testing.assert_close(full(x), out["embedding"])
 
 
@@ -256,7 +252,7 @@ def test_missing_flag_changes_output_and_hides_the_value() -> None:
         other_value["continuous"][:, 1] = 123.0
         torch.testing.assert_close(model(other_value), model(flagged), rtol=0, atol=0)
         torch.testing.assert_close(
-            model.forward_tokens(other_value), model.forward_tokens(flagged), rtol=0, atol=0
+            model.forward_features(other_value)["tokens"], model.forward_features(flagged)["tokens"], rtol=0, atol=0
         )
 
 
@@ -273,13 +269,12 @@ def test_tabular_without_continuous_or_categorical(
     out = model(table)
     assert out.shape == (4, 16) and torch.isfinite(out).all()
     if name == "ft_transformer":
-        assert model.forward_tokens(table).shape == (4, n_cont + len(sizes), 16)
+        assert model.forward_features(table)["tokens"].shape == (4, n_cont + len(sizes), 16)
 
 
 def test_tabular_mlp_has_no_tokens() -> None:
     model = create_encoder("tabular_mlp", num_continuous=3, category_sizes=[3, 4])
-    with pytest.raises(ConfigError, match="ft_transformer"):
-        model.forward_tokens(_table())
+    assert set(model.forward_features(_table())) == {"embedding"}
 
 
 def test_tabular_shape_mismatch_is_a_clear_error() -> None:
