@@ -1,4 +1,4 @@
-"""Explain-stage sanity figures on a synthetic cohort, where the truth is known (issue 10).
+"""Explain-stage sanity figures on a synthetic cohort, where the truth is known.
 
     python benchmarks/explain_sanity.py [--cohort demo/cohort] [--pretrain runs/demo]
         [--finetune runs/demo-finetune-frozen] [--subjects 8] [--out benchmarks/results/explain_sanity.json]

@@ -1,4 +1,4 @@
-"""Which generator factors a frozen image encoder's embedding holds (issue 8 item 2's diagnosis).
+"""Which generator factors a frozen image encoder's embedding holds, beyond what the clinical table predicts.
 
     python benchmarks/factor_probe.py RUN_CONFIG COHORT_DIR [--init PRETRAIN_RUN_DIR] [--out OUT.json]
         [--seed 0] [--label NAME] [--set KEY=VALUE ...] [--columns age nihss ...]

@@ -81,6 +81,8 @@ class FoldContext:
         trained = self.pretrained.weights if self.pretrained is not None and settings.mode != "scratch" else {}
         self.specs = {m: (self.pretrained.config.model if m in trained else run_config.model).encoders[m]
                       for m in self.modalities}
+        # Frozen and taken from pretraining: every fold model holds the same weights of these encoders.
+        self.shared_encoders = [m for m in self.modalities if settings.mode == "frozen" and m in trained]
         self.cache = None
         if "image" in self.modalities:
             self.cache = volume_cache(run_config, cohort_config, self.sequences)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from multimodal.data import (
 from multimodal.encoders import build_encoder
 from multimodal.errors import StrokeSSLError
 from multimodal.finite import NON_FINITE_ADVICE, require_finite
-from multimodal.run_folder import check_weights
+from multimodal.run_folder import check_weights, run_facts, run_paths
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ class FoldModels:
     modalities: list[str]  # what the fold models read
     others: dict[str, dict[str, Any]]  # modalities beyond image and table -> their encoder args (readers)
     folds: list[FoldModel]
+    # modalities whose encoder every fold model shares (recorded at training; empty for older runs,
+    # whose shared encoders are found by their weights' digest)
+    shared_encoders: list[str] = field(default_factory=list)
 
 
 def load_fold_models(run_dir: str | Path, device: torch.device | str | None = None) -> FoldModels:
@@ -118,19 +121,22 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     naming it."""
     run_dir = Path(run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    for needed in ("config.yaml", "model.json"):
-        if not (run_dir / needed).is_file():
-            raise StrokeSSLError(f"{run_dir} is not a fine-tuning run folder (no {needed})")
-    run_config = load_run_config(run_dir / "config.yaml")
+    paths = run_paths(run_dir)
+    for needed in (paths.config, paths.model):
+        if not needed.is_file():
+            raise StrokeSSLError(f"{run_dir} is not a fine-tuning run folder (no {needed.name})")
+    run_config = load_run_config(paths.config)
     settings = finetune_config(run_config)
-    architecture = json.loads((run_dir / "model.json").read_text())
+    architecture = json.loads(paths.model.read_text())
+    facts = run_facts(run_dir)
+    settings.task = facts.task or settings.task
     # The head the folds were built with; runs from before LP-FT name none, and trained mode trainable with mlp.
     settings.head = architecture.get("head", "mlp" if settings.mode == "trainable" else settings.head)
-    sequences = list(architecture["sequences"])
+    sequences = list(facts.sequences)
     model_config = fold_architecture(architecture, settings.branches)
     modalities = list(model_config.encoders)
     others = {m: spec.args for m, spec in model_config.encoders.items() if m not in BUILT_IN_MODALITIES}
-    fold_files = sorted((run_dir / "folds").glob("*.json"))
+    fold_files = sorted(paths.folds.glob("*.json"))
     check_weights(run_dir, [f.with_suffix(".safetensors") for f in fold_files])
     folds = []
     preprocessors: dict[str, TabularPreprocessor] = {}  # folds with equal state share one (its warnings once)
@@ -155,7 +161,7 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
                                fold.get("baseline_survival")))
     if not folds:
         raise StrokeSSLError(f"{run_dir}/folds holds no fold model")
-    return FoldModels(run_dir, run_config, settings, sequences, modalities, others, folds)
+    return FoldModels(run_dir, run_config, settings, sequences, modalities, others, folds, facts.shared_encoders)
 
 
 def fold_architecture(architecture: dict[str, Any], branches: str) -> ModelConfig:
@@ -216,7 +222,7 @@ def ensemble_probabilities(models: FoldModels, subjects: Cohort) -> pd.DataFrame
                 embeddings[m], present[m] = encode(fold.model.encoder(m), table, m, settings.batch_size, device), \
                     table.present[m]
                 continue
-            key = (m, weights_digest(fold.model.encoder(m)))
+            key = (m, "shared" if m in models.shared_encoders else weights_digest(fold.model.encoder(m)))
             if key not in shared:
                 shared[key] = encode(fold.model.encoder(m), inputs, m, settings.batch_size, device)
             embeddings[m] = shared[key]

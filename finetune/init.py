@@ -29,7 +29,14 @@ from multimodal.checkpoint import load_into
 from multimodal.config import ModelConfig, RunConfig, load_cohort_config, load_run_config
 from multimodal.encoders import build_encoder
 from multimodal.errors import ConfigError, RunFolderError
-from multimodal.run_folder import PRETRAINING, check_weights, is_finished, require_run
+from multimodal.run_folder import (
+    PRETRAINING,
+    check_weights,
+    is_finished,
+    require_run,
+    run_facts,
+    run_paths,
+)
 from multimodal.tabular import TabularPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -52,7 +59,7 @@ class PretrainingRun:
     preprocessor: TabularPreprocessor  # fitted on the run's training split, label-free
     sequences: list[str]  # the image channels, in the order the image encoder saw them
     weights: dict[str, Path]  # modality -> checkpoints/<modality>_encoder.safetensors, those present
-    finished: bool  # metrics.json exists (written last by a pretraining run)
+    finished: bool  # multimodal.run_folder.is_finished
 
     @property
     def image_weights(self) -> Path | None:
@@ -68,19 +75,20 @@ def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> 
     run), an unfinished run (unless ``require_finished=False``), a run without encoder weights or with
     weights other than the ones it wrote is a ``PretrainingRunError``."""
     run_dir = Path(run_dir)
+    paths = run_paths(run_dir)
     require_run(run_dir, (PRETRAINING,), "--init", finished=require_finished)
-    if not (run_dir / "config.yaml").is_file():
+    if not paths.config.is_file():
         raise PretrainingRunError(
             f"--init {run_dir} has no config.yaml: not a pretraining run; give the run folder that "
             "strokessl pretrain wrote (runs/<name>)"
         )
     finished = is_finished(run_dir)
-    config = load_run_config(run_dir / "config.yaml")
-    preprocessor_path = run_dir / "preprocessor.json"
+    config = load_run_config(paths.config)
+    preprocessor_path = paths.preprocessor
     if not preprocessor_path.is_file():
         raise PretrainingRunError(f"pretraining run {run_dir} has no preprocessor.json; it is incomplete")
     weights = {path.name[: -len(_WEIGHTS_SUFFIX)]: path
-               for path in sorted((run_dir / "checkpoints").glob(f"*{_WEIGHTS_SUFFIX}"))}
+               for path in sorted(paths.checkpoints.glob(f"*{_WEIGHTS_SUFFIX}"))}
     if not weights:
         raise PretrainingRunError(
             f"pretraining run {run_dir} has neither {IMAGE_WEIGHTS} nor {TABLE_WEIGHTS}; "
@@ -91,14 +99,15 @@ def load_pretraining_run(run_dir: str | Path, require_finished: bool = True) -> 
         run_dir=run_dir,
         config=config,
         preprocessor=TabularPreprocessor.load(preprocessor_path),
-        sequences=_run_sequences(config),
+        sequences=run_facts(run_dir).sequences or _run_sequences(config),
         weights=weights,
         finished=finished,
     )
 
 
 def _run_sequences(config: RunConfig) -> list[str]:
-    """``imaging.sequences``, or (None = every cohort sequence) the pretraining cohort's."""
+    """For a run from before its facts were recorded: ``imaging.sequences``, or (None = every cohort
+    sequence) the pretraining cohort's."""
     if config.imaging.sequences is not None:
         return list(config.imaging.sequences)
     if not Path(config.cohort).is_file():

@@ -20,6 +20,7 @@ from finetune.config import FinetuneConfig, resolved_repeats
 from multimodal.checkpoint import atomic_write_text
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig, load_run_config
+from multimodal.run_folder import run_paths
 from pretrain.config import pretrain_config
 
 
@@ -62,7 +63,7 @@ def _data(cohort: Cohort, metrics: dict[str, Any], settings: FinetuneConfig) -> 
 
 
 def _model(run_dir: Path, settings: FinetuneConfig) -> list[str]:
-    architecture = json.loads((run_dir / "model.json").read_text())
+    architecture = json.loads(run_paths(run_dir).model.read_text())
     lines = ["", "## 2. Model", ""]
     for modality, spec in architecture.get("encoders", {}).items():
         lines.append(f"- {modality} encoder: `{spec['name']}` {json.dumps(spec.get('args', {}))}.")
@@ -70,8 +71,8 @@ def _model(run_dir: Path, settings: FinetuneConfig) -> list[str]:
     if init:
         pretraining = Path(init) if Path(init).is_absolute() else Path.cwd() / init
         described = f"- Pretrained encoders from `{Path(init).name}`"
-        if (pretraining / "config.yaml").is_file():
-            config = pretrain_config(load_run_config(pretraining / "config.yaml"))
+        if run_paths(pretraining).config.is_file():
+            config = pretrain_config(load_run_config(run_paths(pretraining).config))
             described += (f": objectives {json.dumps(config.objectives)}, {config.epochs} epochs, rows `{config.rows}` "
                           "(no outcome labels read)")
         lines.append(described + f"; fine-tuning mode `{settings.mode}`.")
@@ -181,6 +182,6 @@ def write_model_report(run_dir: Path, run_config: RunConfig, cohort: Cohort, set
              *_data(cohort, metrics, settings), *_model(run_dir, settings), *_validation(metrics, settings, cohort),
              *(_survival_performance(metrics) if survival else _binary_performance(metrics)),
              *_decision_curve(metrics), "", "## 8. Verdict", "", *[f"- {line.strip()}" for line in verdict]]
-    path = run_dir / "report" / "model_report.md"
+    path = run_paths(run_dir).report / "model_report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

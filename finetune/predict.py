@@ -3,10 +3,10 @@
 Every fold model of the fine-tuning run predicts each subject (with that fold's own tabular
 preprocessor); the probabilities are averaged and the threshold chosen on the pooled
 out-of-fold predictions (``metrics.json``) assigns the high / low risk group. A survival run
-(``model.json`` names the task) writes the mean log relative hazard (``risk_score``) and the
+(its recorded facts name the task) writes the mean log relative hazard (``risk_score``) and the
 probability of recurrence by its horizon (``probability_by_12_months``, say), each fold's beside. Unseen categories,
 missing values and absent columns are handled as in training; a bare CSV is read with the column
-roles stored in the run folder (``model.json``), and its label column is optional.
+roles recorded in the run folder (``run.json``'s facts), and its label column is optional.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from multimodal.config import (
 )
 from multimodal.config_mapping import from_dict
 from multimodal.errors import StrokeSSLError
-from multimodal.run_folder import FINETUNING, check_output, require_run
+from multimodal.run_folder import FINETUNING, check_output, require_run, run_facts, run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def new_cohort_config(run_dir: Path, cohort: Path) -> CohortConfig:
         return load_cohort_config(cohort)
     if not cohort.is_file():
         raise StrokeSSLError(f"cohort file {cohort} does not exist")
-    roles = json.loads((run_dir / "model.json").read_text()).get("cohort_roles")
+    roles = run_facts(run_dir).column_roles or None
     if roles is None:  # a run folder from before the roles were stored: its training cohort.yaml, if still there
-        training = load_run_config(run_dir / "config.yaml").cohort
+        training = load_run_config(run_paths(run_dir).config).cohort
         if not Path(training).is_file():
             raise StrokeSSLError(f"{run_dir} predates stored column roles and its training cohort {training} is gone; "
                                  "give --cohort a cohort.yaml that names the columns of your CSV")
@@ -87,7 +87,7 @@ def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path, allow_
     if str(out).endswith(("/", os.sep)) or Path(out).is_dir():  # "new/" names a folder even before it exists
         raise StrokeSSLError(f"--out {out} is a folder; give a file name such as {Path(out) / 'predictions.csv'}")
     out = Path(out)
-    threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
+    threshold = float(json.loads(run_paths(run_dir).metrics.read_text())["threshold"])
     cohort_config = new_cohort_config(run_dir, Path(cohort))
     if cohort_config.missing_images == "error":  # new subjects without MRI are scored from what they have
         cohort_config.missing_images = "drop_modality"
@@ -103,7 +103,7 @@ def run_predict(run_dir: str | Path, cohort: str | Path, out: str | Path, allow_
     probability = frame["probability"]
     frame.insert(frame.columns.get_loc("probability") + 1, "risk_group",
                  np.where(probability >= threshold, "high", "low"))
-    horizon = json.loads((run_dir / "model.json").read_text()).get("horizon")
+    horizon = run_facts(run_dir).horizon
     if models.settings.task == "survival" and horizon:  # the probability is that of recurrence by the horizon
         frame = frame.rename(columns={"probability": f"probability_by_{horizon['value']:g}_{horizon['unit']}"})
     with atomic_path(out) as tmp:

@@ -40,17 +40,23 @@ from multimodal.config import (
     save_config,
 )
 from multimodal.config_mapping import to_dict
+from multimodal.data import BUILT_IN_MODALITIES
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
 from multimodal.run_folder import (
     FINETUNING,
     PRETRAINING,
+    RunFacts,
     begin_record,
     check_writable,
     finish_record,
+    has_started,
+    is_finished,
+    record_facts,
     record_weights,
     require_run,
-    run_lock,
+    run_paths,
 )
+from multimodal.run_lock import run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +78,10 @@ _IGNORED_ON_RESUME = (*_RESUMABLE_CHANGES, "run", "pretrain")
 
 def _check_resumable(run_dir: Path, run_config: RunConfig, init: str | Path | None) -> None:
     """Refuse ``--resume`` with settings that would mix differently trained folds in one report."""
-    previous = load_run_config(run_dir / "config.yaml")
+    paths = run_paths(run_dir)
+    previous = load_run_config(paths.config)
     changed = changed_keys(to_dict(previous), to_dict(run_config), _IGNORED_ON_RESUME)
-    model = run_dir / "model.json"
+    model = paths.model
     if model.is_file():
         before = json.loads(model.read_text()).get("init")
         if (str(init) if init is not None else None) != before:
@@ -106,9 +113,10 @@ def run_finetune(config_path: str | Path, overrides: list[str] | None = None, in
 def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings: FinetuneConfig, run_dir: Path,
                     init: str | Path | None, resume: bool) -> None:
     """Every fold into ``run_dir`` (finished ones kept on ``resume``), then the summary."""
-    started = any((run_dir / "folds").glob("*.json")) or (run_dir / "metrics.json").exists()
+    paths = run_paths(run_dir)
+    started = has_started(run_dir)
     if started and not resume:
-        if (run_dir / "metrics.json").exists():
+        if is_finished(run_dir):
             what = "finished fine-tuning run; choose another folder with --set run.dir=... (--resume there only " \
                    "recomputes its summary)"
         else:
@@ -116,15 +124,12 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         raise StrokeSSLError(f"run folder {run_dir} already holds a {what}")
     run_config.run.dir = run_dir
     # A folder whose run stopped before its first fold (a refused config, say) holds nothing to keep.
-    if resume and started and (run_dir / "config.yaml").is_file():
+    if resume and started and paths.config.is_file():
         _check_resumable(run_dir, run_config, init)
-    make_folder(run_dir / "folds")
+    make_folder(paths.folds)
     begin_record(run_dir, FINETUNING)
-    save_config(run_config, run_dir / "config.yaml")
+    save_config(run_config, paths.config)
     survival = settings.task == "survival"
-    if survival and settings.test_cohort is not None:
-        raise ConfigError("finetune.test_cohort is not supported with finetune.task: survival yet; drop it "
-                          "(the cross-validated metrics are out of fold)")
     cohort = load_cohort(cohort_config, None if survival else settings.outcome_horizon)
     if survival:
         cohort = with_event_labels(cohort)
@@ -140,12 +145,16 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         check_test_cohort(test, cohort, ctx.sequences if "image" in ctx.modalities else [])
     # The architecture each modality was built with, so predict can rebuild the fold models alone.
     architecture = ModelConfig(encoders=dict(ctx.specs)).without_weight_files()
-    atomic_write_text(run_dir / "model.json", json.dumps({
-        "encoders": to_dict(architecture.encoders), "sequences": ctx.sequences, "init": str(init) if init is not None else None,
-        "probe_table_embedding": ctx.probe_table_embedding, "cohort_roles": cohort_roles(cohort.config),
-        "head": settings.head, "task": settings.task,
-        "horizon": horizon_record(settings, cohort_config),
+    atomic_write_text(paths.model, json.dumps({
+        "encoders": to_dict(architecture.encoders), "init": str(init) if init is not None else None,
+        "probe_table_embedding": ctx.probe_table_embedding, "head": settings.head,
     }, indent=2))
+    # What predict and explain must know, recorded once (multimodal.run_folder.RunFacts).
+    record_facts(run_dir, RunFacts(
+        task=settings.task, horizon=horizon_record(settings, cohort_config), sequences=list(ctx.sequences),
+        column_roles=cohort_roles(cohort.config),
+        plugins={m: ctx.specs[m].name for m in ctx.modalities if m not in BUILT_IN_MODALITIES},
+        shared_encoders=ctx.shared_encoders))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)
     repeats = resolved_repeats(settings, int(np.sum(cohort.labels)))
@@ -156,16 +165,16 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
               for r in range(repeats)
               for f, (train, test) in enumerate(stratified_folds(cohort.ids, cohort.labels, settings.folds,
                                                                  run_config.seed + r))}
-    atomic_write_text(run_dir / "folds.json", json.dumps(splits))
+    atomic_write_text(paths.splits, json.dumps(splits))
     results = {}
     for name, split in tqdm(splits.items(), desc="folds", unit="fold"):
-        path = run_dir / "folds" / f"{name}.json"
+        path = paths.fold(name)
         if path.is_file():  # finished before a stop: --resume skips it
             results[name] = json.loads(path.read_text())
             continue
         result, model = (run_survival_fold if survival else run_fold)(ctx, split["train"], split["test"],
                                                                       run_config.seed + len(results))
-        weights = run_dir / "folds" / f"{name}.safetensors"
+        weights = paths.fold_weights(name)
         save_weights(model.state_dict(), weights)
         record_weights(run_dir, [weights])  # before the fold file that marks the fold done
         atomic_write_text(path, json.dumps(result))

@@ -35,6 +35,7 @@ from finetune.thresholds import choose_threshold
 from multimodal.checkpoint import atomic_write_json, atomic_write_text
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
+from multimodal.run_folder import run_paths
 
 
 def _per_fold_metrics(results: dict[str, Any], label_of: dict[str, float], n_resamples: int,
@@ -69,7 +70,8 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     y, p = frame["label"].to_numpy(), frame["probability"].to_numpy()
     threshold = choose_threshold(y, p, settings.threshold, settings.target_sensitivity)
     frame["risk_group"] = np.where(p >= threshold, "high", "low")
-    frame.to_csv(run_dir / "predictions.csv")
+    paths = run_paths(run_dir)
+    frame.to_csv(paths.predictions)
     metrics: dict[str, Any] = {
         "threshold": threshold, "n": len(y), "positives": int(y.sum()),
         "model": bootstrap_ci(y, p, threshold, settings.bootstrap, seed),
@@ -91,7 +93,7 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
                                          oracle.loc[frame.index].to_numpy(), settings.bootstrap, seed)
     if test is not None:
         metrics["test"] = evaluate_test_cohort(run_dir, settings, cohort, test, thresholds, seed)
-    report = run_dir / "report"
+    report = paths.report
     curves = {"model": p, **{name: frame[name].to_numpy() for name in settings.baselines}}
     plot_roc(y, curves, report / "roc.png")
     plot_pr(y, curves, report / "pr.png")
@@ -102,7 +104,7 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     write_model_report(run_dir, run_config, cohort, settings, metrics, verdict(metrics))
     atomic_write_text(report / "summary.md", "# Fine-tuning summary\n\n```\n" + format_metrics(metrics) + "\n```\n")
     # strict JSON: an undefined value (a calibration slope on separable scores, say) is written as null
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(paths.metrics, metrics)
     return run_dir
 
 

@@ -27,6 +27,7 @@ from finetune.survival_fold import COX_BASELINE, COX_ORACLE
 from multimodal.checkpoint import atomic_write_json, atomic_write_text
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
+from multimodal.run_folder import run_paths
 from multimodal.survival_metrics import bootstrap_survival_metrics, kaplan_meier, survival_at
 
 _NAMES = {"harrell_c": "Harrell's C", "uno_c": "Uno's C", "td_auroc": "AUROC(t)", "brier": "Brier(t)"}
@@ -78,7 +79,8 @@ def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort,
     frame.insert(0, "time", time)
     frame.insert(1, "event", event.astype(int))
     frame["risk_group"] = np.where(frame["above_cut"] > 0, "high", "low")
-    frame.drop(columns=[c for c in frame.columns if c.endswith("above_cut")]).to_csv(run_dir / "predictions.csv")
+    paths = run_paths(run_dir)
+    frame.drop(columns=[c for c in frame.columns if c.endswith("above_cut")]).to_csv(paths.predictions)
     models = ["model", *[b for b in (COX_BASELINE, COX_ORACLE) if f"{b}_risk" in frame]]
     column = {"model": ""} | {b: f"{b}_" for b in models[1:]}
     metrics_by_model = bootstrap_survival_metrics(
@@ -102,19 +104,19 @@ def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort,
     }
     groups = {f"{name} risk": (time[rows_], event[rows_]) for name, rows_ in
               (("high", frame["risk_group"].to_numpy() == "high"), ("low", frame["risk_group"].to_numpy() == "low"))}
-    plot_kaplan_meier(groups, run_dir / "report" / "kaplan_meier.png", at, cohort.config.time_unit,
+    plot_kaplan_meier(groups, paths.report / "kaplan_meier.png", at, cohort.config.time_unit,
                       metrics["risk_groups"].get("logrank", {}).get("p_value"))
     probabilities = {m: frame[f"{column[m]}probability"].to_numpy() for m in models}
     metrics["calibration"] = survival_calibration(event, time, probabilities["model"], at)
     metrics["decision_curve"] = decision_curve(probabilities, event=event, time=time, horizon=at)
     words = f"{horizon.value:g} {horizon.unit}"
-    plot_survival_calibration(metrics["calibration"], run_dir / "report" / "calibration.png", words)
-    plot_decision_curve(metrics["decision_curve"], run_dir / "report" / "decision_curve.png",
+    plot_survival_calibration(metrics["calibration"], paths.report / "calibration.png", words)
+    plot_decision_curve(metrics["decision_curve"], paths.report / "decision_curve.png",
                         title=f"Decision curve: recurrence by {words}")
     write_model_report(run_dir, run_config, cohort, settings, metrics, survival_verdict(metrics))
-    atomic_write_text(run_dir / "report" / "summary.md",
+    atomic_write_text(paths.report / "summary.md",
                       "# Fine-tuning summary (survival)\n\n```\n" + format_survival_metrics(metrics) + "\n```\n")
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(paths.metrics, metrics)
     return run_dir
 
 

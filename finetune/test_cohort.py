@@ -28,6 +28,7 @@ from multimodal.cohort_duplicates import file_key
 from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
 from multimodal.outcome import Horizon
+from multimodal.run_folder import run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +165,8 @@ def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: C
         result[ORACLE] = oracle_section(y, p, frame["logistic_regression"].to_numpy(), q, settings.bootstrap, seed)
     with atomic_path(run_dir / "test_predictions.csv") as tmp:
         pd.DataFrame(frame).to_csv(tmp)
-    plot_roc(y, curves, run_dir / "report" / "test_roc.png", title="ROC curve: fixed test cohort")
-    plot_calibration(y, p, run_dir / "report" / "test_calibration.png", title="Calibration: fixed test cohort")
+    plot_roc(y, curves, run_paths(run_dir).report / "test_roc.png", title="ROC curve: fixed test cohort")
+    plot_calibration(y, p, run_paths(run_dir).report / "test_calibration.png", title="Calibration: fixed test cohort")
     logger.info("test cohort %s: %d subjects, %d positive, AUROC %.3f", settings.test_cohort, len(y), int(y.sum()),
                 result["model"]["auroc"]["estimate"])
     return result

@@ -1,11 +1,22 @@
-"""The one owner of a run folder: what it holds, whether it finished, its weights, who writes it.
+"""The one owner of a run folder: its file names, whether it finished, what it knew, its weights.
 
-``run.json`` (the run record) says the folder's kind (``pretraining`` or ``fine-tuning``), the
-strokessl version that made it, when it was created and finished, and a sha256 digest of every
-weight file the run published; ``facts`` holds what the run knew at training time for later
-stages. ``run.lock`` marks a folder a process is writing (pid, host, start, command), created
-atomically (``O_CREAT | O_EXCL``); a lock whose process is gone from this host is stale and
-taken over with a warning.
+Layout (``RunPaths`` names every file; no stage spells a name itself)::
+
+    run.json            the run record: kind, version, created / finished, weight digests, facts
+    run.lock            held while a process writes the folder (``multimodal.run_lock``)
+    config.yaml         the resolved run config
+    metrics.json        written last by every run
+    report/             figures and reports
+    pretraining:        preprocessor.json, checkpoints/ (latest.json, epoch files, <modality>_encoder.safetensors)
+    fine-tuning:        model.json (the fold models' architecture), folds.json (the splits),
+                        folds/<rRfF>.json + .safetensors (one per fold), predictions.csv
+
+``run.json`` says the folder's kind (``pretraining`` or ``fine-tuning``), the strokessl version
+that made it, when it was created and finished (**finished** = ``metrics.json`` exists and the
+record's ``finished`` is set, after it; ``is_finished``), a sha256 digest of
+every weight file the run published, and ``facts`` (``RunFacts``): what the run knew at training
+time (task, horizon, resolved sequences, column roles, plugin modalities, which encoders every fold
+model shares), so later stages read them instead of rediscovering them.
 
 Every command goes through here: writers (``pretrain``, ``finetune``, ``explain``) lock the
 folder and refuse one of another kind; readers (``predict``, ``embed``, ``explain``,
@@ -15,36 +26,137 @@ and weights whose digest differs from the record. An output path (``predict --ou
 
 Folders written before the record existed still load: their kind is read from their files
 (``model.json`` / ``folds.json``: fine-tuning; ``checkpoints/latest.json`` or published encoder
-weights: pretraining), their weights load unchecked with a warning, and the first run that writes
-into one adds a record (``adopted``).
+weights: pretraining), their facts from ``model.json`` where it held them, their weights load
+unchecked with a warning, and the first run that writes into one adds a record (``adopted``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import socket
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multimodal.checkpoint import atomic_write_json, make_folder, refused_writes
+from multimodal.checkpoint import atomic_write_json
 from multimodal.errors import RunFolderError
+from multimodal.run_lock import LOCK, describe_holder, live_holder, now
 
 logger = logging.getLogger(__name__)
 
 RECORD = "run.json"
-LOCK = "run.lock"
 PRETRAINING, FINETUNING = "pretraining", "fine-tuning"
 _MAKES = {PRETRAINING: "strokessl pretrain CONFIG", FINETUNING: "strokessl finetune CONFIG"}
 _TRAINING_COMMANDS = ("pretrain", "finetune")  # lock holders that change weights and metrics
 _unchecked_warned: set[Path] = set()  # folders already warned about (once per process)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file of a run folder by what it is (see the layout above)."""
+
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / RECORD
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def preprocessor(self) -> Path:
+        return self.root / "preprocessor.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "folds.json"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds"
+
+    def fold(self, name: str) -> Path:
+        """``folds/<name>.json``, the fold's record (its presence marks the fold done)."""
+        return self.folds / f"{name}.json"
+
+    def fold_weights(self, name: str) -> Path:
+        return self.folds / f"{name}.safetensors"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+
+def run_paths(run_dir: str | Path) -> RunPaths:
+    return RunPaths(Path(run_dir))
+
+
+@dataclass
+class RunFacts:
+    """What a run knew at training time, recorded once in ``run.json`` for every later stage."""
+
+    task: str | None = None  # fine-tuning: binary | survival
+    horizon: dict[str, Any] | None = None  # {"value", "unit", "time_unit", "in_time_unit"} of the outcome
+    sequences: list[str] = field(default_factory=list)  # image channels, in the order the encoder reads them
+    column_roles: dict[str, Any] = field(default_factory=dict)  # the cohort's roles, to read a bare CSV
+    plugins: dict[str, str] = field(default_factory=dict)  # modality beyond image / table -> encoder name
+    shared_encoders: list[str] = field(default_factory=list)  # modalities whose encoder every fold model shares
+
+
+def record_facts(run_dir: Path, facts: RunFacts) -> None:
+    """Store ``facts`` in the run's record (after ``begin_record``)."""
+    record = _existing(run_dir)
+    record.facts = dataclasses.asdict(facts)
+    _write(run_dir, record)
+
+
+def run_facts(run_dir: str | Path) -> RunFacts:
+    """The run's recorded facts; for a folder from before they were recorded, what its ``model.json``
+    held (binary task, no encoder known to be shared)."""
+    record = read_record(Path(run_dir))
+    if record is not None and record.facts:
+        known = {f.name for f in dataclasses.fields(RunFacts)}
+        return RunFacts(**{k: v for k, v in record.facts.items() if k in known})
+    model = run_paths(run_dir).model
+    if not model.is_file():
+        return RunFacts()
+    architecture = json.loads(model.read_text())
+    return RunFacts(task=architecture.get("task", "binary"), horizon=architecture.get("horizon"),
+                    sequences=list(architecture.get("sequences", [])),
+                    column_roles=architecture.get("cohort_roles") or {})
+
+
+def has_started(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds any output of a run (a finished or a stopped one): a resumable
+    checkpoint, a finished fold, or metrics."""
+    paths = run_paths(run_dir)
+    return paths.metrics.exists() or paths.latest.exists() or any(paths.folds.glob("*.json"))
 
 
 @dataclass
@@ -58,10 +170,6 @@ class RunRecord:
     weights: dict[str, str] = field(default_factory=dict)  # path relative to the folder -> sha256
     adopted: str | None = None  # the folder predates records: its older weights carry no digest
     facts: dict[str, Any] = field(default_factory=dict)  # what the run knew at training, for later stages
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _version() -> str:
@@ -92,18 +200,19 @@ def folder_kind(run_dir: Path) -> str | None:
         return record.kind
     if not run_dir.is_dir():
         return None
-    if (run_dir / "model.json").is_file() or (run_dir / "folds.json").is_file():
+    paths = run_paths(run_dir)
+    if paths.model.is_file() or paths.splits.is_file():
         return FINETUNING
-    checkpoints = run_dir / "checkpoints"
-    if (checkpoints / "latest.json").is_file() or any(checkpoints.glob("*_encoder.safetensors")):
+    if paths.latest.is_file() or any(paths.checkpoints.glob("*_encoder.safetensors")):
         return PRETRAINING
     return None
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Whether the run's last writer finished (the record), or, before records, ``metrics.json`` exists."""
+    """Whether the run finished: its ``metrics.json`` (written last) exists and, where the folder has a
+    record, the record says its last writer finished (a run being rewritten has cleared it)."""
     record = read_record(run_dir)
-    return record.finished is not None if record is not None else (Path(run_dir) / "metrics.json").is_file()
+    return run_paths(run_dir).metrics.is_file() and (record is None or record.finished is not None)
 
 
 def enclosing_run(path: Path) -> Path | None:
@@ -130,9 +239,9 @@ def require_run(run_dir: str | Path, kinds: tuple[str, ...], command: str, finis
                              f"{wanted} run folder; {give}")
     if kind not in kinds:
         raise RunFolderError(f"{command} {run_dir} holds a {kind} run, not a {wanted} run; {give}")
-    holder = _live_holder(run_dir / LOCK)
+    holder = live_holder(run_dir / LOCK)
     if holder is not None and holder.get("command") in _TRAINING_COMMANDS:
-        raise RunFolderError(f"{command} {run_dir}: the run is being written by {_describe(holder)}; wait for it "
+        raise RunFolderError(f"{command} {run_dir}: the run is being written by {describe_holder(holder)}; wait for it "
                              "to finish")
     if finished and not is_finished(run_dir):
         raise RunFolderError(f"{command} {run_dir}: the {kind} run has not finished; resume it first with "
@@ -162,8 +271,8 @@ def begin_record(run_dir: Path, kind: str) -> RunRecord:
     """Create the record of a new run, or mark an existing one as being written again (not finished)."""
     record = read_record(run_dir)
     if record is None:
-        adopted = _now() if folder_kind(run_dir) is not None else None
-        record = RunRecord(kind=kind, strokessl=_version(), created=_now(), adopted=adopted)
+        adopted = now() if folder_kind(run_dir) is not None else None
+        record = RunRecord(kind=kind, strokessl=_version(), created=now(), adopted=adopted)
     record.finished = None
     _write(run_dir, record)
     return record
@@ -181,7 +290,7 @@ def record_weights(run_dir: Path, paths: Iterable[Path]) -> None:
 def finish_record(run_dir: Path) -> None:
     """Mark the run finished (after its last output, ``metrics.json``, is written)."""
     record = _existing(run_dir)
-    record.finished = _now()
+    record.finished = now()
     _write(run_dir, record)
 
 
@@ -251,88 +360,3 @@ def check_output(out: Path, inputs: Iterable[Path] = (), option: str = "--out") 
         if path.resolve() == target or (out.exists() and path.exists() and os.path.samefile(out, path)):
             raise RunFolderError(f"{option} {out} is an input of this command ({path}); writing there would replace "
                                  "it: choose another file name")
-
-
-# --------------------------------------------------------------------------- the lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    with contextlib.suppress(OSError):  # a killed, not yet reaped process holds nothing
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def _read_holder(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    return (f"process {holder['pid']} (strokessl {holder.get('command', '?')}) on {holder.get('host', '?')}, "
-            f"started {holder.get('started', '?')}")
-
-
-def _live_holder(path: Path) -> dict[str, Any] | None:
-    """The lock's holder if the lock exists and its process may be running (always, on another host)."""
-    holder = _read_holder(path) if path.is_file() else None
-    if holder is None:
-        return None
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
-        return None
-    return holder
-
-
-def _acquire(path: Path, holder: dict[str, Any]) -> None:
-    for _ in range(3):
-        try:
-            with refused_writes(path):
-                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(handle, "w") as out:
-                json.dump(holder, out)
-            return
-        other = _read_holder(path)
-        if other is None:
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - path.stat().st_mtime < 10:  # being created by another process right now
-                    raise RunFolderError(f"run folder {path.parent} is being locked by another process ({path}); "
-                                         "wait for it to finish")
-        elif _live_holder(path) is not None:
-            gone = ("is not a strokessl run (its number was reused)" if other.get("host") == socket.gethostname()
-                    else "is no longer running")
-            raise RunFolderError(f"run folder {path.parent} is in use by {_describe(other)}; wait for it to finish, "
-                                 f"or delete {path} if that process {gone}")
-        logger.warning("run folder %s: taking over the stale lock of %s, which is no longer running", path.parent,
-                       _describe(other) if other is not None else "an unreadable lock file")
-        stale = path.with_name(f".{LOCK}.stale-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):  # another process may have taken it over first
-            os.rename(path, stale)
-            if _read_holder(stale) != other:  # it did, between our read and the rename: give its lock back
-                with contextlib.suppress(FileExistsError):
-                    os.link(stale, path)
-            stale.unlink()
-    raise RunFolderError(f"run folder {path.parent}: could not take the lock {path}; another process keeps taking it")
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
-    """Hold ``run_dir/run.lock`` while the block runs (the folder is made first); another live
-    holder is a ``RunFolderError`` naming it, a holder no longer running is taken over with a warning."""
-    run_dir = make_folder(run_dir)
-    path = run_dir / LOCK
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command}
-    _acquire(path, holder)
-    try:
-        yield
-    finally:
-        if _read_holder(path) == holder:
-            path.unlink(missing_ok=True)

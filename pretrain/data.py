@@ -29,6 +29,7 @@ from multimodal.data import (
 )
 from multimodal.errors import StrokeSSLError
 from multimodal.outcome import run_horizon
+from multimodal.run_folder import run_paths
 from multimodal.tabular import TabularPreprocessor
 from pretrain import distributed
 from pretrain.config import PretrainConfig
@@ -98,7 +99,7 @@ def build_pretrain_data(
         )
     logger.info("pretraining on %d subjects, %d held out for validation", len(train_ids), len(val_ids))
 
-    preprocessor_path = run_dir / "preprocessor.json"
+    preprocessor_path = run_paths(run_dir).preprocessor
     if preprocessor_path.is_file():  # resume: the state the run started with
         preprocessor = TabularPreprocessor.load(preprocessor_path)
     else:

@@ -9,7 +9,7 @@ from typing import Any
 
 from multimodal.checkpoint import load_into
 from multimodal.config import load_run_config
-from multimodal.run_folder import check_weights
+from multimodal.run_folder import check_weights, run_paths
 from pretrain.config import pretrain_config
 from pretrain.model import PretrainModel, build_pretrain_model, pretrain_modalities
 
@@ -21,9 +21,10 @@ def load_run_model(run_dir: Any, sizes: dict[str, dict[str, Any]]) -> PretrainMo
     initialisation files named in the config are not read: the run's own weights replace them. Weights
     other than the ones the run wrote (sha256 in its run record) are refused."""
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir / "config.yaml")
+    paths = run_paths(run_dir)
+    config = load_run_config(paths.config)
     model = build_pretrain_model(config.model.without_weight_files(), pretrain_config(config), sizes)
-    weights = run_dir / "checkpoints" / "model.safetensors"
+    weights = paths.checkpoints / "model.safetensors"
     check_weights(run_dir, [weights])
     load_into(model, weights, strict=True)
     return model.eval()
@@ -31,5 +32,5 @@ def load_run_model(run_dir: Any, sizes: dict[str, dict[str, Any]]) -> PretrainMo
 
 def run_modalities(run_dir: Any) -> list[str]:
     """The modalities a pretraining run's model reads (``pretrain_modalities`` of its config)."""
-    config = load_run_config(Path(run_dir) / "config.yaml")
+    config = load_run_config(run_paths(run_dir).config)
     return pretrain_modalities(config.model, pretrain_config(config))

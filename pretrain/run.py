@@ -45,21 +45,26 @@ from multimodal.cohort import outcome_names
 from multimodal.config import (
     RunConfig,
     changed_keys,
+    cohort_roles,
     load_cohort_config,
     load_run_config,
     save_config,
 )
 from multimodal.config_mapping import to_dict
-from multimodal.data import encoder_sizes, seed_everything
+from multimodal.data import BUILT_IN_MODALITIES, encoder_sizes, seed_everything
 from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
 from multimodal.run_folder import (
     PRETRAINING,
+    RunFacts,
     begin_record,
     check_writable,
     finish_record,
+    has_started,
+    record_facts,
     record_weights,
-    run_lock,
+    run_paths,
 )
+from multimodal.run_lock import run_lock
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
@@ -137,11 +142,11 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
     """Create the run folder, or check it matches the config on ``--resume``; returns the folder
     and whether there is a run to resume (``--resume`` on an empty folder starts a new run)."""
     run_dir = Path(run_config.run.dir)
-    saved = run_dir / "config.yaml"
+    saved = run_paths(run_dir).config
     if resume and not saved.is_file():
         logger.info("nothing to resume in %s: starting a new run there", run_dir)
         resume = False
-    started = (run_dir / "checkpoints" / "latest.json").exists() or (run_dir / "metrics.json").exists()
+    started = has_started(run_dir)
     if resume and not started and saved.is_file():
         # Stopped (or refused) before its first epoch: nothing trained, so a corrected config starts afresh.
         logger.info("%s stopped before its first epoch: starting it again with this config", run_dir)
@@ -156,7 +161,7 @@ def prepare_run_dir(run_config: RunConfig, resume: bool) -> tuple[Path, bool]:
                 "only pretrain.epochs may change (start a new run with --set run.dir=...)"
             )
         return run_dir, True
-    if (run_dir / "checkpoints" / "latest.json").exists() or (run_dir / "metrics.json").exists():
+    if started:
         raise StrokeSSLError(
             f"run folder {run_dir} already holds a run; add --resume to continue it, "
             "or choose another folder with --set run.dir=..."
@@ -259,16 +264,17 @@ def run_pretrain(config_path: str | Path, overrides: list[str] | None = None,
 def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, resume: bool,
          device: torch.device) -> Path:
     run_dir, resume = prepare_run_dir(run_config, resume)
-    checkpoints = run_dir / "checkpoints"
+    paths = run_paths(run_dir)
+    checkpoints = paths.checkpoints
     main = distributed.is_main()
     if main:
         make_folder(checkpoints)
         begin_record(run_dir, PRETRAINING)
         if not resume:
-            save_config(run_config, run_dir / "config.yaml")
+            save_config(run_config, paths.config)
             # A run that stopped before its first epoch may have left a preprocessor fitted under
             # another config: a new run fits its own.
-            (run_dir / "preprocessor.json").unlink(missing_ok=True)
+            paths.preprocessor.unlink(missing_ok=True)
         now = {
             "strokessl": importlib.metadata.version("strokessl"), "torch": torch.__version__,
             "git_commit": _git_commit(), "world_size": distributed.world_size(), "device": str(device),
@@ -355,7 +361,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     if main:
         if evaluation is None:  # resumed after the last epoch: nothing was evaluated in this process
             evaluation = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
-        _finish(run_dir, model, evaluation, history, writer, data, pretrain)
+        _finish(run_dir, model, evaluation, history, writer, data, pretrain, run_config)
     distributed.barrier()
     return run_dir
 
@@ -376,9 +382,11 @@ def _short(entry: dict[str, Any]) -> str:
 
 
 def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, float], dict[str, Any]],
-            history: list[dict[str, Any]], writer: Any, data: Any, pretrain_settings: PretrainConfig) -> None:
+            history: list[dict[str, Any]], writer: Any, data: Any, pretrain_settings: PretrainConfig,
+            run_config: RunConfig) -> None:
     """Publish weights, validation embeddings and metrics.json (last: its presence marks a finished run)."""
-    checkpoints = run_dir / "checkpoints"
+    paths = run_paths(run_dir)
+    checkpoints = paths.checkpoints
     published = {checkpoints / "model.safetensors": model.state_dict(),
                  **{checkpoints / f"{name}.safetensors": state for name, state in encoder_state_dicts(model).items()}}
     for path, state in published.items():
@@ -394,7 +402,11 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
             writer.add_embedding(features, metadata=metadata, tag=f"val_{name}",
                                  global_step=history[-1]["step"] if history else 0)
     writer.close()
-    atomic_write_json(run_dir / "metrics.json", {"final": val_metrics, "history": history, "val_subjects": len(data.val),
+    # What fine-tuning must know, recorded once (its sequences no longer depend on the cohort file).
+    record_facts(run_dir, RunFacts(sequences=list(data.sequences), column_roles=cohort_roles(data.cohort.config),
+                                   plugins={m: run_config.model.encoders[m].name for m in data.modalities
+                                            if m not in BUILT_IN_MODALITIES}))
+    atomic_write_json(paths.metrics, {"final": val_metrics, "history": history, "val_subjects": len(data.val),
                                                  "train_subjects": len(data.train)})
     finish_record(run_dir)
     logger.info("finished: %s", _short({f"val/{k}": v for k, v in val_metrics.items()}))

@@ -228,10 +228,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     from finetune.run import run_finetune as finetune
     from finetune.summary import format_metrics
     from finetune.survival_summary import format_survival_metrics
+    from multimodal.run_folder import run_paths
 
     overrides = [*(args.overrides or []), *([f"finetune.repeats={args.repeats}"] if args.repeats is not None else [])]
     run_dir = finetune(args.config, overrides, init=args.init, resume=args.resume)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads(run_paths(run_dir).metrics.read_text())
     text = format_survival_metrics(metrics) if metrics.get("task") == "survival" else format_metrics(metrics)
     sys.stdout.write(f"\nMetrics with 95 % stratified bootstrap CIs:\n{text}\n")
     logger.info("run folder: %s", run_dir)

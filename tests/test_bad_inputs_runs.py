@@ -180,7 +180,7 @@ def test_a_folder_from_before_records_still_predicts_with_a_warning(runs, tmp_pa
     assert "predates weight digests" in caplog.text
 
 
-_HOLD = ("import sys\nfrom multimodal.run_folder import run_lock\nwith run_lock(sys.argv[1], 'finetune'):\n"
+_HOLD = ("import sys\nfrom multimodal.run_lock import run_lock\nwith run_lock(sys.argv[1], 'finetune'):\n"
          "    print('locked', flush=True)\n    sys.stdin.read()\n")
 
 

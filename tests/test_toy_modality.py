@@ -1,4 +1,4 @@
-"""A third modality takes one encoder file, one registration and one config entry (issue 9 item 2).
+"""A third modality takes one encoder file, one registration and one config entry.
 
 The toy modality is the radiology report: a bag of hashed character trigrams of the cohort's
 ``report`` text column, encoded by a small MLP. Everything below the registrations is the stock
@@ -88,6 +88,8 @@ def test_third_modality_pretrains_fine_tunes_and_predicts(runs, tmp_path):
     assert set(report_weights) == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}
     architecture = json.loads((finetuned / "model.json").read_text())
     assert sorted(architecture["encoders"]) == ["image", "report", "table"]
+    for run in (pretrained, finetuned):  # the plugin modality is a recorded fact of both runs
+        assert set(json.loads((run / "run.json").read_text())["facts"]["plugins"]) == {"report"}
     # The fold models read the pretrained report encoder, frozen, as it was saved.
     fold = load_file(str(finetuned / "folds" / "r0f0.safetensors"))
     torch.testing.assert_close(fold["report_encoder.mlp.0.weight"], report_weights["mlp.0.weight"])

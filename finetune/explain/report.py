@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.checkpoint import atomic_write_json, atomic_write_text
+from multimodal.run_folder import run_paths
 
 Block = tuple
 
@@ -154,7 +155,7 @@ def html(blocks: list[Block], folder: Path | None = None) -> str:
 
 def write_report(run_dir: str | Path, analysis: dict[str, Any]) -> Path:
     """``RUN/report/explain.json``, ``explain.md`` and ``explain.html``; returns the Markdown path."""
-    report = Path(run_dir) / "report"
+    report = run_paths(run_dir).report
     blocks = sections(analysis)
     atomic_write_json(report / "explain.json", analysis)
     atomic_write_text(report / "explain.md", markdown(blocks) + "\n")

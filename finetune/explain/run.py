@@ -53,7 +53,8 @@ from multimodal.checkpoint import atomic_path, atomic_write_json
 from multimodal.cohort import load_cohort, outcome_names
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.errors import StrokeSSLError
-from multimodal.run_folder import FINETUNING, PRETRAINING, require_run, run_lock
+from multimodal.run_folder import FINETUNING, PRETRAINING, require_run, run_facts, run_paths
+from multimodal.run_lock import run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, sub
 def _explain(run_dir: Path, kind: str, cohort_path: str | Path, seed: int, subject: str | None, baseline: str,
              gallery: int, n_steps: int, allow_missing_features: bool, with_ids: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    report = run_dir / "report"
+    report = run_paths(run_dir).report
     if subject is not None:  # refused before the slow steps
         if kind != FINETUNING:
             raise StrokeSSLError("--subject needs a fine-tuning run (it explains the fold models' predicted risk)")
@@ -116,7 +117,7 @@ def held_out_folds(run_dir: Path, models: FoldModels) -> dict[str, list[int]]:
     """Subject id -> positions in ``models.folds`` of the fold models whose test part held it in the
     run's own cross-validation. A fold model that trained on a subject scores it in-sample, so for the
     run's own subjects explain uses only these, as ``predictions.csv`` does; new subjects get every fold."""
-    splits = json.loads((run_dir / "folds.json").read_text())
+    splits = json.loads(run_paths(run_dir).splits.read_text())
     position = {fold.name: k for k, fold in enumerate(models.folds)}
     held: dict[str, list[int]] = {}
     for name, split in splits.items():
@@ -207,9 +208,9 @@ def _maps(image: dict[str, np.ndarray], groups: list[ImageScore], device: torch.
 
 
 def _risk_words(run_dir: Path) -> str:
-    """What the run's probability is, from its ``model.json``: recurrence by the run's horizon, else
+    """What the run's probability is, from its recorded facts: recurrence by the run's horizon, else
     the 12-month label of the cohort."""
-    horizon = json.loads((run_dir / "model.json").read_text()).get("horizon")
+    horizon = run_facts(run_dir).horizon
     if horizon:
         return f"predicted risk of recurrence by {horizon['value']:g} {horizon['unit']}"
     return "predicted 12-month recurrence risk"
@@ -223,10 +224,10 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
     of the run's own cross-validation is explained by its held-out fold models only (``held``)."""
     cohort = embedded.cohort
     scorer = _scorer_for(embedded.scorer, subject, held)
-    folder = run_dir / "report" / "subjects"
+    folder = run_paths(run_dir).report / "subjects"
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", subject)  # an id with "/" or spaces stays one file name
     position = cohort.ids.index(subject)
-    threshold = float(json.loads((run_dir / "metrics.json").read_text())["threshold"])
+    threshold = float(json.loads(run_paths(run_dir).metrics.read_text())["threshold"])
     probability = float(risk[position])
     models = len(embedded.scorer.members)
     basis = (f"out of fold: the {len(held[subject])} of {models} fold models that did not train on this subject"

@@ -1,4 +1,4 @@
-"""Subjects without MRI are scored from what they have (issue 9 item 3).
+"""Subjects without MRI are scored from what they have.
 
 A cohort where both modalities carry the label: positives have a bright lesion in the image and a
 shifted clinical value. Removing the image from a share of the subjects (``missing_images:

@@ -95,7 +95,9 @@ def test_run_folder_from_before_model_encoders_still_predicts(trained, tmp_path)
     shutil.copytree(run, old)
     architecture = json.loads((old / "model.json").read_text())
     encoders = architecture.pop("encoders")
-    architecture.pop("cohort_roles")
+    record = json.loads((old / "run.json").read_text())
+    architecture["sequences"] = record.pop("facts")["sequences"]  # model.json held them before run.json's facts
+    (old / "run.json").write_text(json.dumps(record))
     flat = {"image_encoder": encoders["image"]["name"], "image_encoder_args": encoders["image"]["args"],
             "tabular_encoder": encoders["table"]["name"], "tabular_encoder_args": encoders["table"]["args"]}
     architecture["image_model"] = architecture["table_model"] = flat

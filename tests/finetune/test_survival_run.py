@@ -49,7 +49,10 @@ def test_a_survival_run_reports_c_indices_with_intervals_and_the_cox_baseline(su
     assert groups["high"]["n"] + groups["low"]["n"] == 70 and 0 <= groups["logrank"]["p_value"] <= 1
     assert (run / "report" / "kaplan_meier.png").stat().st_size > 10_000
     assert "Harrell's C" in (run / "report" / "summary.md").read_text()
-    assert json.loads((run / "model.json").read_text())["task"] == "survival"
+    facts = json.loads((run / "run.json").read_text())["facts"]  # what predict and explain read
+    assert facts["task"] == "survival" and facts["horizon"]["in_time_unit"] == 12
+    assert facts["sequences"] == ["flair", "dwi"] and facts["column_roles"]["time"] == "followup_months"
+    assert facts["shared_encoders"] == ["image", "table"]  # frozen, pretrained: every fold holds the same weights
 
 
 def test_predict_writes_the_risk_score_and_the_probability_by_the_horizon(survival_run) -> None:
