@@ -106,9 +106,9 @@ class FinetuneConfig:
         if self.task == "survival" and self.test_cohort is not None:
             raise ConfigError("finetune.test_cohort is not supported with finetune.task: survival yet; drop it "
                               "(the cross-validated metrics are out of fold)")
-        if self.task == "survival" and (self.head != "probe" or self.mode != "frozen"):
-            raise ConfigError(f"finetune.task: survival fits a Cox model on frozen embeddings (head: probe, mode: "
-                              f"frozen); got head {self.head}, mode {self.mode}: set finetune.mode=frozen")
+        if self.task == "survival" and self.mode != "frozen":
+            raise ConfigError(f"finetune.task: survival fits a Cox model on frozen embeddings (mode: frozen, head: "
+                              f"probe or mlp); got mode {self.mode}: set finetune.mode=frozen")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"finetune.layer_decay must be in (0, 1] (1 = no decay), got {self.layer_decay}")
         self._check_numbers()

@@ -78,7 +78,11 @@ def _model(run_dir: Path, settings: FinetuneConfig) -> list[str]:
         lines.append(described + f"; fine-tuning mode `{settings.mode}`.")
     else:
         lines.append(f"- Encoders trained from random initialisation (mode `{settings.mode}`).")
-    if settings.task == "survival":
+    if settings.task == "survival" and settings.head == "mlp":
+        lines.append(f"- Head: {settings.fusion} fusion and an MLP ({settings.head_layers} hidden layers) on the frozen "
+                     "embeddings, trained by the Cox partial likelihood (Efron ties) over the whole inner-train split, "
+                     "the epoch chosen by the inner-validation partial likelihood.")
+    elif settings.task == "survival":
         lines.append("- Head: L2-penalised Cox proportional-hazards model (Efron ties) on the frozen embeddings' "
                      f"leading principal components ({settings.probe_pcs} per block) and the clinical features; "
                      "block weights and the penalty by inner cross-validated partial likelihood.")

@@ -11,21 +11,29 @@ plus the generator's true image quantities) is fitted on the same training part.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
+import torch
 
 from finetune.baselines import baseline_frame
 from finetune.config import FinetuneConfig
 from finetune.fold import FoldContext, probe_inputs
-from finetune.inference import predict_logits
+from finetune.inference import EmbeddingDataset, predict_logits
 from finetune.lpft import load_probe_head
-from finetune.model import FusionClassifier
+from finetune.model import FusionClassifier, init_missing_embeddings, parameter_groups
 from finetune.oracle import true_image_quantities, with_truth
 from finetune.probe import probe_groups
 from finetune.survival_probe import fit_cox_probe, fit_predict_cox_baseline
+from multimodal.cohort import stratified_split
 from multimodal.config import CohortConfig
-from multimodal.cox import event_probability
+from multimodal.cox import (
+    baseline_survival_at,
+    event_probability,
+    partial_log_likelihood,
+    partial_log_likelihood_tensor,
+)
 from multimodal.data import seed_everything
 from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.survival_metrics import survival_metrics
@@ -61,11 +69,16 @@ def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str
         cohort.features.loc[train_ids])
     seed_everything(seed)
     model = ctx.model(preprocessor)
-    features, test = probe_inputs(ctx, model, preprocessor, train_ids, test_ids, labels)
     (event, time), (test_event, test_time) = outcome(train_ids), outcome(test_ids)
-    basis = ctx.probe_basis(model)
-    fit = fit_cox_probe(features, event, time, horizon, seed, probe_groups(model), settings.probe_pcs, basis)
-    load_probe_head(model.head, fit)
+    if settings.head == "probe":
+        features, test = probe_inputs(ctx, model, preprocessor, train_ids, test_ids, labels)
+        fit = fit_cox_probe(features, event, time, horizon, seed, probe_groups(model), settings.probe_pcs,
+                            ctx.probe_basis(model))
+        load_probe_head(model.head, fit)
+        history = [{"penalty": fit["penalty"], "group_weights": fit["group_weights"],
+                    "features": int(fit["weight"].shape[0])}]
+    else:
+        fit, history, test = _train_cox_head(ctx, model, preprocessor, train_ids, test_ids, outcome, seed, horizon)
     risk = predict_logits(model, test, settings.batch_size, ctx.device).astype(float)
     require_finite(risk, test_ids, "the out-of-fold risk", NON_FINITE_ADVICE)
     probabilities = event_probability(risk, fit["baseline_survival"])
@@ -83,11 +96,56 @@ def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str
         "risk_cut": fit["risk_cut"], "threshold": float(event_probability(np.array([fit["risk_cut"]]),
                                                                           fit["baseline_survival"])[0]),
         "metrics": survival_metrics(risk, 1 - probabilities, test_event, test_time, horizon),
-        "history": [{"penalty": fit["penalty"], "group_weights": fit["group_weights"],
-                     "features": int(fit["weight"].shape[0])}],
-        "baselines": baselines,
+        "history": history, "baselines": baselines,
     }
     return result, model
+
+
+def _train_cox_head(ctx: FoldContext, model: FusionClassifier, preprocessor: TabularPreprocessor,
+                    train_ids: list[str], test_ids: list[str], outcome: Any, seed: int,
+                    horizon: float) -> tuple[dict[str, Any], list[dict[str, Any]], EmbeddingDataset]:
+    """``head: mlp``: the fusion head trained on the frozen embeddings by the Cox partial likelihood over
+    the whole inner-train split at once (the likelihood compares each event with its whole risk set,
+    so mini-batches of a few events would see a handful of comparisons), AdamW at ``finetune.lr``, the
+    epoch chosen by the inner-validation partial likelihood (patience ``finetune.patience``). Returns
+    the Breslow baseline and risk cut of the inner-train split, the history and the test embeddings."""
+    settings = ctx.settings
+    events = outcome(train_ids)[0].astype(int)
+    inner_train, inner_val = stratified_split(train_ids, events, settings.inner_val_fraction, seed)
+    data = {name: ctx.embed(model, ids, preprocessor, outcome(ids)[0].astype(float))
+            for name, ids in (("train", inner_train), ("val", inner_val), ("test", test_ids))}
+    init_missing_embeddings(model, data["train"].embeddings, data["train"].present)
+    optimizer = torch.optim.AdamW(parameter_groups(model, "frozen", settings.lr, weight_decay=settings.weight_decay))
+    split_outcome = {name: outcome(ids) for name, ids in (("train", inner_train), ("val", inner_val))}
+    inputs = {name: (data[name].embeddings, data[name].present) for name in ("train", "val")}
+    best, best_state, waited, history = -np.inf, None, 0, []
+    for epoch in range(settings.epochs):
+        model.train()
+        logits = model.forward_from_embeddings(*inputs["train"])
+        event, time = split_outcome["train"]
+        loss = -partial_log_likelihood_tensor(logits, event, time) / max(int(event.sum()), 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            val_risk = model.forward_from_embeddings(*inputs["val"])
+        score = partial_log_likelihood(val_risk, *split_outcome["val"]) / max(int(split_outcome["val"][0].sum()), 1)
+        history.append({"epoch": epoch + 1, "train_loss": float(loss.detach()), "val_loss": -score})
+        if score > best or best_state is None:
+            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    model.load_state_dict(best_state)
+    next(h for h in history if h["val_loss"] == -best)["selected"] = True
+    model.eval()
+    with torch.no_grad():
+        train_risk = model.forward_from_embeddings(*inputs["train"]).double().numpy()
+    event, time = split_outcome["train"]
+    return ({"baseline_survival": baseline_survival_at(train_risk, event, time, horizon),
+             "risk_cut": float(np.median(train_risk))}, history, data["test"])
 
 
 def _listed(fitted: dict[str, Any]) -> dict[str, Any]:

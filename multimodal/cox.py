@@ -40,6 +40,12 @@ def _negative_log_likelihood(risk: torch.Tensor, event: torch.Tensor, time: torc
         return neg_partial_log_likelihood(risk, event, time, ties_method="efron", reduction="sum")
 
 
+def partial_log_likelihood_tensor(risk: torch.Tensor, event: np.ndarray, time: np.ndarray) -> torch.Tensor:
+    """As ``partial_log_likelihood``, differentiable in ``(N,)`` ``risk`` (a model's output)."""
+    e, t = _tensors(event, time)
+    return -_negative_log_likelihood(risk.float(), e.to(risk.device), t.to(risk.device)) if e.any() else risk.sum() * 0.0
+
+
 def partial_log_likelihood(risk: np.ndarray | torch.Tensor, event: np.ndarray, time: np.ndarray) -> float:
     """Cox partial log-likelihood (Efron ties, summed over events) of ``(N,)`` log relative hazards."""
     e, t = _tensors(event, time)

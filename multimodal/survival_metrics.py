@@ -40,8 +40,11 @@ def _arrays(risk: Any, event: Any, time: Any) -> tuple[np.ndarray, np.ndarray, n
 def kaplan_meier(event: Any, time: Any) -> tuple[np.ndarray, np.ndarray]:
     """torchsurv's Kaplan–Meier estimate of event-free survival: ``(K,)`` distinct times and ``(K,)``
     survival just after each."""
+    event, time = np.asarray(event, bool), np.asarray(time, float)
+    if not event.any():  # no event in the group (torchsurv refuses it): nobody's survival drops
+        return np.unique(time), np.ones(len(np.unique(time)))
     km = KaplanMeierEstimator()
-    km(torch.as_tensor(np.asarray(event, bool)), torch.as_tensor(np.asarray(time, float), dtype=torch.float64))
+    km(torch.as_tensor(event), torch.as_tensor(time, dtype=torch.float64))
     return km.time.numpy().astype(float), km.km_est.numpy().astype(float)
 
 

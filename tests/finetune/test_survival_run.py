@@ -97,3 +97,17 @@ def test_the_run_writes_its_model_report_and_decision_curve(survival_run) -> Non
     assert set(curve["net_benefit"]) >= {"model", "cox", "treat_all", "treat_none"}
     for name in ("decision_curve.png", "calibration.png"):
         assert (run / "report" / name).stat().st_size > 10_000
+
+
+def test_the_fusion_head_trains_on_the_cox_likelihood(survival_run, tmp_path: Path) -> None:
+    root, cohort, _ = survival_run
+    run = tmp_path / "mlp"
+    assert main(["finetune", str(root / "run.yaml"), "--init", str(root / "pre"), "--set", "finetune.task=survival",
+                 "--set", "finetune.head=mlp", "--set", "finetune.epochs=30", "--set", f"run.dir={run}"]) == 0
+    fold = json.loads((run / "folds" / "r0f0.json").read_text())
+    losses = [entry["train_loss"] for entry in fold["history"]]
+    assert losses[-1] < losses[0]  # the partial likelihood rises on the training split
+    assert sum(bool(entry.get("selected")) for entry in fold["history"]) == 1
+    assert 0 < fold["baseline_survival"] < 1
+    assert "trained by the Cox partial likelihood" in (run / "report" / "model_report.md").read_text()
+    assert main(["predict", str(run), "--cohort", str(cohort), "--out", str(tmp_path / "p.csv")]) == 0

@@ -90,6 +90,8 @@ def test_kaplan_meier_matches_lifelines() -> None:
     for t in (1.0, 6.0, 12.0, 30.0):
         assert survival_at(times, survival, t) == pytest.approx(float(reference.predict(t)), abs=1e-6)
     assert survival_at(times, survival, -1.0) == 1.0
+    times, survival = kaplan_meier(np.zeros(3, bool), np.array([2.0, 5.0, 5.0]))  # a group without events
+    assert times.tolist() == [2.0, 5.0] and survival.tolist() == [1.0, 1.0]
 
 
 def test_bootstrap_intervals_hold_the_estimate_and_a_model_equals_itself() -> None:
