@@ -133,6 +133,9 @@ def load_fold_models(run_dir: str | Path, device: torch.device | str | None = No
     # The head the folds were built with; runs from before LP-FT name none, and trained mode trainable with mlp.
     settings.head = architecture.get("head", "mlp" if settings.mode == "trainable" else settings.head)
     sequences = list(facts.sequences)
+    if not sequences and "image" in architecture.get("encoders", {"image": None}):
+        raise StrokeSSLError(f"run folder {run_dir} records no image sequences (its {paths.record.name} lost its facts "
+                             "and model.json holds none): restore run.json from a copy of the run folder")
     model_config = fold_architecture(architecture, settings.branches)
     modalities = list(model_config.encoders)
     others = {m: spec.args for m, spec in model_config.encoders.items() if m not in BUILT_IN_MODALITIES}

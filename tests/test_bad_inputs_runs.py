@@ -40,11 +40,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _copy(run: Path, tmp_path: Path, legacy: bool = False) -> Path:
-    """A copy of ``run``; ``legacy``: without its run record, as folders written before records."""
+    """A copy of ``run``; ``legacy``: without its run record, as folders written before records (whose
+    model.json held the facts the record now keeps)."""
     copy = tmp_path / run.name
     shutil.copytree(run, copy)
     if legacy:
+        facts = json.loads((copy / "run.json").read_text()).get("facts", {})
         (copy / "run.json").unlink(missing_ok=True)
+        if (copy / "model.json").is_file():
+            architecture = json.loads((copy / "model.json").read_text())
+            architecture.update(sequences=facts.get("sequences", []), cohort_roles=facts.get("column_roles"))
+            (copy / "model.json").write_text(json.dumps(architecture))
     return copy
 
 
@@ -178,6 +184,13 @@ def test_a_folder_from_before_records_still_predicts_with_a_warning(runs, tmp_pa
     with caplog.at_level(logging.WARNING, logger="multimodal.run_folder"):
         assert main(["predict", str(ft), "--cohort", str(runs["cohort"]), "--out", str(tmp_path / "p.csv")]) == 0
     assert "predates weight digests" in caplog.text
+
+
+def test_a_record_that_lost_its_facts_is_a_clear_error(runs, tmp_path, capsys):
+    ft = _copy(runs["ft"], tmp_path)
+    (ft / "run.json").unlink()  # a record deleted by hand: its facts are gone, model.json holds none
+    assert main(["predict", str(ft), "--cohort", str(runs["cohort"]), "--out", str(tmp_path / "p.csv")]) == 2
+    _refused(capsys, "records no image sequences", "run.json")
 
 
 _HOLD = ("import sys\nfrom multimodal.run_lock import run_lock\nwith run_lock(sys.argv[1], 'finetune'):\n"

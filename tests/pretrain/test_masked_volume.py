@@ -145,8 +145,11 @@ def test_loss_refuses_mismatched_shapes():
         masked_volume_loss(torch.zeros(2, 2, 4, 4, 4), torch.zeros(2, 2, 4, 4, 4), torch.zeros(2, 3, 4, 4, 4) > 0)
 
 
-def test_registered_as_an_objective():
-    assert OBJECTIVES["masked_volume"] is masked_volume_loss
+def test_a_config_may_name_it():
+    from pretrain.config import PretrainConfig
+
+    assert "masked_volume" in OBJECTIVES
+    assert PretrainConfig(objectives={"clip": 1.0, "masked_volume": 1.0}).objectives["masked_volume"] == 1.0
 
 
 # --------------------------------------------------------------------------- encoder maps and decoder
