@@ -103,9 +103,6 @@ class FinetuneConfig:
         if self.head == "probe" and self.mode == "scratch":
             raise ConfigError(f"finetune.head: probe fits a linear model on pretrained embeddings; it needs "
                               f"finetune.mode: frozen or trainable (got {self.mode}), or use head: mlp")
-        if self.task == "survival" and self.test_cohort is not None:
-            raise ConfigError("finetune.test_cohort is not supported with finetune.task: survival yet; drop it "
-                              "(the cross-validated metrics are out of fold)")
         if self.task == "survival" and self.mode != "frozen":
             raise ConfigError(f"finetune.task: survival fits a Cox model on frozen embeddings (mode: frozen, head: "
                               f"probe or mlp); got mode {self.mode}: set finetune.mode=frozen")

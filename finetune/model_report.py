@@ -110,15 +110,29 @@ def _validation(metrics: dict[str, Any], settings: FinetuneConfig, cohort: Cohor
             "- No external test cohort." if "test" not in metrics else "- A fixed external test cohort (section 4)."]
 
 
-def _survival_performance(metrics: dict[str, Any]) -> list[str]:
-    names = ["model", *metrics["baselines"]]
-    columns = {"model": metrics["model"], **metrics["baselines"]}
-    lines = ["", "## 4. Performance", "", "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+def _survival_table(section: dict[str, Any]) -> list[str]:
+    names = ["model", *section["baselines"]]
+    columns = {"model": section["model"], **section["baselines"]}
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key, label in (("harrell_c", "Harrell's C"), ("uno_c", "Uno's C (to the horizon)"),
                        ("td_auroc", "AUROC at the horizon"), ("brier", "Brier score at the horizon")):
         cells = [f"{_n(columns[n][key]['value'])} [{_n(columns[n][key]['ci'][0])}, {_n(columns[n][key]['ci'][1])}]"
                  for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _test_lines(metrics: dict[str, Any], table: Any) -> list[str]:
+    """The fixed test cohort's table, when the run had one."""
+    test = metrics.get("test")
+    if not test:
+        return []
+    return ["", f"Fixed test cohort ({test['n']} subjects; nothing was tuned on it):", "", *table(test)]
+
+
+def _survival_performance(metrics: dict[str, Any]) -> list[str]:
+    lines = ["", "## 4. Performance", "", "Pooled out of fold:", "", *_survival_table(metrics),
+             *_test_lines(metrics, _survival_table)]
     calibration = metrics.get("calibration", {})
     lines += ["", "## 5. Calibration at the horizon", "",
               f"Mean predicted probability of recurrence by the horizon {_n(calibration.get('mean_predicted'))}, "
@@ -138,15 +152,20 @@ def _survival_performance(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _binary_performance(metrics: dict[str, Any]) -> list[str]:
-    names = ["model", *metrics["baselines"]]
-    columns = {"model": metrics["model"], **metrics["baselines"]}
-    lines = ["", "## 4. Performance", "", f"Threshold (chosen out of fold): {metrics['threshold']:.3f}.", "",
-             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+def _binary_table(section: dict[str, Any]) -> list[str]:
+    names = ["model", *section["baselines"]]
+    columns = {"model": section["model"], **section["baselines"]}
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key in ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier"):
         cells = [f"{_n(columns[n][key]['estimate'])} [{_n(columns[n][key]['lower'])}, {_n(columns[n][key]['upper'])}]"
                  for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _binary_performance(metrics: dict[str, Any]) -> list[str]:
+    lines = ["", "## 4. Performance", "", f"Pooled out of fold, threshold (chosen out of fold) {metrics['threshold']:.3f}:",
+             "", *_binary_table(metrics), *_test_lines(metrics, _binary_table)]
     model = metrics["model"]
     lines += ["", "## 5. Calibration", "",
               f"Calibration intercept {_n(model['calibration_intercept']['estimate'])} "

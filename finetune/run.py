@@ -139,8 +139,8 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
     cohort = cohort.subset(labeled)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = FoldContext(run_config, cohort, settings, Path(init) if init is not None else None, device)
-    test = (load_test_cohort(settings.test_cohort, settings.outcome_horizon) if settings.test_cohort is not None
-            else None)
+    test = (load_test_cohort(settings.test_cohort, settings.outcome_horizon, survival)
+            if settings.test_cohort is not None else None)
     if test is not None:  # a broken test cohort fails now, not after hours of training
         check_test_cohort(test, cohort, ctx.sequences if "image" in ctx.modalities else [])
     # The architecture each modality was built with, so predict can rebuild the fold models alone.
@@ -184,6 +184,6 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         else:
             logger.info("fold %s: AUROC %.3f (threshold %.3f)", name, result["metrics"]["auroc"], result["threshold"])
     if survival:
-        summarise_survival_run(run_dir, run_config, cohort, settings, results, run_config.seed)
+        summarise_survival_run(run_dir, run_config, cohort, test, settings, results, run_config.seed)
     else:
         summarise_run(run_dir, run_config, cohort, test, settings, results, run_config.seed)

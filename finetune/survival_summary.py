@@ -12,6 +12,7 @@ fold's median training risk (averaged over repeats), so the groups never see the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,22 @@ import numpy as np
 import pandas as pd
 from scipy.stats import CensoredData, logrank
 
+from finetune.baselines import baseline_frame
 from finetune.clinical_utility import decision_curve, survival_calibration
 from finetune.config import FinetuneConfig
+from finetune.inference import ensemble_probabilities, load_fold_models
 from finetune.model_report import write_model_report
+from finetune.oracle import true_image_quantities, with_truth
 from finetune.plots import plot_decision_curve, plot_kaplan_meier, plot_survival_calibration
 from finetune.survival_fold import COX_BASELINE, COX_ORACLE
-from multimodal.checkpoint import atomic_write_json, atomic_write_text
+from finetune.survival_probe import fit_predict_cox_baseline
+from multimodal.checkpoint import atomic_path, atomic_write_json, atomic_write_text
 from multimodal.cohort import Cohort
 from multimodal.config import RunConfig
 from multimodal.run_folder import run_paths
 from multimodal.survival_metrics import bootstrap_survival_metrics, kaplan_meier, survival_at
+
+logger = logging.getLogger(__name__)
 
 _NAMES = {"harrell_c": "Harrell's C", "uno_c": "Uno's C", "td_auroc": "AUROC(t)", "brier": "Brier(t)"}
 _WORDS = {COX_BASELINE: "the Cox model of the table", COX_ORACLE: "the Cox model of the table + true image quantities"}
@@ -67,8 +74,8 @@ def risk_group_outcomes(high: np.ndarray, event: np.ndarray, time: np.ndarray, h
     return out
 
 
-def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, settings: FinetuneConfig,
-                           results: dict[str, Any], seed: int) -> Path:
+def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Cohort | None,
+                           settings: FinetuneConfig, results: dict[str, Any], seed: int) -> Path:
     """Pooled out-of-fold risks → metrics.json, predictions.csv, report/."""
     frame = _pooled(results)
     position = {s: i for i, s in enumerate(cohort.ids)}
@@ -106,6 +113,8 @@ def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort,
               (("high", frame["risk_group"].to_numpy() == "high"), ("low", frame["risk_group"].to_numpy() == "low"))}
     plot_kaplan_meier(groups, paths.report / "kaplan_meier.png", at, cohort.config.time_unit,
                       metrics["risk_groups"].get("logrank", {}).get("p_value"))
+    if test is not None:
+        metrics["test"] = evaluate_survival_test_cohort(run_dir, settings, cohort, test, metrics["risk_cut"], seed)
     probabilities = {m: frame[f"{column[m]}probability"].to_numpy() for m in models}
     metrics["calibration"] = survival_calibration(event, time, probabilities["model"], at)
     metrics["decision_curve"] = decision_curve(probabilities, event=event, time=time, horizon=at)
@@ -120,6 +129,51 @@ def summarise_survival_run(run_dir: Path, run_config: RunConfig, cohort: Cohort,
     return run_dir
 
 
+def evaluate_survival_test_cohort(run_dir: Path, settings: FinetuneConfig, development: Cohort, test: Cohort,
+                                  risk_cut: float, seed: int) -> dict[str, Any]:
+    """Score the fixed test cohort: the fold models averaged (as ``predict``), the Cox baseline (and, on
+    synthetic cohorts, the Cox oracle) refit on every development subject; the same metrics, intervals,
+    paired differences and risk groups (risk above the folds' mean cut) as out of fold. Writes
+    ``test_predictions.csv`` and ``report/test_kaplan_meier.png``; nothing is learned from the test cohort."""
+    paths = run_paths(run_dir)
+    at = settings.survival_horizon.in_unit(development.config.time_unit)
+    test_at = settings.survival_horizon.in_unit(test.config.time_unit)  # the test cohort may count in days
+    frame = ensemble_probabilities(load_fold_models(run_dir), test)
+    event, time = test.event.astype(bool), test.time.astype(float)
+    frames = {name: baseline_frame(c.features, development.continuous, development.categorical)
+              for name, c in (("development", development), ("test", test))}
+    fits = {COX_BASELINE: fit_predict_cox_baseline(frames["development"], development.event, development.time,
+                                                   frames["test"], at, seed)}
+    truth = {name: true_image_quantities(c) for name, c in (("development", development), ("test", test))}
+    if all(t is not None for t in truth.values()):
+        fits[COX_ORACLE] = fit_predict_cox_baseline(with_truth(frames["development"], truth["development"]),
+                                                    development.event, development.time,
+                                                    with_truth(frames["test"], truth["test"]), at, seed)
+    risk = {"model": frame["risk_score"].to_numpy(), **{m: f["risk"] for m, f in fits.items()}}
+    survival = {"model": 1 - frame["probability"].to_numpy(), **{m: 1 - f["probabilities"] for m, f in fits.items()}}
+    scored = bootstrap_survival_metrics(risk, survival, event, time, test_at, settings.bootstrap, seed,
+                                        reference=COX_BASELINE)
+    high = risk["model"] > risk_cut
+    groups = risk_group_outcomes(high, event, time, test_at)
+    frame.insert(0, "time", time)
+    frame.insert(1, "event", event.astype(int))
+    frame.insert(frame.columns.get_loc("probability") + 1, "risk_group", np.where(high, "high", "low"))
+    for name, fitted in fits.items():
+        frame[f"{name}_risk"], frame[f"{name}_probability"] = fitted["risk"], fitted["probabilities"]
+    with atomic_path(run_dir / "test_predictions.csv") as tmp:
+        frame.to_csv(tmp)
+    plot_kaplan_meier({"high risk": (time[high], event[high]), "low risk": (time[~high], event[~high])},
+                      paths.report / "test_kaplan_meier.png", test_at, test.config.time_unit,
+                      groups.get("logrank", {}).get("p_value"))
+    logger.info("test cohort %s: %d subjects, %d events, Harrell's C %.3f", settings.test_cohort, len(event),
+                int(event.sum()), scored["model"]["harrell_c"]["value"])
+    return {"cohort": str(settings.test_cohort), "n": len(event), "events": int(event.sum()),
+            "events_by_horizon": int((event & (time <= test_at)).sum()),
+            "censored_before_horizon": int((~event & (time < test_at)).sum()),
+            "model": scored["model"], "baselines": {m: scored[m] for m in fits},
+            "delta_vs_cox": scored[f"delta_vs_{COX_BASELINE}"], "risk_groups": groups}
+
+
 def _n(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
 
@@ -129,11 +183,11 @@ def _ci(entry: dict[str, Any], spec: str = ".3f") -> str:
     return f"{_n(entry.get('value'), spec)} [{_n(low, spec)}, {_n(high, spec)}]"
 
 
-def survival_verdict(metrics: dict[str, Any]) -> list[str]:
+def survival_verdict(metrics: dict[str, Any], where: str = "out of fold") -> list[str]:
     """Plain words: does the model order recurrences better than the Cox model of the table? From the
     paired bootstrap of Harrell's C (model − Cox); "beats" only when the whole 95 % CI is above 0."""
     model = metrics["model"]["harrell_c"]
-    lines = [f"Model Harrell's C out of fold: {_ci(model)}"]
+    lines = [f"Model Harrell's C {where}: {_ci(model)}"]
     delta = metrics["delta_vs_cox"].get("model", {}).get("harrell_c")
     cox = metrics["baselines"].get(COX_BASELINE, {}).get("harrell_c")
     if delta is not None and cox is not None:
@@ -155,23 +209,32 @@ def survival_verdict(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def format_survival_metrics(metrics: dict[str, Any]) -> str:
-    """The verdict first, then the table of every metric with its 95 % CI, the risk groups."""
-    horizon = metrics["horizon"]
-    names = ["model", *metrics["baselines"]]
-    columns = {"model": metrics["model"], **metrics["baselines"]}
-    lines = [*survival_verdict(metrics), "",
-             f"pooled out-of-fold: {metrics['n']} subjects, {metrics['events']} events "
-             f"({metrics['events_by_horizon']} by {horizon['value']:g} {horizon['unit']}, "
-             f"{metrics['censored_before_horizon']} censored before it); time-dependent metrics at the horizon",
+def _section_table(section: dict[str, Any], horizon: dict[str, Any], where: str) -> list[str]:
+    """The counts line, every metric with its 95 % CI per model, and the risk groups of one section."""
+    names = ["model", *section["baselines"]]
+    columns = {"model": section["model"], **section["baselines"]}
+    lines = [f"{where}: {section['n']} subjects, {section['events']} events "
+             f"({section['events_by_horizon']} by {horizon['value']:g} {horizon['unit']}, "
+             f"{section['censored_before_horizon']} censored before it); time-dependent metrics at the horizon",
              f"{'metric':<14}" + "".join(f"{n:>26}" for n in names)]
     for key, label in _NAMES.items():
         lines.append(f"{label:<14}" + "".join(f"{_ci(columns[n][key]):>26}" for n in names))
-    groups = metrics["risk_groups"]
+    groups = section["risk_groups"]
     for name in ("high", "low"):
         group = groups.get(name, {})
         lines.append(f"{name}-risk group: {group.get('n', 0)} subjects, {group.get('events', 0)} events, event-free at "
                      f"the horizon {_n(group.get('event_free_at_horizon'))} (Kaplan–Meier)")
     if "logrank" in groups:
         lines.append(f"log-rank test high vs low: p = {groups['logrank']['p_value']:.3g}")
+    return lines
+
+
+def format_survival_metrics(metrics: dict[str, Any]) -> str:
+    """The verdict first, then the table of every metric with its 95 % CI and the risk groups, out of fold
+    and on the fixed test cohort when there is one."""
+    lines = [*survival_verdict(metrics), "", *_section_table(metrics, metrics["horizon"], "pooled out-of-fold")]
+    test = metrics.get("test")
+    if test:
+        lines += ["", *_section_table(test, metrics["horizon"], f"fixed test cohort {test['cohort']}"),
+                  *survival_verdict(test, "on the fixed test cohort")]
     return "\n".join(lines)

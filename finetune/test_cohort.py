@@ -23,7 +23,7 @@ from finetune.metrics import bootstrap_ci, paired_bootstrap_delta_auroc, risk_gr
 from finetune.oracle import ORACLE, fit_predict_oracle, oracle_section, true_image_quantities
 from finetune.plots import plot_calibration, plot_roc
 from multimodal.checkpoint import atomic_path
-from multimodal.cohort import Cohort, load_cohort
+from multimodal.cohort import Cohort, load_cohort, with_event_labels
 from multimodal.cohort_duplicates import file_key
 from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
@@ -38,10 +38,12 @@ OVERLAP_REFUSED = 0.5
 MIN_ROW_VALUES = 3
 
 
-def load_test_cohort(path: str | Path, horizon: Horizon | None = None) -> Cohort:
-    """The labeled subjects of the test cohort (at ``horizon`` for a time-to-event outcome); both classes
-    must be present."""
-    cohort = load_cohort(load_cohort_config(path), horizon)
+def load_test_cohort(path: str | Path, horizon: Horizon | None = None, survival: bool = False) -> Cohort:
+    """The labeled subjects of the test cohort (at ``horizon`` for a time-to-event outcome; with
+    ``survival`` those with follow-up time and event); both classes (events and non-events) must be present."""
+    cohort = load_cohort(load_cohort_config(path), None if survival else horizon)
+    if survival:
+        cohort = with_event_labels(cohort)
     labeled = [s for s, has in zip(cohort.ids, cohort.labeled, strict=True) if has]
     unlabeled = len(cohort.ids) - len(labeled)
     if unlabeled:

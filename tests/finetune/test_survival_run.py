@@ -111,3 +111,20 @@ def test_the_fusion_head_trains_on_the_cox_likelihood(survival_run, tmp_path: Pa
     assert 0 < fold["baseline_survival"] < 1
     assert "trained by the Cox partial likelihood" in (run / "report" / "model_report.md").read_text()
     assert main(["predict", str(run), "--cohort", str(cohort), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_a_fixed_test_cohort_is_scored_by_the_fold_models_and_the_refit_cox(survival_run, tmp_path: Path) -> None:
+    root, _, _ = survival_run
+    test = write_synthetic_cohort(tmp_path / "test", n=40, grid=16, labeled_fraction=1.0, seed=9, prevalence=0.3)
+    run = tmp_path / "with_test"
+    assert main(["finetune", str(root / "run.yaml"), "--init", str(root / "pre"), "--set", "finetune.task=survival",
+                 "--set", f"finetune.test_cohort={test}", "--set", f"run.dir={run}"]) == 0
+    section = json.loads((run / "metrics.json").read_text())["test"]
+    assert section["n"] == 40 and set(section["baselines"]) == {"cox", "cox_oracle"}
+    scored = pd.read_csv(run / "test_predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    assert harrell_c(scored["risk_score"], scored["event"], scored["time"]) == pytest.approx(
+        section["model"]["harrell_c"]["value"])
+    assert harrell_c(scored["cox_risk"], scored["event"], scored["time"]) == pytest.approx(
+        section["baselines"]["cox"]["harrell_c"]["value"])
+    assert (run / "report" / "test_kaplan_meier.png").is_file()
+    assert "Fixed test cohort (40 subjects" in (run / "report" / "model_report.md").read_text()
