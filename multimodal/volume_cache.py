@@ -50,9 +50,13 @@ class VolumeCache:
     (``FileDigests``: hashed once per file version and process), the imaging settings that change
     preprocessing (not augmentation), the missing-image policy, the volume indices, the head
     extent bounds and the strokessl and MONAI versions, so a replaced file (even one whose size
-    and modification time were kept) or a changed setting never reuses a stale entry. An entry
-    that is unreadable, of the wrong shape or non-finite is rebuilt with a warning. ``built`` /
-    ``hits`` count builds and cache hits in this process.
+    and modification time were kept) or a changed setting never reuses a stale entry. The source
+    files are checked once per cache object, i.e. once per run (``warm`` keys every subject first):
+    later ``key`` / ``load`` calls of the same subject reuse that key, so a training epoch neither
+    stats nor opens a source file (a network drive is read once per run, not once per subject and
+    epoch), and a file replaced between runs is noticed by the next run. An entry that is unreadable,
+    of the wrong shape or non-finite is rebuilt with a warning. ``built`` / ``hits`` count builds and
+    cache hits in this process.
     """
 
     def __init__(
@@ -82,9 +86,18 @@ class VolumeCache:
         self.hits = 0
         self.digests = FileDigests()
         self._masks: dict[str, list[float]] = {}  # key -> the entry's modality mask (what is present)
+        # (subject, its sequence cells) -> key, computed once per run; workers inherit it with the object
+        self._keys: dict[tuple[Any, ...], str] = {}
 
     def key(self, record: dict[str, Any]) -> str:
-        """sha256 hex digest identifying this subject's preprocessed volume."""
+        """sha256 hex digest identifying this subject's preprocessed volume (its files checked on the
+        first call for this subject and these cells, then remembered for the run)."""
+        memo = (record["subject_id"], *(str(record["image"].get(s)) for s in self.sequences))
+        if memo not in self._keys:
+            self._keys[memo] = self._compute_key(record)
+        return self._keys[memo]
+
+    def _compute_key(self, record: dict[str, Any]) -> str:
         files = []
         for sequence in self.sequences:
             path = record["image"].get(sequence)

@@ -220,10 +220,35 @@ def test_cache_key_changes_with_settings_and_touched_files(tmp_path, monkeypatch
     cache.load(record)
     stat = os.stat(record["image"]["a"])
     os.utime(record["image"]["a"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert cache.key(record) != key
+    assert cache.key(record) == key  # the sources are checked once per run (one cache object) ...
+    next_run = VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"])
+    assert next_run.key(record) != key  # ... so the next run sees the touched file
     calls = counting_loader(monkeypatch)
-    cache.load(record)
-    assert cache.built == 2 and len(calls) == 2
+    next_run.load(record)
+    assert next_run.built == 1 and len(calls) == 2
+
+
+def test_a_warm_epoch_stats_and_opens_no_source_file(tmp_path, monkeypatch):
+    from multimodal import file_digest
+
+    records = [two_sequence_subject(tmp_path, f"s{i}") for i in range(3)]
+    cache = VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"])
+    cache.warm(records)
+    sources = {os.path.abspath(r["image"][s]) for r in records for s in ("a", "b")}
+    touched = []
+    real_stat, real_open = os.stat, open
+
+    def stat(path, *args, **kwargs):
+        touched.append(os.path.abspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_digest.os, "stat", stat)
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: (touched.append(os.path.abspath(path)),
+                                                                 real_open(path, *a, **k))[1])
+    for _ in range(2):  # two epochs
+        for record in records:
+            cache.load(record)
+    assert not set(touched) & sources and cache.hits == 6
 
 
 def test_truncated_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog):
