@@ -113,7 +113,7 @@ def baseline_survival_at(risk: np.ndarray, event: np.ndarray, time: np.ndarray, 
         return 1.0
     fitted = baseline_survival_function(torch.as_tensor(risk, dtype=torch.float32), e, t)
     times, survival = fitted["time"].numpy(), fitted["baseline_survival"].numpy()
-    before = np.flatnonzero(times <= horizon)
+    before = np.flatnonzero(times <= np.float32(horizon))  # torchsurv returns the times as float32
     return float(survival[before[-1]]) if len(before) else 1.0
 
 

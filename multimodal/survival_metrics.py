@@ -4,7 +4,10 @@ Each is the estimator torchsurv computes (the tests compare them with ``torchsur
 lifelines), written here as one vectorised pass over the ``(N, N)`` subject pairs because torchsurv
 loops in Python over events (~14 ms for one C-index of 150 subjects), too slow for the 2,000
 bootstrap resamples behind every confidence interval. The censoring distribution behind the inverse
-probability of censoring weights (IPCW) is torchsurv's Kaplan–Meier estimate (``get_ipcw``).
+probability of censoring weights (IPCW) is torchsurv's Kaplan–Meier estimate; an event at ``t`` is
+weighted by ``1 / G(t-)`` (Graf et al. 1999), where torchsurv reads ``G(t)``: the two agree unless an
+event ties with a censoring, where ``G(t)`` over-weights the event (a follow-up recorded in whole
+months with many patients seen last at the 12-month visit). With no event every metric is NaN.
 
 Conventions: ``risk`` is higher for earlier events (a log hazard); ``time`` is follow-up until the event
 or the last contact and ``event`` is 1 for an observed event. A pair (i, j) is comparable when i has
@@ -22,7 +25,6 @@ import torch
 
 with warnings.catch_warnings():  # torchsurv 0.2 decorates with torch.jit.script, deprecated in torch 2.10
     warnings.simplefilter("ignore", FutureWarning)
-    from torchsurv.stats.ipcw import get_ipcw
     from torchsurv.stats.kaplan_meier import KaplanMeierEstimator
 
 METRICS = ("harrell_c", "uno_c", "td_auroc", "brier")
@@ -34,6 +36,8 @@ def _arrays(risk: Any, event: Any, time: Any) -> tuple[np.ndarray, np.ndarray, n
         raise ValueError(f"risk, event and time need one entry per subject, got {len(risk)}, {len(event)}, {len(time)}")
     if not (np.isfinite(risk).all() and np.isfinite(time).all()):
         raise ValueError("risk and time must be finite")
+    if not np.isin(event, (0.0, 1.0)).all():
+        raise ValueError("event must be 0 or 1 for every subject")
     return risk, event.astype(bool), time
 
 
@@ -54,14 +58,27 @@ def survival_at(times: np.ndarray, survival: np.ndarray, t: float) -> float:
     return float(survival[before[-1]]) if len(before) else 1.0
 
 
-def inverse_censoring_weights(event: np.ndarray, time: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
-    """``1 / G(t)`` at ``at`` (default: each subject's own time) for ``G`` the Kaplan–Meier estimate of
-    the censoring distribution of ``(event, time)``; 0 where ``G`` has reached 0."""
-    with warnings.catch_warnings():  # torchsurv warns where G is 0; those weights are 0 by its rule
-        warnings.simplefilter("ignore")
-        weights = get_ipcw(torch.as_tensor(np.asarray(event, bool)), torch.as_tensor(time, dtype=torch.float64),
-                           None if at is None else torch.as_tensor(np.atleast_1d(at), dtype=torch.float64))
-    return weights.numpy().astype(float)
+def censoring_survival(event: Any, time: Any) -> tuple[np.ndarray, np.ndarray]:
+    """torchsurv's Kaplan–Meier estimate ``G`` of the censoring distribution (a censoring tied with an
+    event counts as after it): ``(K,)`` distinct times and ``(K,)`` ``G`` just after each."""
+    event, time = np.asarray(event, bool), np.asarray(time, float)
+    if not event.any():  # torchsurv refuses a cohort without events; then no tie convention matters
+        return kaplan_meier(~event, time)
+    km = KaplanMeierEstimator()
+    km(torch.as_tensor(event), torch.as_tensor(time, dtype=torch.float64), censoring_dist=True)
+    return km.time.numpy().astype(float), km.km_est.numpy().astype(float)
+
+
+def inverse_censoring_weights(event: Any, time: Any, at: Any = None, left: bool = False) -> np.ndarray:
+    """``1 / G(t)`` at ``at`` (default: each subject's own time), or with ``left`` ``1 / G(t-)``, the
+    probability of being still uncensored just before ``t``: the weight of an event at ``t``, which is
+    seen when censoring comes at or after it (Graf et al. 1999; torchsurv's ``get_ipcw`` reads ``G(t)``,
+    which over-weights events tied with censorings). 0 where ``G`` has reached 0."""
+    times, g = censoring_survival(event, time)
+    at = np.asarray(time if at is None else np.atleast_1d(at), dtype=float)
+    index = np.searchsorted(times, at, side="left" if left else "right") - 1
+    value = np.where(index >= 0, g[np.maximum(index, 0)], 1.0)
+    return np.divide(1.0, value, out=np.zeros_like(value), where=value > 0)
 
 
 def _concordance(risk: np.ndarray, event: np.ndarray, time: np.ndarray, weight: np.ndarray,
@@ -86,11 +103,11 @@ def harrell_c(risk: Any, event: Any, time: Any) -> float:
 
 
 def uno_c(risk: Any, event: Any, time: Any, tmax: float | None = None, weights: np.ndarray | None = None) -> float:
-    """Uno's C-index: Harrell's pairs weighted by ``1 / G(time_i)²``, which removes the dependence on the
+    """Uno's C-index: Harrell's pairs weighted by ``1 / G(time_i-)²``, which removes the dependence on the
     censoring distribution; only pairs whose earlier event falls before ``tmax`` (e.g. the horizon) count.
-    ``weights``: ``inverse_censoring_weights(event, time)`` when already computed."""
+    ``weights``: ``inverse_censoring_weights(event, time, left=True)`` when already computed."""
     risk, event, time = _arrays(risk, event, time)
-    weights = inverse_censoring_weights(event, time) if weights is None else weights
+    weights = inverse_censoring_weights(event, time, left=True) if weights is None else weights
     return _concordance(risk, event, time, weights ** 2, tmax)
 
 
@@ -102,7 +119,7 @@ def td_auroc(risk: Any, event: Any, time: Any, horizon: float, weights: np.ndarr
     controls = time > horizon
     if not cases.any() or not controls.any():
         return float("nan")
-    weights = inverse_censoring_weights(event, time) if weights is None else weights
+    weights = inverse_censoring_weights(event, time, left=True) if weights is None else weights
     weight = weights[cases]
     score = (risk[cases][:, None] > risk[controls][None, :]) + 0.5 * (risk[cases][:, None] == risk[controls][None, :])
     return float((weight[:, None] * score).sum() / (weight.sum() * controls.sum()))
@@ -122,9 +139,14 @@ def brier_at(survival: Any, event: Any, time: Any, horizon: float, weights: np.n
 
 
 def _weights(event: np.ndarray, time: np.ndarray, horizon: float) -> tuple[np.ndarray, float]:
-    """``1 / G`` at every subject's time and at the horizon, from one Kaplan–Meier fit."""
-    both = inverse_censoring_weights(event, time, np.append(time, horizon))
-    return both[:-1], float(both[-1])
+    """``1 / G(t-)`` at every subject's time (the weight of an event there) and ``1 / G(horizon)``
+    (of a subject followed past it), from one Kaplan–Meier fit."""
+    times, g = censoring_survival(event, time)
+    index = np.searchsorted(times, np.append(time, horizon), side="left") - 1
+    index[-1] = np.searchsorted(times, horizon, side="right") - 1
+    value = np.where(index >= 0, g[np.maximum(index, 0)], 1.0)
+    weights = np.divide(1.0, value, out=np.zeros_like(value), where=value > 0)
+    return weights[:-1], float(weights[-1])
 
 
 def survival_metrics(risk: np.ndarray, survival: np.ndarray, event: np.ndarray, time: np.ndarray,
@@ -133,6 +155,8 @@ def survival_metrics(risk: np.ndarray, survival: np.ndarray, event: np.ndarray, 
     Brier score of ``(N,)`` ``survival`` (the probability of being event-free at the horizon).
     ``weights``: ``_weights(event, time, horizon)`` when already computed for these subjects."""
     event, time = np.asarray(event, bool), np.asarray(time, float)
+    if not event.any():  # nothing to order or to weigh (a resample or a test cohort without events)
+        return dict.fromkeys(METRICS, float("nan"))
     at_time, at_horizon = _weights(event, time, horizon) if weights is None else weights
     return {"harrell_c": harrell_c(risk, event, time), "uno_c": uno_c(risk, event, time, horizon, at_time),
             "td_auroc": td_auroc(risk, event, time, horizon, at_time),
@@ -151,12 +175,12 @@ def bootstrap_survival_metrics(risk: dict[str, np.ndarray], survival: dict[str, 
     event, time = np.asarray(event, bool), np.asarray(time, float)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(event), np.flatnonzero(~event)]
-    weights = _weights(event, time, horizon)
+    weights = _weights(event, time, horizon) if event.any() else None
     point = {m: survival_metrics(risk[m], survival[m], event, time, horizon, weights) for m in risk}
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in risk}
     for _ in range(n_resamples):
         rows = np.concatenate([rng.choice(g, len(g)) for g in groups if len(g)])
-        weights = _weights(event[rows], time[rows], horizon)  # the censoring distribution of the resample
+        weights = _weights(event[rows], time[rows], horizon) if event[rows].any() else None  # the resample's G
         for m in risk:
             for k, v in survival_metrics(risk[m][rows], survival[m][rows], event[rows], time[rows], horizon,
                                          weights).items():

@@ -56,7 +56,11 @@ def test_harrell_c_matches_lifelines_with_tied_times_and_risks() -> None:
 
 
 def test_ipcw_metrics_match_torchsurv() -> None:
-    _, risk, event, time = _data(seed=1)
+    # continuous times: no event ties with a censoring, where torchsurv's G(t) and our G(t-) agree
+    rng = np.random.default_rng(1)
+    risk = rng.normal(size=150)
+    event_time, censor = rng.exponential(20 * np.exp(-risk)), rng.uniform(6, 48, 150)
+    event, time = event_time <= censor, np.minimum(event_time, censor)
     survival = np.exp(-np.exp(risk) * 12 / 20)
     e, t, r = torch.tensor(event), torch.tensor(time, dtype=torch.float32), torch.tensor(risk, dtype=torch.float32)
     weight = get_ipcw(e, torch.tensor(time, dtype=torch.float64)).float()
@@ -70,6 +74,30 @@ def test_ipcw_metrics_match_torchsurv() -> None:
     assert brier_at(survival, event, time, 12) == pytest.approx(float(BrierScore()(
         torch.tensor(survival, dtype=torch.float32)[:, None], e, t, new_time=at, weight=weight,
         weight_new_time=weight_at)[0]), abs=1e-5)
+
+
+def test_events_tied_with_censorings_are_weighted_by_the_censoring_survival_just_before() -> None:
+    # whole months, many patients seen last at the 12-month visit: events tie with censorings. With
+    # every predicted survival 1 the Brier score is the IPCW estimate of P(T <= 12), which equals
+    # 1 - Kaplan-Meier(12) exactly when events are weighted by 1 / G(t-).
+    rng = np.random.default_rng(7)
+    event_time = np.ceil(rng.exponential(30, 400))
+    censor = np.where(rng.random(400) < 0.6, 12.0, np.ceil(rng.uniform(1, 36, 400)))
+    event, time = event_time <= censor, np.minimum(event_time, censor)
+    assert (event & (time == 12)).sum() > 3 and (~event & (time == 12)).sum() > 100
+    incidence = 1 - survival_at(*kaplan_meier(event, time), 12.0)
+    assert brier_at(np.ones(400), event, time, 12.0) == pytest.approx(incidence, abs=1e-6)
+    # by hand: 1 event among 6 at risk at month 12, 3 censored there: P(T <= 12) = 1/6 (G(12) would give 2.5/6)
+    tiny_time, tiny_event = np.array([12.0, 12, 12, 12, 20, 20]), np.array([1, 0, 0, 0, 0, 0], bool)
+    assert brier_at(np.ones(6), tiny_event, tiny_time, 12.0) == pytest.approx(1 / 6)
+
+
+def test_no_event_gives_undefined_metrics_not_an_error() -> None:
+    out = bootstrap_survival_metrics({"m": np.arange(5.0)}, {"m": np.full(5, 0.9)}, np.zeros(5, bool),
+                                     np.arange(1.0, 6.0), 3.0, 20, seed=0)
+    assert all(np.isnan(entry["value"]) for entry in out["m"].values())
+    with pytest.raises(ValueError, match="event must be 0 or 1"):
+        harrell_c(np.arange(3.0), np.array([1, 2, 0]), np.arange(3.0))
 
 
 def test_without_censoring_the_weights_are_one_and_td_auroc_is_the_plain_auroc() -> None:
