@@ -35,6 +35,7 @@ from multimodal.cox import (
     partial_log_likelihood_tensor,
 )
 from multimodal.data import seed_everything
+from multimodal.errors import CohortError
 from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.survival_metrics import survival_metrics
 from multimodal.tabular import TabularPreprocessor
@@ -70,6 +71,10 @@ def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str
     seed_everything(seed)
     model = ctx.model(preprocessor)
     (event, time), (test_event, test_time) = outcome(train_ids), outcome(test_ids)
+    if event.sum() < 2:  # a Cox model orders events: one or none leaves nothing to learn
+        raise CohortError(f"a training fold holds {int(event.sum())} recurrence event(s); the Cox model needs at "
+                          f"least 2 per fold: lower finetune.folds (the cohort has {int(np.nansum(cohort.event))} "
+                          "events with follow-up)")
     if settings.head == "probe":
         features, test = probe_inputs(ctx, model, preprocessor, train_ids, test_ids, labels)
         fit = fit_cox_probe(features, event, time, horizon, seed, probe_groups(model), settings.probe_pcs,

@@ -128,3 +128,19 @@ def test_a_fixed_test_cohort_is_scored_by_the_fold_models_and_the_refit_cox(surv
         section["baselines"]["cox"]["harrell_c"]["value"])
     assert (run / "report" / "test_kaplan_meier.png").is_file()
     assert "Fixed test cohort (40 subjects" in (run / "report" / "model_report.md").read_text()
+
+
+def test_too_few_events_per_fold_is_a_clear_error(survival_run, tmp_path: Path, capsys) -> None:
+    root, cohort, _ = survival_run
+    table = pd.read_csv(cohort.parent / "cohort.csv", dtype={"subject_id": str})
+    table["recurrence"] = 0
+    table.loc[table.index[:2], "recurrence"] = 1  # two events: one per training fold of 2-fold CV
+    for sequence in ("flair", "dwi"):  # the copy lives elsewhere: absolute image paths
+        table[sequence] = [str(cohort.parent / path) for path in table[sequence]]
+    table.to_csv(tmp_path / "cohort.csv", index=False)
+    roles = (cohort.parent / "cohort.yaml").read_text().replace("csv: cohort.csv", f"csv: {tmp_path / 'cohort.csv'}")
+    (tmp_path / "cohort.yaml").write_text(roles)
+    assert main(["finetune", str(root / "run.yaml"), "--init", str(root / "pre"), "--set", "finetune.task=survival",
+                 "--set", f"cohort={tmp_path / 'cohort.yaml'}", "--set", f"run.dir={tmp_path / 'ft'}"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 2 per fold: lower finetune.folds" in err and "Traceback" not in err
