@@ -84,6 +84,16 @@ class FinetuneConfig:
         ``DEFAULT_SURVIVAL_HORIZON`` when unset."""
         return self.outcome_horizon or DEFAULT_SURVIVAL_HORIZON
 
+    def horizon_record(self, time_unit: str) -> dict[str, Any] | None:
+        """The horizon of the run's outcome as the run record keeps it (None for a binary label without
+        one): ``{"value", "unit", "time_unit", "in_time_unit"}`` (``in_time_unit``: in the cohort's
+        time column's ``time_unit``)."""
+        horizon = self.survival_horizon if self.task == "survival" else self.outcome_horizon
+        if horizon is None:
+            return None
+        return {"value": horizon.value, "unit": horizon.unit, "time_unit": time_unit,
+                "in_time_unit": horizon.in_unit(time_unit)}
+
     def __post_init__(self) -> None:
         check_choice("finetune.task", self.task, TASKS)
         check_choice("finetune.mode", self.mode, MODES)

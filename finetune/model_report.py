@@ -24,7 +24,9 @@ from multimodal.run_folder import run_paths
 from pretrain.config import pretrain_config
 
 
-def _n(value: Any, spec: str = ".3f") -> str:
+def format_value(value: Any, spec: str = ".3f") -> str:
+    """``value`` formatted, or "n/a" where it is undefined (NaN in memory, null in metrics.json): every
+    report and summary prints numbers through this."""
     return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
 
 
@@ -38,8 +40,8 @@ def _data(cohort: Cohort, metrics: dict[str, Any], settings: FinetuneConfig) -> 
                   f"- Events: {metrics['events']} ({metrics['events_by_horizon']} by the horizon of "
                   f"{horizon['value']:g} {horizon['unit']}); censored before the horizon without an event: "
                   f"{metrics['censored_before_horizon']}.",
-                  f"- Follow-up: median {_n(float(np.nanmedian(cohort.time)), '.1f')} {config.time_unit} "
-                  f"(range {_n(float(np.nanmin(cohort.time)), '.1f')}–{_n(float(np.nanmax(cohort.time)), '.1f')})."]
+                  f"- Follow-up: median {format_value(float(np.nanmedian(cohort.time)), '.1f')} {config.time_unit} "
+                  f"(range {format_value(float(np.nanmin(cohort.time)), '.1f')}–{format_value(float(np.nanmax(cohort.time)), '.1f')})."]
     else:
         lines.append(f"- Outcome: binary, {metrics['positives']} positive ({metrics['positives'] / metrics['n']:.1%}).")
         counts = cohort.outcome
@@ -116,7 +118,7 @@ def _survival_table(section: dict[str, Any]) -> list[str]:
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key, label in (("harrell_c", "Harrell's C"), ("uno_c", "Uno's C (to the horizon)"),
                        ("td_auroc", "AUROC at the horizon"), ("brier", "Brier score at the horizon")):
-        cells = [f"{_n(columns[n][key]['value'])} [{_n(columns[n][key]['ci'][0])}, {_n(columns[n][key]['ci'][1])}]"
+        cells = [f"{format_value(columns[n][key]['value'])} [{format_value(columns[n][key]['ci'][0])}, {format_value(columns[n][key]['ci'][1])}]"
                  for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -135,17 +137,17 @@ def _survival_performance(metrics: dict[str, Any]) -> list[str]:
              *_test_lines(metrics, _survival_table)]
     calibration = metrics.get("calibration", {})
     lines += ["", "## 5. Calibration at the horizon", "",
-              f"Mean predicted probability of recurrence by the horizon {_n(calibration.get('mean_predicted'))}, "
-              f"observed (Kaplan–Meier) {_n(calibration.get('observed'))}.", "",
+              f"Mean predicted probability of recurrence by the horizon {format_value(calibration.get('mean_predicted'))}, "
+              f"observed (Kaplan–Meier) {format_value(calibration.get('observed'))}.", "",
               "| group | n | predicted | observed |", "|---|---|---|---|"]
     for i, group in enumerate(calibration.get("groups", []), 1):
-        lines.append(f"| {i} | {group['n']} | {_n(group['predicted'])} | {_n(group['observed'])} |")
+        lines.append(f"| {i} | {group['n']} | {format_value(group['predicted'])} | {format_value(group['observed'])} |")
     groups = metrics["risk_groups"]
     lines += ["", "## 6. Risk groups", "", "| group | n | events | event-free at the horizon (KM) |", "|---|---|---|---|"]
     for name in ("high", "low"):
         group = groups.get(name, {})
         lines.append(f"| {name} | {group.get('n', 0)} | {group.get('events', 0)} | "
-                     f"{_n(group.get('event_free_at_horizon'))} |")
+                     f"{format_value(group.get('event_free_at_horizon'))} |")
     if "logrank" in groups:
         lines.append(f"\nLog-rank test high vs low: p = {groups['logrank']['p_value']:.3g} "
                      "(`kaplan_meier.png`).")
@@ -157,7 +159,7 @@ def _binary_table(section: dict[str, Any]) -> list[str]:
     columns = {"model": section["model"], **section["baselines"]}
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key in ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier"):
-        cells = [f"{_n(columns[n][key]['estimate'])} [{_n(columns[n][key]['lower'])}, {_n(columns[n][key]['upper'])}]"
+        cells = [f"{format_value(columns[n][key]['estimate'])} [{format_value(columns[n][key]['lower'])}, {format_value(columns[n][key]['upper'])}]"
                  for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines
@@ -168,18 +170,18 @@ def _binary_performance(metrics: dict[str, Any]) -> list[str]:
              "", *_binary_table(metrics), *_test_lines(metrics, _binary_table)]
     model = metrics["model"]
     lines += ["", "## 5. Calibration", "",
-              f"Calibration intercept {_n(model['calibration_intercept']['estimate'])} "
-              f"[{_n(model['calibration_intercept']['lower'])}, {_n(model['calibration_intercept']['upper'])}], "
-              f"slope {_n(model['calibration_slope']['estimate'])} "
-              f"[{_n(model['calibration_slope']['lower'])}, {_n(model['calibration_slope']['upper'])}], "
-              f"ECE {_n(model['ece']['estimate'])} (`calibration.png`)."]
+              f"Calibration intercept {format_value(model['calibration_intercept']['estimate'])} "
+              f"[{format_value(model['calibration_intercept']['lower'])}, {format_value(model['calibration_intercept']['upper'])}], "
+              f"slope {format_value(model['calibration_slope']['estimate'])} "
+              f"[{format_value(model['calibration_slope']['lower'])}, {format_value(model['calibration_slope']['upper'])}], "
+              f"ECE {format_value(model['ece']['estimate'])} (`calibration.png`)."]
     groups = metrics["risk_groups"]
     lines += ["", "## 6. Risk groups", "", "| group | n | events | event rate |", "|---|---|---|---|"]
     for name in ("high", "low"):
         group = groups[name]
-        lines.append(f"| {name} | {group['n']} | {group['events']} | {_n(group['event_rate'])} |")
-    lines.append(f"\nRelative risk {_n(groups.get('relative_risk'), '.2f')}, Fisher exact p = "
-                 f"{_n(groups.get('fisher_p_value'), '.3g')}.")
+        lines.append(f"| {name} | {group['n']} | {group['events']} | {format_value(group['event_rate'])} |")
+    lines.append(f"\nRelative risk {format_value(groups.get('relative_risk'), '.2f')}, Fisher exact p = "
+                 f"{format_value(groups.get('fisher_p_value'), '.3g')}.")
     return lines
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from finetune.config import FinetuneConfig, finetune_config, resolved_repeats
 from finetune.fold import FoldContext, run_fold
 from finetune.summary import summarise_run
-from finetune.survival_fold import horizon_record, run_survival_fold
+from finetune.survival_fold import run_survival_fold
 from finetune.survival_summary import summarise_survival_run
 from finetune.test_cohort import check_test_cohort, load_test_cohort
 from multimodal.checkpoint import atomic_write_text, make_folder, save_weights
@@ -151,7 +151,7 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
     }, indent=2))
     # What predict and explain must know, recorded once (multimodal.run_folder.RunFacts).
     record_facts(run_dir, RunFacts(
-        task=settings.task, horizon=horizon_record(settings, cohort_config), sequences=list(ctx.sequences),
+        task=settings.task, horizon=settings.horizon_record(cohort_config.time_unit), sequences=list(ctx.sequences),
         column_roles=cohort_roles(cohort.config),
         plugins={m: ctx.specs[m].name for m in ctx.modalities if m not in BUILT_IN_MODALITIES},
         shared_encoders=ctx.shared_encoders))

@@ -21,6 +21,7 @@ from finetune.metrics import (
     risk_groups,
     summarise_folds,
 )
+from finetune.model_report import format_value as _n
 from finetune.model_report import write_model_report
 from finetune.oracle import MIN_ORACLE_GAIN, ORACLE, oracle_section
 from finetune.plots import (
@@ -106,11 +107,6 @@ def summarise_run(run_dir: Path, run_config: RunConfig, cohort: Cohort, test: Co
     # strict JSON: an undefined value (a calibration slope on separable scores, say) is written as null
     atomic_write_json(paths.metrics, metrics)
     return run_dir
-
-
-def _n(value: float | None, spec: str = ".3f") -> str:
-    """``value`` formatted, or "n/a" where it is undefined (NaN in memory, null in metrics.json)."""
-    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def _ci(entry: dict[str, Any], spec: str = ".3f") -> str:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from finetune.baselines import baseline_frame
-from finetune.config import FinetuneConfig
 from finetune.fold import FoldContext, probe_inputs
 from finetune.inference import EmbeddingDataset, predict_logits
 from finetune.lpft import load_probe_head
@@ -27,7 +26,6 @@ from finetune.oracle import true_image_quantities, with_truth
 from finetune.probe import probe_groups
 from finetune.survival_probe import fit_cox_probe, fit_predict_cox_baseline
 from multimodal.cohort import stratified_split
-from multimodal.config import CohortConfig
 from multimodal.cox import (
     baseline_survival_at,
     event_probability,
@@ -42,16 +40,6 @@ from multimodal.tabular import TabularPreprocessor
 
 COX_BASELINE = "cox"
 COX_ORACLE = "cox_oracle"
-
-
-def horizon_record(settings: FinetuneConfig, cohort_config: CohortConfig) -> dict[str, Any] | None:
-    """The horizon of the run's outcome as ``model.json`` keeps it (None for a binary label without one):
-    ``{"value", "unit", "in_time_unit", "time_unit"}`` (``in_time_unit``: in the cohort's time column's unit)."""
-    horizon = settings.survival_horizon if settings.task == "survival" else settings.outcome_horizon
-    if horizon is None:
-        return None
-    return {"value": horizon.value, "unit": horizon.unit, "time_unit": cohort_config.time_unit,
-            "in_time_unit": horizon.in_unit(cohort_config.time_unit)}
 
 
 def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str],
@@ -123,7 +111,7 @@ def _train_cox_head(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
     optimizer = torch.optim.AdamW(parameter_groups(model, "frozen", settings.lr, weight_decay=settings.weight_decay))
     split_outcome = {name: outcome(ids) for name, ids in (("train", inner_train), ("val", inner_val))}
     inputs = {name: (data[name].embeddings, data[name].present) for name in ("train", "val")}
-    best, best_state, waited, history = -np.inf, None, 0, []
+    best, best_state, best_entry, waited, history = -np.inf, None, 0, 0, []
     for epoch in range(settings.epochs):
         model.train()
         logits = model.forward_from_embeddings(*inputs["train"])
@@ -138,13 +126,13 @@ def _train_cox_head(ctx: FoldContext, model: FusionClassifier, preprocessor: Tab
         score = partial_log_likelihood(val_risk, *split_outcome["val"]) / max(int(split_outcome["val"][0].sum()), 1)
         history.append({"epoch": epoch + 1, "train_loss": float(loss.detach()), "val_loss": -score})
         if score > best or best_state is None:
-            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+            best, best_state, best_entry, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             waited += 1
             if waited >= settings.patience:
                 break
     model.load_state_dict(best_state)
-    next(h for h in history if h["val_loss"] == -best)["selected"] = True
+    history[best_entry]["selected"] = True
     model.eval()
     with torch.no_grad():
         train_risk = model.forward_from_embeddings(*inputs["train"]).double().numpy()

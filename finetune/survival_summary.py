@@ -24,6 +24,7 @@ from finetune.baselines import baseline_frame
 from finetune.clinical_utility import decision_curve, survival_calibration
 from finetune.config import FinetuneConfig
 from finetune.inference import ensemble_probabilities, load_fold_models
+from finetune.model_report import format_value as _n
 from finetune.model_report import write_model_report
 from finetune.oracle import true_image_quantities, with_truth
 from finetune.plots import plot_decision_curve, plot_kaplan_meier, plot_survival_calibration
@@ -172,10 +173,6 @@ def evaluate_survival_test_cohort(run_dir: Path, settings: FinetuneConfig, devel
             "censored_before_horizon": int((~event & (time < test_at)).sum()),
             "model": scored["model"], "baselines": {m: scored[m] for m in fits},
             "delta_vs_cox": scored[f"delta_vs_{COX_BASELINE}"], "risk_groups": groups}
-
-
-def _n(value: float | None, spec: str = ".3f") -> str:
-    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def _ci(entry: dict[str, Any], spec: str = ".3f") -> str:

@@ -48,11 +48,8 @@ def partial_log_likelihood_tensor(risk: torch.Tensor, event: np.ndarray, time: n
 
 def partial_log_likelihood(risk: np.ndarray | torch.Tensor, event: np.ndarray, time: np.ndarray) -> float:
     """Cox partial log-likelihood (Efron ties, summed over events) of ``(N,)`` log relative hazards."""
-    e, t = _tensors(event, time)
-    if not e.any():
-        return 0.0
-    risk = torch.as_tensor(risk, dtype=torch.float32)
-    return -float(_negative_log_likelihood(risk, e, t))
+    with torch.no_grad():
+        return float(partial_log_likelihood_tensor(torch.as_tensor(risk, dtype=torch.float32), event, time))
 
 
 def fit_cox(z: np.ndarray, event: np.ndarray, time: np.ndarray, penalty: float,

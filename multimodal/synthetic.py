@@ -36,13 +36,10 @@ import numpy as np
 import pandas as pd
 import yaml
 from scipy import ndimage as ndi
-from scipy.special import expit
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from multimodal.dicom_writer import write_series
 from multimodal.errors import CohortError
-from multimodal.survival_metrics import harrell_c
 from multimodal.synthetic_clinical import (
     draw_clinical,
     get_profile,
@@ -50,6 +47,7 @@ from multimodal.synthetic_clinical import (
     observed_follow_up,
     radiology_report,
 )
+from multimodal.synthetic_truth import truth_summary
 
 logger = logging.getLogger(__name__)
 
@@ -421,7 +419,7 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     risk["censor_time_months"] = risk["censor_time_months"].round(4)
     risk["followup_months"], risk["event"] = followup, event
     risk.to_csv(out / "risk.csv", index=False)
-    (out / "truth.json").write_text(json.dumps(_truth(risk, prevalence, n, grid, seed, sequences, profile), indent=2) + "\n")
+    (out / "truth.json").write_text(json.dumps(truth_summary(risk, prevalence, n, grid, seed, sequences, profile), indent=2) + "\n")
     config = {"csv": "cohort.csv", "id": "subject_id", "images": {s: s for s in sequences},
               "label": "recurrence_12m", "time": "followup_months", "time_unit": "months", "event": "recurrence",
               "text": ["report"],
@@ -432,43 +430,3 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
     logger.info("synthetic cohort: %d subjects (%d labeled, %d positive) in %s", n, labeled.sum(),
                 int(cohort["recurrence_12m"].sum()), out)
     return out / "cohort.yaml"
-
-
-def _truth(risk: pd.DataFrame, prevalence: float, n: int, grid: int, seed: int, sequences: list[str],
-           profile: str) -> dict:
-    """Prevalence, the AUROC reachable from the true risk and from its image / tabular parts, and
-    which ``risk.csv`` columns hold the true image quantities (an oracle-feature model reads them)."""
-    b = risk["intercept"].to_numpy()
-    scores = {"bayes": risk["true_risk"].to_numpy(),
-              "image_only": expit(b + risk["image_component"].to_numpy()),
-              "tabular_only": expit(b + risk["tabular_component"].to_numpy())}
-    y, lab = risk["drawn_label"].to_numpy(), risk["labeled"].to_numpy(bool)
-
-    def auroc(score: np.ndarray, mask: np.ndarray) -> float | None:
-        return float(roc_auc_score(y[mask], score[mask])) if len(set(y[mask])) == 2 else None
-
-    return {
-        "prevalence": prevalence, "mean_true_risk": float(risk["true_risk"].mean()),
-        "label_rate_labeled": float(y[lab].mean()) if lab.any() else None,
-        "generator": "strokessl", "profile": profile,
-        "image_quantities": list(image_quantities(risk).columns),
-        "intercept": float(b[0]),
-        "weights": dict(zip(("image", "tabular", "interaction"), get_profile(profile).weights, strict=True)),
-        "auroc": {f"{name}_{where}": auroc(s, m) for name, s in scores.items()
-                  for where, m in (("labeled", lab), ("all", np.ones_like(lab)))},
-        "follow_up": _follow_up_truth(risk[lab]),
-        "n": n, "grid": grid, "seed": seed, "sequences": sequences,
-    }
-
-
-def _follow_up_truth(labeled: pd.DataFrame) -> dict:
-    """How censoring shaped the labeled subjects' observed outcome, and the concordance the true risk
-    reaches on it (Harrell's C of a constant-hazard model: the ordering every survival model aims at)."""
-    time, event = labeled["followup_months"].to_numpy(float), labeled["event"].to_numpy(bool)
-    censored_early = (~event) & (time < 12.0)
-    c = harrell_c(labeled["true_risk"].to_numpy(float), event, time) if event.any() else None
-    return {"events": int(event.sum()), "events_by_12_months": int((event & (time <= 12.0)).sum()),
-            "censored_before_12_months": int(censored_early.sum()),
-            "negatives_censored_before_12_months": int((censored_early & (labeled["drawn_label"] == 0)).sum()),
-            "median_follow_up_months": float(np.median(time)) if len(time) else None,
-            "harrell_c_true_risk": c}
