@@ -45,8 +45,8 @@ from multimodal.synthetic_clinical import (
     get_profile,
     image_quantities,
     observed_follow_up,
-    radiology_report,
 )
+from multimodal.synthetic_reports import draw_wmh_reading, radiology_report
 from multimodal.synthetic_truth import truth_summary
 
 logger = logging.getLogger(__name__)
@@ -386,7 +386,8 @@ def write_synthetic_cohort(out: str | Path, n: int = 60, grid: int = 48, labeled
         subj = _make_subject(anat, risk.iloc[i], sub_rng)
         side = "right" if subj.side > 0 else "left"
         reports.append(radiology_report(side, risk["infarct_volume_ml"].iat[i], risk["wmh_volume_ml"].iat[i],
-                               risk["atrophy"].iat[i], sub_rng))
+                                        risk["atrophy"].iat[i], draw_wmh_reading(sub_rng),
+                                        np.random.default_rng([seed, 5, i])))  # the report's own stream
         for sequence in sequences:
             shape, affine, slice_axis = _grid(sequence, grid, subj.centre, sub_rng)
             data = _render(anat, subj, sequence, shape, affine, slice_axis, sub_rng)

@@ -2,7 +2,7 @@
 
 ``draw_clinical`` draws the clinical values (with realistic gaps), the latent image quantities
 (infarct and WMH volume, atrophy, head size) and the 12-month recurrence risk built from image,
-tabular and interaction parts (``WEIGHTS``); ``radiology_report`` writes a short impression.
+tabular and interaction parts (``WEIGHTS``).
 ``multimodal.synthetic`` renders the images from the latent quantities.
 """
 
@@ -181,21 +181,6 @@ def draw_clinical(n: int, seed: int = 0, prevalence: float = 0.15,
     for column in ("bmi", "hba1c", "ldl", "hdl"):
         table[column] = table[column].astype("Float64")
     return table, risk
-
-
-def radiology_report(side: str, infarct_ml: float, wmh_ml: float, atrophy_mm: float, rng: np.random.Generator) -> str:
-    """A short radiology-like impression; graded with some reader disagreement."""
-    if infarct_ml < 0.5:
-        lesion = "no acute infarct on DWI"
-    else:
-        size = "small" if infarct_ml < 5 else "moderate" if infarct_ml < 50 else "large"
-        lesion = f"{size} acute {side} MCA territory infarct"
-    grade = int(np.digitize(wmh_ml * np.exp(rng.normal(0, 0.3)), [3, 10, 25]))
-    wm = ("no significant", "mild", "moderate", "severe")[grade] + " white matter disease"
-    extra = ", generalised volume loss" if atrophy_mm > 2.0 else ""
-    return f"{lesion}, {wm}{extra}"
-
-
 
 
 def observed_follow_up(risk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

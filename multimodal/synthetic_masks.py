@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from multimodal.checkpoint import atomic_path
 from multimodal.errors import CohortError
 from multimodal.synthetic import _grid, _make_subject, _sample, load_anatomy
-from multimodal.synthetic_clinical import draw_clinical, radiology_report
+from multimodal.synthetic_clinical import draw_clinical
+from multimodal.synthetic_reports import draw_wmh_reading
 
 
 def write_infarct_masks(cohort_dir: str | Path) -> Path:
@@ -41,8 +42,7 @@ def write_infarct_masks(cohort_dir: str | Path) -> Path:
         # The same draws, in the same order, as write_synthetic_cohort up to the first sequence's grid.
         sub_rng = np.random.default_rng([seed, 2, i])
         subj = _make_subject(anat, risk.iloc[i], sub_rng)
-        radiology_report("right", risk["infarct_volume_ml"].iat[i], risk["wmh_volume_ml"].iat[i],
-                         risk["atrophy"].iat[i], sub_rng)
+        draw_wmh_reading(sub_rng)
         shape, affine, _ = _grid(first, grid, subj.centre, sub_rng)
         ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
         matrix = subj.to_template @ affine

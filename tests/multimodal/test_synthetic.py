@@ -37,7 +37,8 @@ def test_writes_a_loadable_cohort(cohort_dir: Path) -> None:
                 "atrial_fibrillation", "d_dimer", "smoking", "nihss", "hypertension", "diabetes", "bmi"}
     assert expected <= set(table.columns)
     assert set(config.types) <= set(table.columns)
-    assert table["report"].str.contains("white matter").all()
+    reports = table["report"].dropna()
+    assert 0 < len(reports) < N and reports.str.len().min() > 20  # some subjects have no report
     for column in ("flair", "dwi", "t1"):
         assert all((cohort_dir / p).is_file() for p in table[column])
 
@@ -113,6 +114,8 @@ def test_infarct_is_bright_on_dwi_in_the_reported_hemisphere(cohort_dir: Path) -
         image = nib.load(cohort_dir / table["dwi"][i])
         data = image.get_fdata().ravel()
         x = _world_points(image)[0, data >= np.percentile(data, 99.5)]
+        if not isinstance(table["report"][i], str):
+            continue  # no report for this subject
         side = "left" if "left" in table["report"][i] else "right"
         assert np.sign(np.median(x)) == (-1 if side == "left" else 1), table["subject_id"][i]
 
