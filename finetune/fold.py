@@ -49,6 +49,7 @@ from multimodal.data import (
     MultimodalDataset,
     build_dataset,
     encoder_sizes,
+    fit_encoders_to_data,
     resolve_sequences,
     seed_everything,
     volume_cache,
@@ -83,6 +84,7 @@ class FoldContext:
                       for m in self.modalities}
         # Frozen and taken from pretraining: every fold model holds the same weights of these encoders.
         self.shared_encoders = [m for m in self.modalities if settings.mode == "frozen" and m in trained]
+        self.fresh_encoders = [m for m in self.modalities if m not in trained]  # built here, not loaded
         self.cache = None
         if "image" in self.modalities:
             self.cache = volume_cache(run_config, cohort_config, self.sequences)
@@ -101,9 +103,8 @@ class FoldContext:
         if self.settings.probe_components == "fold" or self.pretrained is None:
             return None
         if self._basis is None:
-            others = {m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES}
             self._basis = pretraining_basis(model, self.pretrained, self.run_config, self.preprocessor,
-                                            self.sequences, others, self.settings.batch_size, self.device)
+                                            self.sequences, self.others(), self.settings.batch_size, self.device)
         return self._basis
 
     def embed(self, model: FusionClassifier, ids: list[str], preprocessor: TabularPreprocessor,
@@ -128,9 +129,12 @@ class FoldContext:
         """The labeled items of ``ids``, augmented when ``augment``; only the modalities the run uses."""
         return build_dataset(self.cohort, ids, cache=self.cache,
                              preprocessor=preprocessor if "table" in self.modalities else None,
-                             others={m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES},
-                             augment=self.run_config.imaging.augment if augment else None,
+                             others=self.others(), augment=self.run_config.imaging.augment if augment else None,
                              seed=self.run_config.seed, labels=True)
+
+    def others(self) -> dict[str, dict[str, Any]]:
+        """Each modality beyond image and table -> its encoder args (what its reader reads)."""
+        return {m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES}
 
     def model(self, preprocessor: TabularPreprocessor) -> FusionClassifier:
         settings, config = self.settings, self.run_config
@@ -165,6 +169,9 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
         cohort.features.loc[train_ids])  # scratch: one preprocessor per training fold (labels unused)
     seed_everything(seed)
     model = ctx.model(preprocessor)
+    fresh = {m: model.encoder(m) for m in ctx.fresh_encoders if m in ctx.others()}
+    if fresh:  # data-fitted state (the report encoder's IDF) from this training fold only
+        fit_encoders_to_data(fresh, build_dataset(cohort, train_ids, others=ctx.others()))
     if settings.head == "probe":
         history, val_ids, raw_val_prob, test_prob = _fit_probe_fold(ctx, model, preprocessor, train_ids, test_ids,
                                                                     labels, seed)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from multimodal.cohort import Cohort
@@ -164,6 +165,20 @@ def modality_presence(cohort: Cohort, ids: list[str], cache: VolumeCache | None,
     for modality, args in others.items():
         present[modality] = MODALITY_READERS.lookup(modality)(cohort, ids, args)[1].numpy().astype(bool)
     return present
+
+
+def fit_encoders_to_data(encoders: dict[str, nn.Module], dataset: MultimodalDataset) -> list[str]:
+    """Fit the data-dependent state of every encoder that has one (``fit_to_data(inputs (N, ...),
+    present (N,))``, e.g. the report encoder's IDF weights) on ``dataset``'s rows, the training rows
+    of the stage building the encoders; that state is a buffer, so it travels with the weights.
+    Returns the modalities fitted. Encoders loaded from a pretraining run keep the state they
+    trained with: the caller passes only the encoders it built fresh."""
+    fitted = []
+    for modality, encoder in encoders.items():
+        if hasattr(encoder, "fit_to_data") and modality in dataset.others:
+            encoder.fit_to_data(dataset.others[modality], dataset.present[modality])
+            fitted.append(modality)
+    return fitted
 
 
 def table_present(table: dict[str, torch.Tensor]) -> torch.Tensor:

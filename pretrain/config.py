@@ -35,6 +35,9 @@ class PretrainConfig:
     # simclr beside clip lowered what the image embedding holds (benchmarks/README.md)
     objectives: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})
     clip_image_weight: float = 0.5  # λ: weight of image→table vs (1 − λ) table→image
+    # clip between modalities beyond image-table ("image-report", "table-report"): each pair's weight
+    # beside image-table's 1 (a pair not named weighs 1); clip is their weighted mean
+    clip_pairs: dict[str, float] = field(default_factory=dict)
     temperature_init: float = 0.07  # logit scale starts at 1 / temperature, clamped to [1, 100]
     projection_dim: int = 128
     projection_hidden: int = 512
@@ -96,6 +99,10 @@ class PretrainConfig:
         if "itm" in self.objectives and "clip" not in self.objectives:
             raise ConfigError("pretrain.objectives: itm mines its negatives from the clip similarities; add clip")
         check_range("pretrain.clip_image_weight", self.clip_image_weight, 0.0, 1.0)
+        for pair, weight in self.clip_pairs.items():
+            if len(str(pair).split("-")) != 2:
+                raise ConfigError(f"pretrain.clip_pairs key {pair!r} must name two modalities, e.g. image-report")
+            check_range(f"pretrain.clip_pairs.{pair}", weight, 0.0, 100.0, hint="its weight beside image-table's 1")
         check_range("pretrain.temperature_init", self.temperature_init, 0.0, 1.0, above=True)
         for key in ("scarf_corruption", "mask_rate", "masked_volume_ratio"):
             if not 0.0 < getattr(self, key) < 1.0:

@@ -82,9 +82,16 @@ def build_pretrain_data(
             cache.warm(cohort.records(subjects), workers=run_config.data.workers)
         distributed.barrier()
     present = modality_presence(cohort, subjects, cache if use_images else None, others)
-    complete = np.logical_and.reduce([present[m] for m in modalities])
+    # image and table form every pair; a subject lacking another modality (a report) stays, and the
+    # pairs with that modality skip it (pretrain.objectives.paired_clip_loss)
+    paired = [m for m in modalities if m in BUILT_IN_MODALITIES]
+    for m in modalities:
+        if m not in paired and not present[m].all():
+            logger.info("%d of %d pretraining subjects have no %s; they pretrain without it",
+                        int((~present[m]).sum()), len(subjects), m)
+    complete = np.logical_and.reduce([present[m] for m in paired])
     if not complete.all():
-        lacking = {m: int((~present[m]).sum()) for m in modalities if not present[m].all()}
+        lacking = {m: int((~present[m]).sum()) for m in paired if not present[m].all()}
         logger.warning("pretraining skips %d subject(s) lacking a modality it pairs (%s)", int((~complete).sum()),
                        ", ".join(f"{n} without {m}" for m, n in lacking.items()))
         subjects = [s for s, keep in zip(subjects, complete, strict=True) if keep]

@@ -30,6 +30,7 @@ from pretrain.objectives import (
     mask_features,
     masked_tabular_loss,
     masked_volume_loss,
+    paired_clip_loss,
     patch_mask,
     scarf_corrupt,
     scarf_loss,
@@ -141,12 +142,17 @@ class PretrainStep(nn.Module):
                          image_weight=self.pretrain.clip_image_weight, gather=True, queue=queue,
                          row_ids=batch["index"])
         terms["clip_loss"] = clip["clip_loss"]
-        if others:  # further modalities: symmetric CLIP of each with every modality before it, averaged
-            names = ["image", "table", *others]
-            pairs = [(a, b) for j, b in enumerate(names) for a in names[:j] if b in others]
-            extra = [clip_loss(out[f"{a}_features"], out[f"{b}_features"], out["logit_scale"])["clip_loss"]
-                     for a, b in pairs]
-            terms["clip_loss"] = (clip["clip_loss"] + sum(extra)) / (1 + len(extra))
+        if others:  # further modalities: symmetric CLIP of each with every modality before it, over the
+            # rows having both (a report may be missing), weighted by pretrain.clip_pairs (1 unless named)
+            names, present = ["image", "table", *others], batch.get("present", {})
+            total, weights = clip["clip_loss"], 1.0
+            for a, b in [(a, b) for j, b in enumerate(names) for a in names[:j] if b in others]:
+                valid = _present(present, a, batch["index"]) & _present(present, b, batch["index"])
+                pair = paired_clip_loss(out[f"{a}_features"], out[f"{b}_features"], out["logit_scale"], valid)
+                weight = self.pretrain.clip_pairs.get(f"{a}-{b}", 1.0)
+                terms[f"clip_{a}_{b}"] = pair.detach()
+                total, weights = total + weight * pair, weights + weight
+            terms["clip_loss"] = total / weights
         if "image_view_features" in out:  # simclr beside clip: two views, the first one met the table
             first, second = out["image_view_features"].chunk(2)
             terms.update(simclr_loss(first, second, self.pretrain.simclr_temperature))
@@ -175,6 +181,12 @@ class PretrainStep(nn.Module):
                                 distributed.all_gather_no_grad(out["table_features"].detach()),
                                 distributed.all_gather_no_grad(batch["index"]))
         return terms
+
+
+def _present(present: dict[str, torch.Tensor], modality: str, index: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the batch rows having ``modality`` (all of them when the batch does not say)."""
+    flags = present.get(modality)
+    return flags.bool() if flags is not None else torch.ones_like(index, dtype=torch.bool)
 
 
 def train_one_epoch(

@@ -371,6 +371,12 @@ def pretrain_modalities(model_config: ModelConfig, pretrain: PretrainConfig) -> 
     modalities = list(pretrain.modalities)
     if "clip" in pretrain.objectives:
         modalities += [m for m in model_config.encoders if m not in modalities]
+    for pair in pretrain.clip_pairs:  # each pair: a modality beyond image-table and one before it
+        a, b = pair.split("-")
+        if a not in modalities or b not in modalities or modalities.index(a) >= modalities.index(b) or b in ("image", "table"):
+            pairs = [f"{x}-{y}" for j, y in enumerate(modalities) for x in modalities[:j] if y not in ("image", "table")]
+            raise ConfigError(f"pretrain.clip_pairs names {pair!r}; this run's pairs beyond image-table are "
+                              f"{pairs or 'none (model.encoders has no third modality)'}")
     return modalities
 
 

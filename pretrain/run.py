@@ -51,7 +51,12 @@ from multimodal.config import (
     save_config,
 )
 from multimodal.config_mapping import to_dict
-from multimodal.data import BUILT_IN_MODALITIES, encoder_sizes, seed_everything
+from multimodal.data import (
+    BUILT_IN_MODALITIES,
+    encoder_sizes,
+    fit_encoders_to_data,
+    seed_everything,
+)
 from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
 from multimodal.run_folder import (
     PRETRAINING,
@@ -292,7 +297,9 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
 
     data = build_pretrain_data(run_config, cohort_config, pretrain, run_dir)
     sizes = encoder_sizes(data.modalities, data.sequences, data.preprocessor)
-    model = build_pretrain_model(run_config.model, pretrain, sizes).to(device)
+    model = build_pretrain_model(run_config.model, pretrain, sizes)
+    fit_encoders_to_data({m: getattr(model, f"{m}_encoder") for m in data.modalities}, data.train)
+    model = model.to(device)
     step_module = PretrainStep(model, pretrain, data.preprocessor.category_sizes, data.table_pool,
                                seed=run_config.seed).to(device)
     trained = step_module

@@ -1,7 +1,7 @@
 """A third modality takes one encoder file, one registration and one config entry.
 
-The toy modality is the radiology report: a bag of hashed character trigrams of the cohort's
-``report`` text column, encoded by a small MLP. Everything below the registrations is the stock
+The toy modality ("notes") is a bag of hashed character trigrams of the cohort's ``report`` text
+column, encoded by a small MLP. Everything below the registrations is the stock
 CLI: pretraining aligns the three modalities (pairwise CLIP), fine-tuning reads all three, and
 ``predict`` rebuilds the fold models from the run folder alone.
 """
@@ -24,8 +24,8 @@ from strokessl.cli import main
 
 
 # --------------------------------------------------------------------------- the toy "encoder file"
-@register_modality("report")
-def read_reports(cohort, ids, args):
+@register_modality("notes")
+def read_notes(cohort, ids, args):
     """``(N, buckets)`` trigram counts of each subject's report; absent when the cell is empty."""
     buckets = args.get("buckets", 32)
     column = cohort.text["report"].reindex(ids)
@@ -51,7 +51,7 @@ class BagOfTrigrams(nn.Module):
         return self.forward_features(x)["embedding"]
 
 
-@register_encoder("toy_bag_of_trigrams", modality="report")
+@register_encoder("toy_bag_of_trigrams", modality="notes")
 def toy_bag_of_trigrams(**kwargs) -> BagOfTrigrams:
     return BagOfTrigrams(**kwargs)
 
@@ -62,7 +62,7 @@ CONFIG = {
     "model": {"encoders": {
         "image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
         "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}},
-        "report": {"name": "toy_bag_of_trigrams", "args": {"buckets": 32, "dim": 8}},
+        "notes": {"name": "toy_bag_of_trigrams", "args": {"buckets": 32, "dim": 8}},
     }},
     "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.25, "projection_dim": 16,
                  "projection_hidden": 32, "objectives": {"clip": 1.0}},
@@ -84,15 +84,15 @@ def runs(tmp_path_factory):
 
 def test_third_modality_pretrains_fine_tunes_and_predicts(runs, tmp_path):
     cohort, pretrained, finetuned = runs
-    report_weights = load_file(str(pretrained / "checkpoints" / "report_encoder.safetensors"))
+    report_weights = load_file(str(pretrained / "checkpoints" / "notes_encoder.safetensors"))
     assert set(report_weights) == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}
     architecture = json.loads((finetuned / "model.json").read_text())
-    assert sorted(architecture["encoders"]) == ["image", "report", "table"]
+    assert sorted(architecture["encoders"]) == ["image", "notes", "table"]
     for run in (pretrained, finetuned):  # the plugin modality is a recorded fact of both runs
-        assert set(json.loads((run / "run.json").read_text())["facts"]["plugins"]) == {"report"}
+        assert set(json.loads((run / "run.json").read_text())["facts"]["plugins"]) == {"notes"}
     # The fold models read the pretrained report encoder, frozen, as it was saved.
     fold = load_file(str(finetuned / "folds" / "r0f0.safetensors"))
-    torch.testing.assert_close(fold["report_encoder.mlp.0.weight"], report_weights["mlp.0.weight"])
+    torch.testing.assert_close(fold["notes_encoder.mlp.0.weight"], report_weights["mlp.0.weight"])
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(finetuned), "--cohort", str(cohort), "--out", str(out)]) == 0
     predicted = pd.read_csv(out).set_index("subject_id")
@@ -112,11 +112,11 @@ def test_pairwise_clip_trains_the_third_encoder():
 
     model_config = from_dict(ModelConfig, CONFIG["model"])
     settings = PretrainConfig(objectives={"clip": 1.0}, projection_dim=16, projection_hidden=32)
-    sizes = {"image": {"in_channels": 1}, "table": {"num_continuous": 2, "category_sizes": [3]}, "report": {}}
+    sizes = {"image": {"in_channels": 1}, "table": {"num_continuous": 2, "category_sizes": [3]}, "notes": {}}
     torch.manual_seed(0)
     model = build_pretrain_model(model_config, settings, sizes)
     step = PretrainStep(model, settings, [3], {}, seed=0)
-    batch = {"image": torch.randn(4, 1, 16, 16, 16), "report": torch.rand(4, 32), "index": torch.arange(4),
+    batch = {"image": torch.randn(4, 1, 16, 16, 16), "notes": torch.rand(4, 32), "index": torch.arange(4),
              "table": {"continuous": torch.randn(4, 2), "categorical": torch.tensor([[1], [2], [0], [1]]),
                        "missing": torch.zeros(4, 3, dtype=torch.bool)}}
     terms = step(batch, 0)
@@ -124,7 +124,7 @@ def test_pairwise_clip_trains_the_third_encoder():
     image_table = clip_loss(without["image_features"], without["table_features"], without["logit_scale"])["clip_loss"]
     assert not torch.isclose(terms["clip_loss"], image_table)  # the report pairs are in the objective
     terms["loss"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.report_encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.notes_encoder.parameters())
 
 
 
@@ -136,7 +136,7 @@ def test_explain_runs_with_a_third_modality(runs):
     subject = pd.read_csv(cohort.parent / "cohort.csv", dtype=str)["subject_id"].iloc[2]
     assert main(["explain", str(finetuned), "--cohort", str(cohort), "--gallery", "1", "--subject", subject]) == 0
     analysis = json.loads((finetuned / "report" / "explain.json").read_text())
-    assert set(analysis["label_probe"]) <= {"image", "table", "report"} and analysis["attribution"]["subjects"] == 40
+    assert set(analysis["label_probe"]) <= {"image", "table", "notes"} and analysis["attribution"]["subjects"] == 40
     assert (finetuned / "report" / "subjects" / f"{subject}_occlusion.nii.gz").is_file()
     assert main(["explain", str(pretrained), "--cohort", str(cohort), "--gallery", "0"]) == 0
     analysis = json.loads((pretrained / "report" / "explain.json").read_text())

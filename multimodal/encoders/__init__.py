@@ -30,6 +30,7 @@ from multimodal.encoders.registry import (
 )
 from multimodal.encoders.slices import SliceSequenceEncoder
 from multimodal.encoders.tabular import TabularEncoder, TabularMLP
+from multimodal.encoders.text import TfidfProjection
 from multimodal.errors import ConfigError
 
 
@@ -63,6 +64,7 @@ __all__ = [
     "SliceSequenceEncoder",
     "TabularEncoder",
     "TabularMLP",
+    "TfidfProjection",
     "adapt_input_channels",
     "build_encoder",
     "create_encoder",

@@ -7,7 +7,7 @@ for the config check (a new objective is a module here, a branch in the step and
 
 from __future__ import annotations
 
-from pretrain.objectives.clip import clip_loss
+from pretrain.objectives.clip import clip_loss, paired_clip_loss
 from pretrain.objectives.itm import (
     gumbel_noise,
     itm_loss,
@@ -36,6 +36,7 @@ __all__ = [
     "masked_tabular_loss",
     "masked_volume_loss",
     "near_duplicates",
+    "paired_clip_loss",
     "patch_mask",
     "sample_negatives",
     "scarf_corrupt",

@@ -11,6 +11,9 @@ Optional queue (``EmbeddingQueue``): its entries are extra columns in both direc
 rows vs table columns ∪ queued tables, table rows vs image columns ∪ queued images), and an
 entry whose subject id equals the row's own id is masked out (a subject is never its own
 negative).
+
+``paired_clip_loss`` is the same objective between any two modalities over the rows that have
+both (image-report, table-report: a report is missing for some subjects).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pretrain.distributed import all_gather_with_grad, rank
+from pretrain.distributed import all_gather_no_grad, all_gather_with_grad, rank, world_size
 
 
 def clip_loss(
@@ -80,3 +83,32 @@ def clip_loss(
         logits_t2i, labels
     )
     return {"clip_loss": loss, "similarity": similarity_i2t, "similarity_t2i": similarity_t2i}
+
+
+def paired_clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between two modalities over the subjects that have both.
+
+    ``a``, ``b``: (B, P) L2-normalised projections of this rank's rows; ``valid``: (B,) bool, the
+    rows with both modalities (a subject without a report is neither a positive nor a negative).
+    Columns are gathered from every rank as in ``clip_loss``; each rank's loss is ``world`` times
+    its share of the sum over every valid row / the valid rows of the global batch, so DDP's
+    gradient average equals one process on the whole batch. Under two valid rows in the global
+    batch there is nothing to contrast: the loss is 0 (with a graph, so DDP sees every parameter).
+    """
+    if a.shape != b.shape or a.ndim != 2 or valid.shape != (a.shape[0],):
+        raise ValueError(f"paired_clip_loss: a {tuple(a.shape)}, b {tuple(b.shape)} must be (B, P) and valid "
+                         f"{tuple(valid.shape)} (B,)")
+    valid = valid.bool()
+    all_a, all_b = all_gather_with_grad(a), all_gather_with_grad(b)
+    all_valid = all_gather_no_grad(valid)
+    total = int(all_valid.sum())
+    if total < 2:
+        return (a.sum() + b.sum()) * 0.0
+    labels = torch.arange(a.shape[0], device=a.device) + rank() * a.shape[0]
+    rows = valid.nonzero().flatten()
+    ignore = ~all_valid[None, :]
+    logits_ab = (logit_scale * a[rows] @ all_b.T).masked_fill(ignore, float("-inf"))
+    logits_ba = (logit_scale * b[rows] @ all_a.T).masked_fill(ignore, float("-inf"))
+    per_row = 0.5 * (F.cross_entropy(logits_ab, labels[rows], reduction="none")
+                     + F.cross_entropy(logits_ba, labels[rows], reduction="none"))
+    return per_row.sum() * world_size() / total

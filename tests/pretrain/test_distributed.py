@@ -23,10 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pretrain import distributed
 from pretrain.fusion import MatchingFusion
-from pretrain.objectives import EmbeddingQueue, clip_loss, itm_loss, itm_noise
+from pretrain.objectives import EmbeddingQueue, clip_loss, itm_loss, itm_noise, paired_clip_loss
 
 BATCH, WORLD, DIM, PROJ, SEED = 3, 2, 6, 5, 7
-SCENARIOS = {"clip": ("clip",), "clip_itm": ("clip", "itm")}
+SCENARIOS = {"clip": ("clip",), "clip_itm": ("clip", "itm"), "clip_paired": ("clip", "paired")}
+PAIRED = torch.tensor([True, False, True, True, False, True])  # rows having both modalities of a pair
 
 
 class TinyModel(nn.Module):
@@ -96,6 +97,9 @@ def train_steps(scenario: str, rank: int, world: int, steps: int = 3) -> list[di
             losses.update(itm_loss(out["image_tokens"], out["table_tokens"], core.match_logits,
                                    clip["similarity"], clip["similarity_t2i"], data["signature"],
                                    noise_i2t, noise_t2i, duplicate_threshold=0.5))
+        if "paired" in terms:  # a pair some rows lack (a report): each rank holds a different count
+            losses["paired_loss"] = paired_clip_loss(out["table_features"], out["image_features"],
+                                                     out["logit_scale"], PAIRED[rows])
         sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
         records.append({
             **{k: distributed.all_reduce_mean(v) for k, v in losses.items()},

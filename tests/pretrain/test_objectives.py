@@ -20,6 +20,7 @@ from pretrain.objectives import (
     mask_features,
     masked_tabular_loss,
     near_duplicates,
+    paired_clip_loss,
     sample_negatives,
     scarf_corrupt,
     scarf_loss,
@@ -357,3 +358,18 @@ def test_the_config_check_suggests_the_nearest_objective_name() -> None:
         PretrainConfig(objectives={"scraf": 1.0})
     with pytest.raises(ConfigError, match="did you mean 'clip'"):
         PretrainConfig(objectives={"clp": 1.0})
+
+
+def test_paired_clip_is_symmetric_clip_over_the_rows_having_both():
+    torch.manual_seed(0)
+    a, b = (torch.nn.functional.normalize(torch.randn(6, 4), dim=1) for _ in range(2))
+    scale = torch.tensor(5.0)
+    valid = torch.tensor([True, False, True, True, False, True])
+    full = paired_clip_loss(a, b, scale, torch.ones(6, dtype=torch.bool))
+    torch.testing.assert_close(full, clip_loss(a, b, scale, image_weight=0.5, gather=False)["clip_loss"])
+    subset = clip_loss(a[valid], b[valid], scale, image_weight=0.5, gather=False)["clip_loss"]
+    torch.testing.assert_close(paired_clip_loss(a, b, scale, valid), subset)
+    lonely = a.clone().requires_grad_()
+    zero = paired_clip_loss(lonely, b, scale, torch.tensor([True, False, False, False, False, False]))
+    zero.backward()
+    assert zero.item() == 0.0 and lonely.grad is not None and lonely.grad.abs().sum() == 0

@@ -1,0 +1,75 @@
+"""The built-in report modality end to end through the CLI: pretraining with the report as a
+teacher (image-report and table-report CLIP), fine-tuning with a text block, ``predict`` on
+subjects with and without a report."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TINY_IMAGING
+from safetensors.torch import load_file
+
+from multimodal.synthetic import write_synthetic_cohort
+from strokessl.cli import main
+
+CONFIG = {
+    **TINY_IMAGING,
+    "model": {"encoders": {
+        "image": {"name": "resnet3d_10", "args": {"widen_factor": 0.25}},
+        "table": {"name": "ft_transformer", "args": {"dim": 16, "depth": 1, "heads": 2}},
+        "report": {"name": "tfidf_projection", "args": {"features": 512, "dim": 8}},
+    }},
+    "pretrain": {"epochs": 1, "batch_size": 8, "rows": "all", "val_fraction": 0.25, "projection_dim": 16,
+                 "projection_hidden": 32, "objectives": {"clip": 1.0}, "clip_pairs": {"table-report": 0.5}},
+    "finetune": {"folds": 2, "repeats": 1, "bootstrap": 100, "baselines": ["logistic_regression"]},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    cohort = write_synthetic_cohort(folder / "cohort", n=40, grid=16, labeled_fraction=1.0, seed=6, prevalence=0.3)
+    config = folder / "report.yaml"
+    config.write_text(yaml.safe_dump(dict(CONFIG, cohort=str(cohort))))
+    pretrained, finetuned = folder / "pretrain", folder / "finetune"
+    assert main(["pretrain", str(config), "--set", f"run.dir={pretrained}"]) == 0
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", f"run.dir={finetuned}"]) == 0
+    return cohort, pretrained, finetuned
+
+
+def test_pretraining_fits_the_idf_on_its_rows_and_trains_the_report_pairs(runs):
+    cohort, pretrained, _ = runs
+    weights = load_file(str(pretrained / "checkpoints" / "report_encoder.safetensors"))
+    assert weights["idf"].shape == (512,) and (weights["idf"] == 0).any() and (weights["idf"] > 1).any()
+    scalars = json.loads((pretrained / "metrics.json").read_text())
+    text = json.dumps(scalars)
+    assert "clip_image_report" in text and "clip_table_report" in text
+    # the subjects without a report pretrained too (nobody was left out for lacking one)
+    reports = pd.read_csv(cohort.parent / "cohort.csv")["report"]
+    assert reports.isna().any()
+
+
+def test_fine_tuning_reads_the_report_and_predict_scores_rows_with_and_without_one(runs, tmp_path):
+    cohort, pretrained, finetuned = runs
+    architecture = json.loads((finetuned / "model.json").read_text())
+    assert sorted(architecture["encoders"]) == ["image", "report", "table"]
+    fold = load_file(str(finetuned / "folds" / "r0f0.safetensors"))
+    torch.testing.assert_close(fold["report_encoder.idf"],
+                               load_file(str(pretrained / "checkpoints" / "report_encoder.safetensors"))["idf"])
+    with_reports = tmp_path / "with.csv"
+    assert main(["predict", str(finetuned), "--cohort", str(cohort), "--out", str(with_reports)]) == 0
+    # the same subjects with every report removed: scored from image and table alone
+    blank = cohort.parent / "cohort_no_reports.csv"
+    table = pd.read_csv(cohort.parent / "cohort.csv")
+    table.assign(report=None).to_csv(blank, index=False)
+    config = yaml.safe_load(cohort.read_text())
+    no_reports_yaml = cohort.parent / "cohort_no_reports.yaml"
+    no_reports_yaml.write_text(yaml.safe_dump({**config, "csv": blank.name}))
+    without = tmp_path / "without.csv"
+    assert main(["predict", str(finetuned), "--cohort", str(no_reports_yaml), "--out", str(without)]) == 0
+    a, b = pd.read_csv(with_reports).set_index("subject_id"), pd.read_csv(without).set_index("subject_id")
+    had = table.set_index("subject_id")["report"].notna()
+    diff = (a["probability"] - b["probability"]).abs()
+    assert diff[~had].max() < 1e-6 and diff[had].max() > 1e-4  # the report moves only those who have one
