@@ -11,6 +11,13 @@ Every fine-tuning report shows where deep learning stands against two scikit-lea
 - ``gradient_boosting``: ``HistGradientBoostingClassifier`` on raw values, NaN kept (it routes
   missing values natively) and categoricals as categories, ``class_weight="balanced"``.
 
+When the model reads report text, the baselines read the same text (``baseline_frame``'s
+``documents``, one column ``TEXT_COLUMN``), so "the model beats logistic regression" stays a fair
+sentence: logistic regression adds the TF-IDF of word 1-2-grams and character 3-5-grams (fitted
+on the training fold, terms in at least two of its reports), gradient boosting the leading
+``REPORT_COMPONENTS`` components of that TF-IDF (trees on thousands of sparse columns are slow
+and no better). A subject without a report has an all-zero text block.
+
 Both are single scikit-learn ``Pipeline`` objects, so every statistic (medians, means,
 vocabularies) is learned inside ``fit`` from the training fold only. The pipelines pick columns
 by dtype, so they take any frame built by ``baseline_frame``: continuous columns float64 with
@@ -28,12 +35,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from multimodal.errors import CohortError
@@ -50,9 +60,12 @@ register_baseline = BASELINES.register
 
 # Column roles come from dtypes (see ``baseline_frame``): numbers are continuous, anything
 # else (object strings) categorical. This lets one pipeline serve any cohort's columns.
+TEXT_COLUMN = "__report__"  # baseline_frame's column of report documents (only when the model reads text)
+REPORT_COMPONENTS = 32  # gradient boosting's components of the report TF-IDF
 _CONTINUOUS = make_column_selector(dtype_include="number")
-_CATEGORICAL = make_column_selector(dtype_exclude="number")
-_ALL = make_column_selector()
+_CATEGORICAL = make_column_selector(pattern=f"^(?!{TEXT_COLUMN}$)", dtype_exclude="number")
+_ALL = make_column_selector(pattern=f"^(?!{TEXT_COLUMN}$)")
+_TEXT = make_column_selector(pattern=f"^{TEXT_COLUMN}$")
 
 # Prefix the gradient-boosting ColumnTransformer gives its encoded categorical columns.
 _CATEGORICAL_PREFIX = "categorical__"
@@ -77,9 +90,52 @@ def linear_design() -> ColumnTransformer:
             ("missing", MissingIndicator(features="all"), _ALL),
             # Unseen categories at predict time become an all-zero block instead of an error.
             ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), _CATEGORICAL),
+            ("text", report_tfidf(), _TEXT),  # selects nothing (and is skipped) without a text column
         ],
         sparse_threshold=0.0,
     )
+
+
+def _documents(frame: pd.DataFrame) -> np.ndarray:
+    """The text column as ``(N,)`` strings, "" for a subject without a report."""
+    return frame.iloc[:, 0].fillna("").astype(str).to_numpy()
+
+
+def report_tfidf() -> Pipeline:
+    """TF-IDF of the report column, unfitted: word 1-2-grams and character 3-5-grams seen in at least
+    two training reports (at most 2,000 character n-grams), sublinear term frequencies."""
+    return Pipeline([
+        ("documents", FunctionTransformer(_documents)),
+        ("tfidf", FeatureUnion([
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
+            ("characters", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2, max_features=2000,
+                                           sublinear_tf=True)),
+        ])),
+    ])
+
+
+class ReportComponents(TransformerMixin, BaseEstimator):
+    """The report column -> its leading TF-IDF components (latent semantic analysis), dense.
+
+    A transformer of its own (a Pipeline of the two would do) because gradient boosting's pandas-output
+    ColumnTransformer needs ``get_feature_names_out`` from each part, which ``TfidfVectorizer`` lacks."""
+
+    def __init__(self, components: int = REPORT_COMPONENTS, seed: int = 0) -> None:
+        self.components, self.seed = components, seed
+
+    def fit(self, frame: pd.DataFrame, y: Any = None) -> ReportComponents:
+        tfidf = report_tfidf().fit(frame)
+        width = tfidf.transform(frame).shape[1]
+        self.tfidf_ = tfidf
+        self.svd_ = TruncatedSVD(max(1, min(self.components, width - 1)), random_state=self.seed).fit(
+            tfidf.transform(frame))
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.svd_.transform(self.tfidf_.transform(frame))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.array([f"report_component{i}" for i in range(self.svd_.n_components)], dtype=object)
 
 
 @register_baseline("logistic_regression")
@@ -120,7 +176,8 @@ def _gradient_boosting(seed: int, params: dict[str, Any]) -> Pipeline:
         max_categories=classifier.max_bins,
     )
     features = ColumnTransformer(
-        [("categorical", encoder, _CATEGORICAL), ("continuous", "passthrough", _CONTINUOUS)],
+        [("categorical", encoder, _CATEGORICAL), ("continuous", "passthrough", _CONTINUOUS),
+         ("text", ReportComponents(seed=seed), _TEXT)],
         verbose_feature_names_out=True,
     ).set_output(transform="pandas")
     return Pipeline([
@@ -165,9 +222,11 @@ def create_baseline(name: str, seed: int, **kwargs: Any) -> Pipeline:
 
 # --------------------------------------------------------------------------- inputs
 def baseline_frame(
-    cohort_features: pd.DataFrame, continuous: list[str], categorical: list[str]
+    cohort_features: pd.DataFrame, continuous: list[str], categorical: list[str],
+    documents: list[str | None] | None = None,
 ) -> pd.DataFrame:
-    """The frame both baselines take: continuous then categorical columns, same index.
+    """The frame both baselines take: continuous then categorical columns, same index, and with
+    ``documents`` (one report per row, None for none) a last column ``TEXT_COLUMN``.
 
     Continuous columns become float64 (NaN = missing; text is a ``CohortError``). Categorical
     cells go through ``canonical_category`` so ``'Yes'``/``'yes'`` and ``1``/``1.0`` are one
@@ -194,6 +253,10 @@ def baseline_frame(
             np.nan if (code := canonical_category(v)) is None else code for v in cohort_features[column]
         ]
         columns[column] = pd.Series(values, index=index, dtype=object)
+    if documents is not None:
+        if len(documents) != len(index):
+            raise ValueError(f"baseline_frame: {len(documents)} documents for {len(index)} rows")
+        columns[TEXT_COLUMN] = pd.Series([np.nan if d is None else d for d in documents], index=index, dtype=object)
     return pd.DataFrame(columns, index=index)
 
 

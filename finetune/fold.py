@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -58,6 +59,7 @@ from multimodal.encoders import build_encoder
 from multimodal.errors import ConfigError
 from multimodal.finite import NON_FINITE_ADVICE, require_finite
 from multimodal.tabular import TabularPreprocessor
+from multimodal.text import run_documents
 
 
 class FoldContext:
@@ -136,6 +138,12 @@ class FoldContext:
         """Each modality beyond image and table -> its encoder args (what its reader reads)."""
         return {m: self.specs[m].args for m in self.modalities if m not in BUILT_IN_MODALITIES}
 
+    def baseline_frame(self, ids: list[str]) -> pd.DataFrame:
+        """The baselines' frame of ``ids``: the table, and the report text when the model reads it."""
+        cohort = self.cohort
+        return baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical,
+                              run_documents(cohort, ids, self.others()))
+
     def model(self, preprocessor: TabularPreprocessor) -> FusionClassifier:
         settings, config = self.settings, self.run_config
         sizes = encoder_sizes(self.modalities, self.sequences, preprocessor)
@@ -187,8 +195,7 @@ def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: 
     threshold = choose_threshold(labels(val_ids), val_prob, settings.threshold, settings.target_sensitivity)
     test_prob = apply_recalibration(test_prob, recalibration)
     require_finite(test_prob, test_ids, "the out-of-fold probability", NON_FINITE_ADVICE)
-    frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
-              for split, ids in (("train", train_ids), ("test", test_ids))}
+    frames = {split: ctx.baseline_frame(ids) for split, ids in (("train", train_ids), ("test", test_ids))}
     baselines = {name: fit_predict_baseline(name, frames["train"], labels(train_ids), frames["test"], seed).tolist()
                  for name in settings.baselines}
     result = {

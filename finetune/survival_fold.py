@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune.baselines import baseline_frame
 from finetune.fold import FoldContext, probe_inputs
 from finetune.inference import EmbeddingDataset, predict_logits
 from finetune.lpft import load_probe_head
@@ -75,8 +74,7 @@ def run_survival_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str
     risk = predict_logits(model, test, settings.batch_size, ctx.device).astype(float)
     require_finite(risk, test_ids, "the out-of-fold risk", NON_FINITE_ADVICE)
     probabilities = event_probability(risk, fit["baseline_survival"])
-    frames = {split: baseline_frame(cohort.features.loc[ids], cohort.continuous, cohort.categorical)
-              for split, ids in (("train", train_ids), ("test", test_ids))}
+    frames = {split: ctx.baseline_frame(ids) for split, ids in (("train", train_ids), ("test", test_ids))}
     baselines = {COX_BASELINE: _listed(fit_predict_cox_baseline(frames["train"], event, time, frames["test"],
                                                                 horizon, seed))}
     quantities = true_image_quantities(cohort)  # synthetic cohorts only: the generator's truth

@@ -29,6 +29,7 @@ from multimodal.config import load_cohort_config
 from multimodal.errors import CohortError
 from multimodal.outcome import Horizon
 from multimodal.run_folder import run_paths
+from multimodal.text import run_documents
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +140,17 @@ def evaluate_test_cohort(run_dir: Path, settings: FinetuneConfig, development: C
     Returns ``{cohort, n, positives, threshold, model, baselines, delta_auroc, risk_groups}`` with
     the same stratified bootstrap intervals as the cross-validated metrics.
     """
-    frame = ensemble_probabilities(load_fold_models(run_dir), test)
+    models = load_fold_models(run_dir)
+    frame = ensemble_probabilities(models, test)
     y = test.labels.astype(int)
     p = frame["probability"].to_numpy()
     frame.insert(0, "label", y)
     frame.insert(2, "risk_group", np.where(p >= thresholds["model"], "high", "low"))
-    train_frame = baseline_frame(development.features, development.continuous, development.categorical)
-    test_frame = baseline_frame(test.features, development.continuous, development.categorical)
+    # the baselines read what the model reads: the table, and the report text when it does
+    train_frame = baseline_frame(development.features, development.continuous, development.categorical,
+                                 run_documents(development, list(development.ids), models.others))
+    test_frame = baseline_frame(test.features, development.continuous, development.categorical,
+                                run_documents(test, list(test.ids), models.others))
     result: dict[str, Any] = {
         "cohort": str(settings.test_cohort), "n": len(y), "positives": int(y.sum()),
         "threshold": thresholds["model"],

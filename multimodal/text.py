@@ -76,6 +76,14 @@ def hashed_counts(documents: list[str | None], features: int = DEFAULT_FEATURES)
     return torch.from_numpy(counts.toarray().astype(np.float32))
 
 
+def run_documents(cohort: Cohort, ids: list[str], others: dict[str, dict[str, Any]]) -> list[str | None] | None:
+    """The report documents of ``ids`` when a run reads the report modality (``others``: modality ->
+    encoder args, as the stages keep them), else None: what the baselines read beside the table."""
+    if "report" not in others:
+        return None
+    return report_documents(cohort, ids, report_columns(cohort, others["report"]))
+
+
 @register_modality("report")
 def read_reports(cohort: Cohort, ids: list[str], args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, features)`` hashed counts of each subject's report and ``(N,)`` bool presence."""
