@@ -67,7 +67,9 @@ PRETRAININGS = {
     "clip_multiscale": {"clip": 1.0},
     "clip_simclr_lesion": {"clip": 1.0, "simclr": 1.0},
     "clip_stages": {"clip": 1.0},
+    "clip_stages_text": {"clip": 1.0},  # + image-report and table-report clip: the report as a teacher
 }
+REPORT_ENCODER = {"name": "tfidf_projection", "args": {"features": 4096, "dim": 64}}  # configs/demo.yaml's
 # Further run-config overrides of a pretraining (beyond its objectives).
 PRETRAIN_SETS: dict[str, list[str]] = {
     "clip_multiscale": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
@@ -75,6 +77,8 @@ PRETRAIN_SETS: dict[str, list[str]] = {
     "clip_simclr_lesion": ["pretrain.simclr_views=lesion_preserving"],
     "clip_stages": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
                     '"pool": "stages"}'],
+    "clip_stages_text": ['model.image_encoder_args={"stem_stride": 2, "norm": "group", "widen_factor": 0.5, '
+                         '"pool": "stages"}', f"model.encoders.report={json.dumps(REPORT_ENCODER)}"],
 }
 _PROBE = {"mode": "frozen", "head": "probe"}
 # Method -> (pretraining or None, finetune overrides). "default" is the shipped recipe of
@@ -91,6 +95,9 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "simclr": ("simclr", _PROBE),
     "scarf": ("scarf", {**_PROBE, "branches": "table"}),
     "scratch": (None, {"mode": "scratch", "head": "mlp"}),
+    # image + table + report text (the report a teacher in pretraining and a probe block); its baselines
+    # read the report too (rows "logistic_regression+text", ...)
+    "default_text": ("clip_stages_text", _PROBE),
     "masked_volume": ("clip_masked_volume", _PROBE),  # clip + masked-volume modelling, then the probe
     "multiscale": ("clip_multiscale", _PROBE),  # clip with average + max pooling of two stages
     "clip_simclr_lesion": ("clip_simclr_lesion", _PROBE),  # clip + SimCLR with lesion-preserving views
@@ -105,6 +112,8 @@ BASELINES = ("logistic_regression", "gradient_boosting")
 MULTIMODAL = ("default", "clip_avg", "clip_itm_probe", "masked_tabular", "masked_volume", "multiscale",
               "clip_simclr_lesion")
 UNIMODAL = ("simclr", "scarf")
+TEXT_METHODS = ("default_text",)  # methods reading the report: their baselines do too
+TEXT = "+text"  # suffix of those baselines' rows
 
 
 @dataclass
@@ -237,15 +246,22 @@ def summarise(results: dict[tuple[str, float, int], dict[str, Any]], oracle: dic
             if all(ORACLE in r["metrics"] for r in seeds):  # synthetic truth: share of the oracle gain
                 entry["share_of_oracle_gain"] = [r["metrics"][ORACLE]["share"] for r in seeds]
             rows[method] = entry
-        for baseline in BASELINES:  # refit on the same subjects in every run: take each seed's first
-            seeds = {s: r for (m, s), r in runs.items()}
-            rows[baseline] = {k: _mean_sd([r["metrics"]["baselines"][baseline][k]["estimate"] for r in seeds.values()])
-                              for k in ("auroc", "auprc", "balanced_accuracy")}
-            rows[baseline]["auroc_fraction"] = {k: rows[baseline]["auroc"]["mean"] / v for k, v in oracle.items()}
-        with_truth = {s: r for (m, s), r in runs.items() if ORACLE in r["metrics"]}
-        if with_truth:  # refit on the same subjects in every run of a seed, like the baselines
-            rows[ORACLE] = {"auroc": _mean_sd([r["metrics"][ORACLE]["auroc"]["estimate"] for r in with_truth.values()])}
-            rows[ORACLE]["auroc_fraction"] = {k: rows[ORACLE]["auroc"]["mean"] / v for k, v in oracle.items()}
+        for suffix, reads_text in (("", False), (TEXT, True)):  # the baselines of table-only and text methods
+            # refit on the same subjects in every run of a seed (and the same text): take each seed's last
+            seeds = {s: r for (m, s), r in runs.items() if (m in TEXT_METHODS) == reads_text}
+            if not seeds:
+                continue
+            for baseline in BASELINES:
+                rows[baseline + suffix] = {k: _mean_sd([r["metrics"]["baselines"][baseline][k]["estimate"]
+                                                        for r in seeds.values()])
+                                           for k in ("auroc", "auprc", "balanced_accuracy")}
+            with_truth = {s: r for s, r in seeds.items() if ORACLE in r["metrics"]}
+            if with_truth:
+                rows[ORACLE + suffix] = {"auroc": _mean_sd([r["metrics"][ORACLE]["auroc"]["estimate"]
+                                                            for r in with_truth.values()])}
+        for name in [*BASELINES, ORACLE, *(b + TEXT for b in (*BASELINES, ORACLE))]:
+            if name in rows:
+                rows[name]["auroc_fraction"] = {k: rows[name]["auroc"]["mean"] / v for k, v in oracle.items()}
         table[f"{round(budget * 100)}%"] = rows
     return {"oracles": oracle, "by_budget": table,
             "gaps": _gaps(results, min(budgets), bootstrap)}
@@ -304,7 +320,8 @@ def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, An
                                for d in e.get("delta_auroc", {}).get("logistic_regression", []))
             cv = cell("cv_auroc") if "cv_auroc" in e else ""
             shares = "; ".join(_share(d) for d in e.get("share_of_oracle_gain", []))
-            name = "oracle-feature LR (table + true image quantities)" if method == ORACLE else method
+            name = {ORACLE: "oracle-feature LR (table + true image quantities)",
+                    ORACLE + TEXT: "oracle-feature LR (table + report TF-IDF + true image quantities)"}.get(method, method)
             other = " | ".join(cell(k) if k in e else "" for k in ("auprc", "balanced_accuracy"))
             lines.append(f"| {budget} | {name} | {cell('auroc')} | {other} | "
                          f"{f['bayes']:.3f} | {f['image']:.3f} | {f['tabular']:.3f} | {deltas} | {shares} | {cv} |")
@@ -348,7 +365,8 @@ def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[s
 
 # --quick runs a subset on both profiles (the default, its image half, the tabular SSL and the supervised
 # baselines), so both fit in 15 minutes on 2 cores; every method ran 22 min on the standard profile alone.
-QUICK_METHODS = {profile: ("default", "image_only", "scarf", "scratch") for profile in ("standard", "image")}
+QUICK_METHODS = {"standard": ("default", "image_only", "scarf", "scratch"),
+                 "image": ("default", "image_only", "scarf", "scratch", "default_text")}
 RISK_PROFILES = ("standard", "image")  # "both"; "independent" (the second generator) runs only when named
 
 

@@ -51,6 +51,7 @@ from multimodal.data import (
     build_dataset,
     encoder_sizes,
     fit_encoders_to_data,
+    modalities_with_data,
     resolve_sequences,
     seed_everything,
     volume_cache,
@@ -84,6 +85,7 @@ class FoldContext:
         trained = self.pretrained.weights if self.pretrained is not None and settings.mode != "scratch" else {}
         self.specs = {m: (self.pretrained.config.model if m in trained else run_config.model).encoders[m]
                       for m in self.modalities}
+        self.modalities = modalities_with_data(cohort, list(cohort.ids), self.modalities, self.others())
         # Frozen and taken from pretraining: every fold model holds the same weights of these encoders.
         self.shared_encoders = [m for m in self.modalities if settings.mode == "frozen" and m in trained]
         self.fresh_encoders = [m for m in self.modalities if m not in trained]  # built here, not loaded

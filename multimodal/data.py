@@ -23,6 +23,7 @@ that modality and a ``model.encoders`` entry, that is all a new modality needs.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,8 @@ from multimodal.imaging import ImageDataset
 from multimodal.registry import Registry
 from multimodal.tabular import TabularPreprocessor
 from multimodal.volume_cache import VolumeCache
+
+logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = ".strokessl-cache"
 BUILT_IN_MODALITIES = ("image", "table")  # read by VolumeCache and TabularPreprocessor
@@ -179,6 +182,21 @@ def fit_encoders_to_data(encoders: dict[str, nn.Module], dataset: MultimodalData
             encoder.fit_to_data(dataset.others[modality], dataset.present[modality])
             fitted.append(modality)
     return fitted
+
+
+def modalities_with_data(cohort: Cohort, ids: list[str], modalities: list[str],
+                         others: dict[str, dict[str, Any]]) -> list[str]:
+    """``modalities`` less each one beyond image and table that no subject of ``ids`` has (the report
+    of a cohort without ``text:`` columns), with a log line: such a cohort runs exactly as it would
+    without that ``model.encoders`` entry. ``others``: modality -> its encoder args."""
+    kept = []
+    for modality in modalities:
+        if modality in others and not MODALITY_READERS.lookup(modality)(cohort, ids, others[modality])[1].any():
+            logger.info("cohort %s has no %s for any subject; the run leaves the %s modality out",
+                        cohort.config.source, modality, modality)
+            continue
+        kept.append(modality)
+    return kept
 
 
 def table_present(table: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -23,6 +23,7 @@ from multimodal.data import (
     BUILT_IN_MODALITIES,
     MultimodalDataset,
     build_dataset,
+    modalities_with_data,
     modality_presence,
     resolve_sequences,
     volume_cache,
@@ -74,6 +75,8 @@ def build_pretrain_data(
     subjects = pretraining_subjects(cohort, pretrain.rows)
     modalities = pretrain_modalities(run_config.model, pretrain)
     others = {m: run_config.model.encoders[m].args for m in modalities if m not in BUILT_IN_MODALITIES}
+    modalities = modalities_with_data(cohort, subjects, modalities, others)
+    others = {m: args for m, args in others.items() if m in modalities}
     sequences = resolve_sequences(run_config, cohort)
     cache = volume_cache(run_config, cohort_config, sequences)
     use_images = "image" in modalities

@@ -76,3 +76,16 @@ def test_oracle_row_and_share_of_the_oracle_gain():
     assert "| 100% | oracle-feature LR (table + true image quantities) | 0.825 ± 0.035 |" in table
     # a prize under 0.03 AUROC ranks nothing: the share is not printed as a number
     assert "0.30 [0.10, 0.50]; n/a (oracle gain +0.010)" in table
+
+
+def test_text_methods_are_compared_with_baselines_that_read_the_text():
+    rng = np.random.default_rng(2)
+    label = (rng.random(80) < 0.25).astype(int)
+    scores = pd.DataFrame({"label": label, "probability": rng.random(80)},
+                          index=pd.Index([f"s{i}" for i in range(80)], name="subject_id"))
+    results = {("default", 1.0, 0): _run(0.78, 0.70, scores), ("default_text", 1.0, 0): _run(0.82, 0.76, scores)}
+    summary = summarise(results, {"bayes": 0.9, "image": 0.8, "tabular": 0.7}, (1.0,), bootstrap=100)
+    rows = summary["by_budget"]["100%"]
+    assert rows["logistic_regression"]["auroc"]["mean"] == pytest.approx(0.70)
+    assert rows["logistic_regression+text"]["auroc"]["mean"] == pytest.approx(0.76)
+    assert rows["gradient_boosting+text"]["auroc_fraction"]["bayes"] == pytest.approx(0.76 / 0.9)

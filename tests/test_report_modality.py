@@ -73,3 +73,27 @@ def test_fine_tuning_reads_the_report_and_predict_scores_rows_with_and_without_o
     had = table.set_index("subject_id")["report"].notna()
     diff = (a["probability"] - b["probability"]).abs()
     assert diff[~had].max() < 1e-6 and diff[had].max() > 1e-4  # the report moves only those who have one
+
+
+def test_a_cohort_without_text_runs_exactly_as_without_the_report_entry(runs, tmp_path, caplog):
+    cohort, _, _ = runs
+    table = pd.read_csv(cohort.parent / "cohort.csv").drop(columns="report")
+    table.to_csv(cohort.parent / "cohort_no_text.csv", index=False)
+    config = {k: v for k, v in yaml.safe_load(cohort.read_text()).items() if k != "text"}
+    no_text = cohort.parent / "cohort_no_text.yaml"
+    no_text.write_text(yaml.safe_dump({**config, "csv": "cohort_no_text.csv"}))
+    without_entry = {**CONFIG, "model": {"encoders": {k: v for k, v in CONFIG["model"]["encoders"].items()
+                                                      if k != "report"}}}
+    without_entry["pretrain"] = {k: v for k, v in CONFIG["pretrain"].items() if k != "clip_pairs"}
+    weights = {}
+    for name, run_config in (("with_entry", CONFIG), ("without_entry", without_entry)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(dict(run_config, cohort=str(no_text))))
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert main(["pretrain", str(path), "--set", f"run.dir={tmp_path / name}"]) == 0
+        assert ("has no report for any subject" in caplog.text) == (name == "with_entry")
+        weights[name] = load_file(str(tmp_path / name / "checkpoints" / "image_encoder.safetensors"))
+        assert not (tmp_path / name / "checkpoints" / "report_encoder.safetensors").exists()
+    for key, value in weights["without_entry"].items():
+        torch.testing.assert_close(weights["with_entry"][key], value, rtol=0, atol=0)
