@@ -42,6 +42,7 @@ from multimodal.config import (
 from multimodal.config_mapping import to_dict
 from multimodal.data import BUILT_IN_MODALITIES
 from multimodal.errors import CohortError, ConfigError, StrokeSSLError
+from multimodal.plugins import plugin_modules
 from multimodal.run_folder import (
     FINETUNING,
     PRETRAINING,
@@ -150,10 +151,10 @@ def _cross_validate(run_config: RunConfig, cohort_config: CohortConfig, settings
         "probe_table_embedding": ctx.probe_table_embedding, "head": settings.head,
     }, indent=2))
     # What predict and explain must know, recorded once (multimodal.run_folder.RunFacts).
+    plugins = {m: ctx.specs[m].name for m in ctx.modalities if m not in BUILT_IN_MODALITIES}
     record_facts(run_dir, RunFacts(
         task=settings.task, horizon=settings.horizon_record(cohort_config.time_unit), sequences=list(ctx.sequences),
-        column_roles=cohort_roles(cohort.config),
-        plugins={m: ctx.specs[m].name for m in ctx.modalities if m not in BUILT_IN_MODALITIES},
+        column_roles=cohort_roles(cohort.config), plugins=plugins, plugin_modules=plugin_modules(plugins),
         shared_encoders=ctx.shared_encoders))
     if ctx.cache is not None:
         ctx.cache.warm(cohort.records(), workers=run_config.data.workers)

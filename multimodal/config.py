@@ -24,6 +24,8 @@ from multimodal.config_checks import check_choice, check_folder, check_model, ch
 from multimodal.config_mapping import from_dict, to_dict, unquoted_text
 from multimodal.errors import ConfigError
 from multimodal.outcome import TIME_UNITS
+from multimodal.plugins import import_plugins, load_entry_points
+from multimodal.run_folder import read_record
 from multimodal.yaml_loader import apply_overrides, read_yaml
 
 MISSING_IMAGE_POLICIES = ("error", "drop", "zero", "drop_modality")
@@ -276,6 +278,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: dict[str, Any] = field(default_factory=dict)  # owned by the pretrain stage
     finetune: dict[str, Any] = field(default_factory=dict)  # owned by the finetune stage
+    plugins: list[str] = field(default_factory=list)  # importable modules registering more modalities
     source: Path | None = None  # the YAML file this came from (set by the loader, not a key)
 
     def __post_init__(self) -> None:
@@ -336,6 +339,13 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     if config.run.dir is None:
         config.run.dir = Path.cwd() / "runs" / path.stem
         check_folder("run.dir", config.run.dir)
+    # modalities from outside the package: installed entry points, the config's plugins and, for a
+    # trained run's config, the modules the run recorded (multimodal.plugins)
+    load_entry_points()
+    import_plugins(config.plugins)
+    record = read_record(path.parent) if path.parent.is_dir() else None
+    if record is not None and record.facts:
+        import_plugins(list(record.facts.get("plugin_modules", [])), needed_by=path.parent)
     check_model(config.model)
     return config
 

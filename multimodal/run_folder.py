@@ -126,6 +126,7 @@ class RunFacts:
     sequences: list[str] = field(default_factory=list)  # image channels, in the order the encoder reads them
     column_roles: dict[str, Any] = field(default_factory=dict)  # the cohort's roles, to read a bare CSV
     plugins: dict[str, str] = field(default_factory=dict)  # modality beyond image / table -> encoder name
+    plugin_modules: list[str] = field(default_factory=list)  # modules outside the package those came from
     shared_encoders: list[str] = field(default_factory=list)  # modalities whose encoder every fold model shares
 
 

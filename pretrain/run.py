@@ -58,6 +58,7 @@ from multimodal.data import (
     seed_everything,
 )
 from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
+from multimodal.plugins import plugin_modules
 from multimodal.run_folder import (
     PRETRAINING,
     RunFacts,
@@ -410,9 +411,9 @@ def _finish(run_dir: Path, model: torch.nn.Module, evaluation: tuple[dict[str, f
                                  global_step=history[-1]["step"] if history else 0)
     writer.close()
     # What fine-tuning must know, recorded once (its sequences no longer depend on the cohort file).
+    plugins = {m: run_config.model.encoders[m].name for m in data.modalities if m not in BUILT_IN_MODALITIES}
     record_facts(run_dir, RunFacts(sequences=list(data.sequences), column_roles=cohort_roles(data.cohort.config),
-                                   plugins={m: run_config.model.encoders[m].name for m in data.modalities
-                                            if m not in BUILT_IN_MODALITIES}))
+                                   plugins=plugins, plugin_modules=plugin_modules(plugins)))
     atomic_write_json(paths.metrics, {"final": val_metrics, "history": history, "val_subjects": len(data.val),
                                                  "train_subjects": len(data.train)})
     finish_record(run_dir)
