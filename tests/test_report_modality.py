@@ -97,3 +97,28 @@ def test_a_cohort_without_text_runs_exactly_as_without_the_report_entry(runs, tm
         assert not (tmp_path / name / "checkpoints" / "report_encoder.safetensors").exists()
     for key, value in weights["without_entry"].items():
         torch.testing.assert_close(weights["with_entry"][key], value, rtol=0, atol=0)
+
+
+def test_explain_ranks_report_words_and_keeps_rare_ones_out(runs, tmp_path):
+    cohort, _, finetuned = runs
+    table = pd.read_csv(cohort.parent / "cohort.csv")
+    first = table["report"].first_valid_index()
+    subject = table.loc[first, "subject_id"]
+    table.loc[first, "report"] = table.loc[first, "report"] + " Dictated by Smithson on 2026-11-03."
+    table.to_csv(cohort.parent / "cohort_named.csv", index=False)
+    named = cohort.parent / "cohort_named.yaml"
+    named.write_text(yaml.safe_dump({**yaml.safe_load(cohort.read_text()), "csv": "cohort_named.csv"}))
+    assert main(["explain", str(finetuned), "--cohort", str(named), "--subject", subject, "--gallery", "0"]) == 0
+    report = finetuned / "report"
+    analysis = json.loads((report / "explain.json").read_text())
+    words = analysis["words"]
+    assert words["reports"] == table["report"].notna().sum() and words["ranking"]
+    counts = {r["feature"]: r["reports"] for r in words["ranking"]}
+    assert min(counts.values()) >= 5 and not any(c.isdigit() for w in counts for c in w)
+    assert (report / words["figure"]).stat().st_size > 5_000 and "Which report words drive" in (
+        report / "explain.md").read_text()
+    page = json.loads((report / "subjects" / f"{subject}.json").read_text())
+    assert page["top_words"] and all(w["word"] in table.loc[first, "report"].lower() for w in page["top_words"])
+    for path in [report / "explain.json", report / "explain.md", report / "explain.html",
+                 report / "subjects" / f"{subject}.json"]:
+        assert "smithson" not in path.read_text().lower(), path

@@ -67,7 +67,8 @@ def projection_figure(embeddings: dict[str, np.ndarray], present: dict[str, np.n
     return save_figure(figure, path)
 
 
-def attribution_figure(ranking: list[dict[str, Any]], path: str | Path, what: str, top: int = 20) -> Path:
+def attribution_figure(ranking: list[dict[str, Any]], path: str | Path, what: str, top: int = 20,
+                       measure: str = "Integrated Gradients") -> Path:
     """Horizontal bars of mean |attribution| with 95 % bootstrap intervals, largest on top; red where the
     mean signed attribution is positive (pushes the score up), blue where negative."""
     shown = ranking[:top][::-1]
@@ -80,7 +81,7 @@ def attribution_figure(ranking: list[dict[str, Any]], path: str | Path, what: st
     colours = ["#C44E52" if r["mean_signed"] > 0 else "#4C72B0" for r in shown]
     ax.barh(y, means, xerr=errors, color=colours, capsize=2)
     ax.set_yticks(y, [r["feature"] for r in shown], fontsize=8)
-    ax.set_xlabel(f"mean |Integrated Gradients| on the {what} (95 % bootstrap CI)", fontsize=8)
+    ax.set_xlabel(f"mean |{measure}| on the {what} (95 % bootstrap CI)", fontsize=8)
     ax.set_title("red: raises it on average, blue: lowers it", fontsize=8)
     return save_figure(figure, path)
 
@@ -134,15 +135,19 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
                    image: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
                    slice_values: np.ndarray | None = None, head: np.ndarray | None = None, title: str = "",
                    slices: int = 6, scored_by: str = "fold-ensemble mean",
-                   risk_words: str = "predicted 12-month recurrence risk") -> Path:
+                   risk_words: str = "predicted 12-month recurrence risk",
+                   words: list[dict[str, Any]] | None = None) -> Path:
     """One subject on one PNG. ``features``: ``{"feature", "value", "attribution"}`` for the top
     features (largest |attribution| first); ``image`` ``(C, H, W, D)`` and ``maps`` as in
     ``saliency_montage`` (None: no image part); ``slice_values`` ``(D,)``: each axial slice's
     attribution (slice ResNet+LSTM), drawn as bars; ``scored_by``: which models the risk averages
-    (under the risk bar)."""
+    (under the risk bar); ``words``: ``{"word", "effect"}`` of the report's words (occlusion), drawn
+    as bars below the features."""
     group = "HIGH" if probability >= threshold else "LOW"
     maps = maps or {}
-    heights = [0.9, 0.35 * max(len(features), 1) if features else 0.05] + ([1.2] if slice_values is not None else []) + [2.2] * len(maps)
+    words = words or []
+    heights = ([0.9, 0.35 * max(len(features), 1) if features else 0.05] + ([0.3 * len(words) + 0.4] if words else [])
+               + ([1.2] if slice_values is not None else []) + [2.2] * len(maps))
     figure = Figure(figsize=(12.0, sum(heights) + 0.6), dpi=100)
     grid = figure.add_gridspec(len(heights), slices, height_ratios=heights, hspace=0.45)
     ax = figure.add_subplot(grid[0, :])
@@ -165,6 +170,15 @@ def subject_figure(path: str | Path, *, probability: float, threshold: float, fe
     else:
         ax.axis("off")
     row = 2
+    if words:
+        ax = figure.add_subplot(grid[row, :])
+        shown = words[::-1]
+        y = np.arange(len(shown))
+        ax.barh(y, [w["effect"] for w in shown], color=["#C44E52" if w["effect"] > 0 else "#4C72B0" for w in shown])
+        ax.set_yticks(y, [f"report: \"{w['word']}\"" for w in shown], fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("logit with the word − without it (occlusion; red: the word raises the risk)", fontsize=8)
+        row += 1
     if slice_values is not None:
         ax = figure.add_subplot(grid[row, :])
         ax.bar(np.arange(len(slice_values)), slice_values,

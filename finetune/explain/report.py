@@ -81,6 +81,21 @@ def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
             ("table", ["feature", "mean absolute attribution [95 % CI]", "mean signed"], rows)]
 
 
+def word_blocks(words: dict[str, Any]) -> list[Block]:
+    rows = [[r["feature"], f"{r['mean_abs']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]", f"{r['mean_signed']:+.3f}",
+             str(r["reports"])] for r in words["ranking"]]
+    shown = ("every word (`--with-ids`)" if words["every_word"] else
+             f"words in at least {words['min_reports']} reports and {words['min_share']:.0%} of them, without digits "
+             "(names, dates and identifiers stay out; `--with-ids` shows every word)")
+    return [("h2", f"Which report words drive the {words['what']}"),
+            ("p", f"Occlusion over {words['reports']} subjects with a report: each word is removed from the subject's "
+                  f"report and the {words['what']} recomputed, everything else unchanged; a word's effect is the score "
+                  f"with it minus without it (+ raises the score). Mean |effect| over the reports holding the word, with "
+                  f"a 95 % bootstrap interval. Shown: {shown}."),
+            ("img", words["figure"], "report words by occlusion"),
+            ("table", ["word", "mean absolute effect [95 % CI]", "mean signed", "reports"], rows)]
+
+
 def gallery_blocks(gallery: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [("h2", gallery["title"]), ("p", gallery["text"])]
     for entry in gallery["subjects"]:
@@ -101,6 +116,8 @@ def sections(analysis: dict[str, Any]) -> list[Block]:
     blocks += probe_blocks(analysis)
     if analysis.get("attribution"):
         blocks += attribution_blocks(analysis["attribution"])
+    if analysis.get("words"):
+        blocks += word_blocks(analysis["words"])
     if analysis.get("gallery"):
         blocks += gallery_blocks(analysis["gallery"])
     return blocks

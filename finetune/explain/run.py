@@ -47,6 +47,15 @@ from finetune.explain.saliency import (
     to_original_grid,
 )
 from finetune.explain.scorer import Scorer
+from finetune.explain.words import (
+    MIN_REPORTS,
+    MIN_SHARE,
+    common_vocabulary,
+    shown_words,
+    subject_words,
+    word_effects,
+    word_ranking,
+)
 from finetune.inference import FoldModels, ensemble_probabilities
 from finetune.predict import new_cohort_config
 from multimodal.checkpoint import atomic_path, atomic_write_json
@@ -93,6 +102,11 @@ def _explain(run_dir: Path, kind: str, cohort_path: str | Path, seed: int, subje
         attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
         analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
         analysis["attribution"]["table"] = _write_attributions(attributions, cohort, report, with_ids).name
+    words = None
+    if scorer is not None and embedded.kind == FINETUNING and "report" in scorer.modalities:
+        words = word_effects(scorer, cohort)
+        if words is not None and len(words["rows"]):
+            analysis["words"] = _word_summary(words, scorer.what, report, seed, with_ids)
     risk, held = None, {}
     if embedded.kind == FINETUNING:
         held = held_out_folds(run_dir, embedded.models)
@@ -105,7 +119,7 @@ def _explain(run_dir: Path, kind: str, cohort_path: str | Path, seed: int, subje
         analysis["gallery"] = _gallery(embedded, risk, attributions, report, gallery, held)
     if subject is not None:
         for written in explain_subject(embedded, subject, risk, attributions, run_dir, held,
-                                       baseline=baseline, n_steps=n_steps):
+                                       baseline=baseline, n_steps=n_steps, words=words, with_ids=with_ids):
             logger.info("wrote %s", written)  # the subject's files stay out of the cohort-level report
     analysis["seconds"] = time.perf_counter() - start
     path = write_report(run_dir, analysis)
@@ -152,6 +166,15 @@ def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: 
             "n_steps": n_steps, "subjects": len(gap), "ranking": ranking, "figure": figure.name,
             "max_abs_convergence_delta": delta,
             "max_abs_score_gap": float(np.abs(gap).max())}
+
+
+def _word_summary(words: dict[str, Any], what: str, report: Path, seed: int, with_ids: bool) -> dict[str, Any]:
+    """The report words that drive the score over the cohort (``words.word_ranking``), with a figure."""
+    allowed = shown_words(words, with_ids)
+    ranking = word_ranking(words, allowed, seed=seed)[:30]
+    figure = attribution_figure(ranking, report / "explain_words.png", what, measure="word occlusion")
+    return {"what": what, "reports": len(words["rows"]), "every_word": allowed is None, "ranking": ranking,
+            "figure": figure.name, "min_reports": MIN_REPORTS, "min_share": MIN_SHARE}
 
 
 def _write_attributions(result: dict[str, Any], cohort: Any, report: Path, with_ids: bool) -> Path:
@@ -218,7 +241,7 @@ def _risk_words(run_dir: Path) -> str:
 
 def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
                     run_dir: Path, held: dict[str, list[int]], baseline: str = "missing", n_steps: int = 32,
-                    top: int = 10) -> list[Path]:
+                    top: int = 10, words: dict[str, Any] | None = None, with_ids: bool = False) -> list[Path]:
     """``RUN/report/subjects/<ID>.png``, ``<ID>.json`` and, with an image, ``<ID>_occlusion.nii.gz`` and
     ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths. A subject
     of the run's own cross-validation is explained by its held-out fold models only (``held``)."""
@@ -247,6 +270,14 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
                              "attribution": float(row[j])})
     numbers: dict[str, Any] = {"probability": probability, "threshold": threshold, "scored_by": basis,
                                "risk_group": "high" if probability >= threshold else "low", "top_features": features}
+    top_words = []
+    if words is not None:  # the cohort-wide occlusion used every fold model: redo it out of fold
+        if subject in held:
+            words = word_effects(scorer, cohort.subset([subject]))
+            words["rows"] = np.array([position] * len(words["rows"]), dtype=int)
+        # one report alone cannot tell common words from names: without --with-ids, the cohort's vocabulary only
+        top_words = subject_words(words, position, None if with_ids else common_vocabulary(cohort, scorer), top)
+        numbers["top_words"] = top_words
     written: list[Path] = []
     image = maps = head = None
     if "image" in scorer.modalities and embedded.present["image"][position]:
@@ -269,6 +300,6 @@ def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, att
                                   scored_by=(f"mean of the {len(held[subject])} fold models that did not train on it"
                                              if subject in held else f"mean of all {models} fold models"),
                                   slice_values=None if per_slice is None else np.array(per_slice),
-                                  risk_words=_risk_words(run_dir)))
+                                  risk_words=_risk_words(run_dir), words=top_words))
     atomic_write_json(folder / f"{stem}.json", numbers)
     return [*written, folder / f"{stem}.json"]
