@@ -126,9 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     explain.add_argument("--subject", default=None, metavar="ID",
                          help="fine-tuning run: also write this subject's one-page PNG, its occlusion and Grad-CAM "
                          "maps as NIfTI on the input's grid, and a JSON to RUN/report/subjects/")
-    explain.add_argument("--baseline", choices=["missing", "median"], default="missing",
-                         help="Integrated Gradients baseline: every feature missing (default) or at its training "
-                         "median / most frequent category")
+    explain.add_argument("--baseline", choices=["missing", "median"], default="median",
+                         help="the lead Integrated Gradients baseline: every feature at its training median / most "
+                         "frequent category (default, a typical patient) or every feature missing; the report shows "
+                         "the other as a second view")
     explain.add_argument("--gallery", type=int, default=4, metavar="N",
                          help="saliency montages of the N highest-risk subjects in the report (0: none)")
     explain.add_argument("--with-ids", action="store_true",

@@ -63,8 +63,16 @@ def probe_blocks(analysis: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
+def attribution_blocks(attribution: dict[str, Any], second: bool = False) -> list[Block]:
     what = attribution["what"]
+    if second:  # the other baseline: a second view, no repeat of the method
+        rows = [[r["feature"], f"{r['mean_abs']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]", f"{r['mean_signed']:+.3f}"]
+                for r in attribution["ranking"]]
+        return [("h2", f"The same against a baseline with {attribution['baseline_text']}"),
+                ("p", "A second view: here a feature's attribution is its effect relative to another reference, "
+                      "so a feature can rank high for being known at all rather than for its value."),
+                ("img", attribution["figure"], f"feature attribution, baseline {attribution['baseline']}"),
+                ("table", ["feature", "mean absolute attribution [95 % CI]", "mean signed"], rows)]
     rows = [[r["feature"], f"{r['mean_abs']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]", f"{r['mean_signed']:+.3f}"]
             for r in attribution["ranking"]]
     return [("h2", f"Which clinical features drive the {what}"),
@@ -73,8 +81,9 @@ def attribution_blocks(attribution: dict[str, Any]) -> list[Block]:
                   f"{attribution['max_abs_convergence_delta']:.2g} against score changes up to "
                   f"{attribution['max_abs_score_gap']:.2g}). Mean |attribution| over {attribution['subjects']} "
                   "subjects with a 95 % bootstrap interval; the sign column says which way the feature pushes on "
-                  "average (+ raises the score). Against the missing-value baseline, a feature's attribution is its "
-                  "effect relative to its being unknown; `--baseline median` measures it against a typical patient."),
+                  "average (+ raises the score). Against the training-median baseline (the default) a feature's "
+                  "attribution is its effect relative to a typical patient; `--baseline missing` leads with its effect "
+                  "relative to its being unknown (shown below as a second view either way)."),
             ("img", attribution["figure"], "global feature attribution"),
             ("p", f"Every subject's attributions: `{attribution.get('table', 'explain_attributions.csv')}` (rows in "
                   "cohort order; subject ids only with `strokessl explain --with-ids`)."),
@@ -116,6 +125,8 @@ def sections(analysis: dict[str, Any]) -> list[Block]:
     blocks += probe_blocks(analysis)
     if analysis.get("attribution"):
         blocks += attribution_blocks(analysis["attribution"])
+    if analysis.get("attribution_second"):
+        blocks += attribution_blocks(analysis["attribution_second"], second=True)
     if analysis.get("words"):
         blocks += word_blocks(analysis["words"])
     if analysis.get("gallery"):

@@ -46,6 +46,7 @@ from finetune.explain.saliency import (
     subject_image,
     to_original_grid,
 )
+from finetune.explain.sanity import MAX_RANK_CORRELATION, randomisation_check
 from finetune.explain.scorer import Scorer
 from finetune.explain.words import (
     MIN_REPORTS,
@@ -66,10 +67,11 @@ from multimodal.run_folder import FINETUNING, PRETRAINING, require_run, run_fact
 from multimodal.run_lock import run_lock
 
 logger = logging.getLogger(__name__)
+SANITY_SUBJECTS = 2  # gallery subjects the model randomisation check runs on
 
 
 def explain_run(run_dir: str | Path, cohort_path: str | Path, seed: int = 0, subject: str | None = None,
-                baseline: str = "missing", gallery: int = 4, n_steps: int = 32,
+                baseline: str = "median", gallery: int = 4, n_steps: int = 32,
                 allow_missing_features: bool = False, with_ids: bool = False) -> dict[str, Any]:
     """Run every explain step on ``run_dir`` and write its report; returns the analysis (``explain.json``).
     ``with_ids`` adds the subject ids to ``report/explain_attributions.csv`` (rows in cohort order). The
@@ -102,6 +104,12 @@ def _explain(run_dir: Path, kind: str, cohort_path: str | Path, seed: int, subje
         attributions = tabular_attributions(scorer, cohort, baseline=baseline, n_steps=n_steps)
         analysis["attribution"] = _attribution_summary(attributions, scorer.what, report, seed, n_steps)
         analysis["attribution"]["table"] = _write_attributions(attributions, cohort, report, with_ids).name
+        # The other baseline as a second view: against "every feature missing" a feature ranks high for
+        # being known at all (LDL, HDL on the demo), so it follows the typical-patient view, never leads.
+        other = next(b for b in BASELINES if b != baseline)
+        second = tabular_attributions(scorer, cohort, baseline=other, n_steps=n_steps)
+        analysis["attribution_second"] = _attribution_summary(second, scorer.what, report, seed, n_steps,
+                                                              figure_name=f"explain_attribution_{other}.png")
     words = None
     if scorer is not None and embedded.kind == FINETUNING and "report" in scorer.modalities:
         words = word_effects(scorer, cohort)
@@ -154,14 +162,15 @@ def _scorer_for(scorer: Scorer, subject: str, held: dict[str, list[int]]) -> Sco
     return scorer.restricted(held[subject]) if subject in held else scorer
 
 
-def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: int, n_steps: int) -> dict[str, Any]:
+def _attribution_summary(result: dict[str, Any], what: str, report: Path, seed: int, n_steps: int,
+                         figure_name: str = "explain_attribution.png") -> dict[str, Any]:
     gap = result["score"] - result["baseline_score"]
     delta = float(np.abs(result["delta"]).max())
     if delta > 0.05 * float(np.abs(gap).max()):
         logger.warning("Integrated Gradients did not converge well (largest delta %.3g against score changes up to "
                        "%.3g): read the attributions with care", delta, float(np.abs(gap).max()))
     ranking = global_ranking(result["attributions"], result["features"], seed=seed)
-    figure = attribution_figure(ranking, report / "explain_attribution.png", what)
+    figure = attribution_figure(ranking, report / figure_name, what)
     return {"what": what, "baseline": result["baseline"], "baseline_text": BASELINES[result["baseline"]],
             "n_steps": n_steps, "subjects": len(gap), "ranking": ranking, "figure": figure.name,
             "max_abs_convergence_delta": delta,
@@ -211,17 +220,26 @@ def _gallery(embedded: RunEmbeddings, risk: np.ndarray | None, attributions: dic
         text = ("Occlusion and Grad-CAM of the image–record cosine similarity (which regions drive the "
                 "alignment) for the subjects whose image and record the pretrained model finds most similar.")
     candidates = [i for i in np.argsort(-order, kind="stable") if embedded.present["image"][i]][:count]
+    checked = [cohort.ids[i] for i in candidates[:SANITY_SUBJECTS]]
+    sanity = randomisation_check([_scorer_for(scorer, s, held) for s in checked], cohort, checked,
+                                 lambda image, groups: _maps(image, groups, scorer.device))
+    shown = [method for method, check in sanity.items() if check["passes"]]
+    verdicts = "; ".join(f"{method} {'shown' if check['passes'] else 'left out'} (rank correlation "
+                         f"{check['median']:.2f})" for method, check in sanity.items())
+    text += (f" Model randomisation check on {len(checked)} of these subjects (each map against the same map with "
+             f"the image encoders re-initialised; a method whose maps correlate at {MAX_RANK_CORRELATION} or more "
+             f"shows the image rather than the model and is left out): {verdicts}.")
     entries = []
-    for rank, i in enumerate(tqdm(candidates, desc="saliency gallery", unit="subject"), start=1):
+    for rank, i in enumerate(tqdm(candidates if shown else [], desc="saliency gallery", unit="subject"), start=1):
         image, groups = subject_image(_scorer_for(scorer, cohort.ids[i], held), cohort, cohort.ids[i])
-        maps = _maps(image, groups, scorer.device)
+        maps = {name: m for name, m in _maps(image, groups, scorer.device).items() if name.split(" (")[0] in shown}
         what = f"risk {order[i]:.2f}" if risk is not None else f"similarity {order[i]:.2f}"
         caption = f"rank {rank}: {what}, outcome {outcome_names(cohort.labels[i:i + 1])[0]}"
         figure = saliency_montage(image["image"], maps, report / "explain_gallery" / f"rank{rank}.png", caption,
                                   head=image["head_mask"])
         entries.append({"rank": rank, "score": float(order[i]), "figure": f"explain_gallery/{figure.name}",
                         "caption": caption})
-    return {"title": title, "text": text, "subjects": entries}
+    return {"title": title, "text": text, "subjects": entries, "randomisation_check": sanity}
 
 
 def _maps(image: dict[str, np.ndarray], groups: list[ImageScore], device: torch.device) -> dict[str, np.ndarray]:
@@ -240,7 +258,7 @@ def _risk_words(run_dir: Path) -> str:
 
 
 def explain_subject(embedded: RunEmbeddings, subject: str, risk: np.ndarray, attributions: dict[str, Any] | None,
-                    run_dir: Path, held: dict[str, list[int]], baseline: str = "missing", n_steps: int = 32,
+                    run_dir: Path, held: dict[str, list[int]], baseline: str = "median", n_steps: int = 32,
                     top: int = 10, words: dict[str, Any] | None = None, with_ids: bool = False) -> list[Path]:
     """``RUN/report/subjects/<ID>.png``, ``<ID>.json`` and, with an image, ``<ID>_occlusion.nii.gz`` and
     ``<ID>_gradcam.nii.gz`` on the grid of the subject's first sequence; returns the paths. A subject

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,13 @@ class ImageScore:
     weight: float  # the group's share of the members
 
 
-def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[str, np.ndarray], list[ImageScore]]:
+def subject_image(scorer: Scorer, cohort: Cohort, subject: str, randomised: bool = False
+                  ) -> tuple[dict[str, np.ndarray], list[ImageScore]]:
     """The subject's preprocessed volume ``{"image": (C, H, W, D), "affine": (4, 4), "head_mask": (H, W, D)
     bool}`` and its score as a
     function of the volume alone (other modalities fixed at the subject's own), one per group of members
-    sharing an image encoder; the scorer's score is the weighted sum of the groups'."""
+    sharing an image encoder; the scorer's score is the weighted sum of the groups'. ``randomised``: the
+    same with each image encoder re-initialised (a copy; the model randomisation check)."""
     if "image" not in scorer.modalities:
         raise StrokeSSLError("this run reads no MRI: there is no image saliency to compute")
     if subject not in cohort.ids:
@@ -79,6 +82,8 @@ def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[st
         present.append({m: flag.reshape(1).to(device) for m, flag in item["present"].items()})
     groups = []
     for encoder, indices in scorer.shared("image"):
+        if randomised:
+            encoder = randomised_copy(encoder)
 
         def score(volumes: torch.Tensor, encoder: nn.Module = encoder, indices: list[int] = indices) -> torch.Tensor:
             n = volumes.shape[0]
@@ -94,6 +99,18 @@ def subject_image(scorer: Scorer, cohort: Cohort, subject: str) -> tuple[dict[st
     image = {"image": cached["image"].numpy(), "affine": cached["affine"].numpy().astype(np.float64)}
     image["head_mask"] = cached["head_mask"].numpy().astype(bool)
     return image, groups
+
+
+def randomised_copy(encoder: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``encoder`` with every parameter re-initialised (``reset_parameters``), seeded."""
+    copy = deepcopy(encoder)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    for module in copy.modules():
+        if module is not copy and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    torch.random.set_rng_state(generator_state)
+    return copy.eval()
 
 
 def _batched(value: Any) -> Any:

@@ -105,13 +105,18 @@ def test_explain_report_for_both_kinds_of_run(runs, capsys, tmp_path):
     assert {"nihss", "age", "smoking"} <= set(ranked) and len(ranked) == len(set(ranked))
     assert "Which clinical features drive the recurrence logit" in (report / "explain.md").read_text()
     risks = [entry["score"] for entry in analysis["gallery"]["subjects"]]
-    assert len(risks) == 2 and risks[0] >= risks[1]
+    check = analysis["gallery"]["randomisation_check"]  # a method in the gallery passed it at this grid
+    assert set(check) == {"occlusion", "Grad-CAM"} and all(len(c["rank_correlation"]) == 2 for c in check.values())
+    shown = any(c["passes"] for c in check.values())
+    assert len(risks) == (2 if shown else 0) and risks == sorted(risks, reverse=True)
+    second = analysis["attribution_second"]  # the lead view is the typical patient, the missing one second
+    assert analysis["attribution"]["baseline"] == "median" and second["baseline"] == "missing"
     # The HTML shows every picture the report names, and no report file names a subject.
     page = (report / "explain.html").read_text()
     pictures = re.findall(r"<img src='data:image/png;base64,([^']+)'", page)  # inlined: one file to share
-    assert len(pictures) == 4 and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pictures)
+    assert len(pictures) == 3 + len(risks) and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pictures)
     linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (report / "explain.md").read_text())
-    assert len(linked) == 4 and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in linked)
+    assert len(linked) == 3 + len(risks) and all((report / p).read_bytes()[:4] == b"\x89PNG" for p in linked)
     for name in ("explain.md", "explain.html", "explain.json"):
         text = (report / name).read_text()
         assert not any(re.search(rf"\b{s}\b", text) for s in ids if s != chosen), name
@@ -337,3 +342,23 @@ def test_explain_a_slice_lstm_run_per_slice(runs, tmp_path):
     cam = nib.load(str(subjects / f"{ids[1]}_gradcam.nii.gz"))
     assert cam.shape == nib.load(str(cohort.parent / "images" / f"{ids[1]}_flair.nii.gz")).shape
     assert np.asarray(cam.dataobj).min() >= 0.0
+
+
+def test_randomisation_check_fails_a_map_of_the_input_and_passes_one_of_the_model(runs):
+    import torch
+
+    from finetune.explain.embed import embed_run
+    from finetune.explain.sanity import randomisation_check
+
+    cohort, _, finetuned = runs
+    embedded = embed_run(finetuned, cohort)
+    subjects = [embedded.cohort.ids[i] for i in range(2)]
+
+    def maps(image, groups):
+        volume = torch.tensor(image["image"][None], requires_grad=True)
+        groups[0].score(volume).sum().backward()  # the score's gradient: it moves with the weights
+        return {"intensity": image["image"][0], "gradient": volume.grad[0, 0].numpy()}
+
+    check = randomisation_check([embedded.scorer] * 2, embedded.cohort, subjects, maps)
+    assert check["intensity"]["median"] == pytest.approx(1.0) and not check["intensity"]["passes"]
+    assert check["gradient"]["median"] < check["intensity"]["median"]
