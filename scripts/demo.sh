@@ -36,6 +36,13 @@ fi
 # and one subject's page (report/explain.html, report/subjects/).
 strokessl explain runs/demo --cohort "$COHORT/cohort.yaml" > /dev/null
 strokessl explain "$FINETUNE" --cohort "$COHORT/cohort.yaml" --subject sub-0001 > /dev/null
+python - <<PY
+import json
+words = json.load(open("$FINETUNE/report/explain.json")).get("words")
+if words:  # the demo's reports are synthetic; a real cohort's words stay in its common vocabulary
+    top = ", ".join(f"{r['feature']} ({r['mean_signed']:+.2f})" for r in words["ranking"][:8])
+    print(f"\nReport words that move the recurrence logit most (occlusion, mean signed effect): {top}")
+PY
 echo
 echo "Explain reports: runs/demo/report/explain.html, $FINETUNE/report/explain.html"
 echo "  one subject's page: $FINETUNE/report/subjects/sub-0001.png (+ occlusion / Grad-CAM NIfTI over its FLAIR)"
