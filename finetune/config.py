@@ -15,7 +15,6 @@ from multimodal.errors import ConfigError
 from multimodal.outcome import TIME_UNITS, Horizon, run_horizon
 
 MODES = ("frozen", "trainable", "scratch")
-BRANCHES = ("both", "image", "table")
 THRESHOLD_METHODS = ("youden", "sensitivity")
 HEADS = ("mlp", "probe")
 SELECTION = ("loss", "auroc")
@@ -30,7 +29,9 @@ class FinetuneConfig:
     # from the cohort's time and event columns (a Cox model; metrics at ``horizon``, 12 months if unset)
     task: str = "binary"
     mode: str = "frozen"  # frozen | trainable | scratch (random init, supervised baseline)
-    branches: str = "both"  # both | image | table: image-only and tabular-only ablations
+    # both (every modality the model reads) | one modality (image, table, report) | a subset joined by +
+    # (image+report, table+report): the ablations
+    branches: str = "both"
     fusion: str = "concat"  # concat | gated | attention
     hidden: int = 128
     # mlp: fusion + MLP head trained by SGD with early stopping; probe (frozen or trainable): L2 logistic
@@ -97,7 +98,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_choice("finetune.task", self.task, TASKS)
         check_choice("finetune.mode", self.mode, MODES)
-        check_choice("finetune.branches", self.branches, BRANCHES)
+        if self.branches != "both" and not all(p.isidentifier() for p in self.branches.split("+")):
+            raise ConfigError(f"finetune.branches: {self.branches!r} must be both, one modality (image, table, "
+                              "report) or modalities joined by +, e.g. image+report")
         check_choice("finetune.threshold", self.threshold, THRESHOLD_METHODS)
         check_choice("finetune.recalibration", self.recalibration, RECALIBRATIONS)
         if self.head is None:

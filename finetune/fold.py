@@ -160,15 +160,17 @@ class FoldContext:
 
 def modalities_in_use(run_config: RunConfig, pretrained: PretrainingRun | None, branches: str) -> list[str]:
     """The modalities a fine-tuning run reads: ``model.encoders`` (plus any other modality the
-    pretraining run trained), or the one ``finetune.branches`` names."""
+    pretraining run trained), or those ``finetune.branches`` names (one, or several joined by +)."""
     configured = list(run_config.model.encoders)
     if pretrained is not None:
         configured += [m for m in pretrained.weights if m not in configured]
     if branches == "both":
         return configured
-    if branches not in configured:
-        raise ConfigError(f"finetune.branches: {branches} needs model.encoders.{branches}")
-    return [branches]
+    wanted = branches.split("+")
+    absent = [m for m in wanted if m not in configured]
+    if absent:
+        raise ConfigError(f"finetune.branches: {branches} needs model.encoders.{absent[0]} (the run reads {configured})")
+    return [m for m in configured if m in wanted]
 
 
 def run_fold(ctx: FoldContext, train_ids: list[str], test_ids: list[str], seed: int) -> tuple[dict[str, Any], FusionClassifier]:

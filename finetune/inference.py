@@ -177,7 +177,7 @@ def fold_architecture(architecture: dict[str, Any], branches: str) -> ModelConfi
         table = from_dict(ModelConfig, architecture["table_model"]).encoders["table"]
         config = ModelConfig(encoders={"image": image, "table": table})
     if branches != "both":
-        config.encoders = {branches: config.encoders[branches]}
+        config.encoders = {m: spec for m, spec in config.encoders.items() if m in branches.split("+")}
     return config
 
 

@@ -122,3 +122,16 @@ def test_explain_ranks_report_words_and_keeps_rare_ones_out(runs, tmp_path):
     for path in [report / "explain.json", report / "explain.md", report / "explain.html",
                  report / "subjects" / f"{subject}.json"]:
         assert "smithson" not in path.read_text().lower(), path
+
+
+def test_fine_tuning_on_a_subset_of_the_modalities(runs, tmp_path):
+    cohort, pretrained, _ = runs
+    config = tmp_path / "report.yaml"
+    config.write_text(yaml.safe_dump(dict(CONFIG, cohort=str(cohort))))
+    run = tmp_path / "table_report"
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", f"run.dir={run}",
+                 "--set", "finetune.branches=table+report"]) == 0
+    assert sorted(json.loads((run / "model.json").read_text())["encoders"]) == ["report", "table"]
+    assert main(["predict", str(run), "--cohort", str(cohort), "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["finetune", str(config), "--init", str(pretrained), "--set", f"run.dir={tmp_path / 'bad'}",
+                 "--set", "finetune.branches=image+notes"]) == 2
