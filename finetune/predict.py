@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 def new_cohort_config(run_dir: Path, cohort: Path) -> CohortConfig:
     """A cohort.yaml as given, or a bare CSV read with the column roles the run was trained with.
 
-    A bare CSV may leave out the label column (new subjects have no outcome yet)."""
+    A bare CSV may leave out the label column (new subjects have no outcome yet) and the text columns
+    (its subjects then have no report)."""
     if cohort.suffix.lower() in (".yaml", ".yml"):
         if is_run_config(cohort):
             raise StrokeSSLError(f"{cohort} is a run config; give a cohort.yaml or a CSV to --cohort")
@@ -54,8 +55,13 @@ def new_cohort_config(run_dir: Path, cohort: Path) -> CohortConfig:
         roles = cohort_roles(load_cohort_config(training))
     config = from_dict(CohortConfig, {**roles, "csv": str(cohort.resolve())})
     config.source = cohort.resolve()
-    if config.label is not None and config.label not in raw_header(cohort):
+    header = raw_header(cohort)
+    if config.label is not None and config.label not in header:
         config.label = None  # no outcome column: every subject is scored, none is counted as labeled
+    absent_text = [c for c in config.text if c not in header]
+    if absent_text:  # rows without a report are scored as subjects without one (a missing modality)
+        logger.info("%s has no text column %s: its subjects are scored without it", cohort.name, absent_text)
+        config.text = [c for c in config.text if c in header]
     return config
 
 

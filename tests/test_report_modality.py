@@ -69,6 +69,12 @@ def test_fine_tuning_reads_the_report_and_predict_scores_rows_with_and_without_o
     no_reports_yaml.write_text(yaml.safe_dump({**config, "csv": blank.name}))
     without = tmp_path / "without.csv"
     assert main(["predict", str(finetuned), "--cohort", str(no_reports_yaml), "--out", str(without)]) == 0
+    # a bare CSV without the report column at all is scored like the blanked one
+    bare = cohort.parent / "bare.csv"  # beside the images its paths name
+    table.drop(columns="report").to_csv(bare, index=False)
+    assert main(["predict", str(finetuned), "--cohort", str(bare), "--out", str(tmp_path / "bare_out.csv")]) == 0
+    pd.testing.assert_series_equal(pd.read_csv(tmp_path / "bare_out.csv")["probability"],
+                                   pd.read_csv(without)["probability"])
     a, b = pd.read_csv(with_reports).set_index("subject_id"), pd.read_csv(without).set_index("subject_id")
     had = table.set_index("subject_id")["report"].notna()
     diff = (a["probability"] - b["probability"]).abs()
