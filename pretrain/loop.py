@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -194,9 +193,16 @@ def train_one_epoch(
     scheduler: Any, scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
     pretrain: PretrainConfig, epoch: int, step: int, writer: Any, device: torch.device,
 ) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns the new global step and the epoch means of every term."""
+    """One pass over ``loader``; returns the new global step and the epoch means of every term.
+
+    The host waits for the device only every ``pretrain.log_every`` steps (and at the end): the terms
+    are summed on the device, and their finiteness and rank mean are read then, in one stacked
+    all-reduce. A non-finite loss stops the run at that read, before any checkpoint holds its weights
+    (checkpoints are written between epochs)."""
     trained.train()
-    sums: dict[str, float] = defaultdict(float)
+    sums: torch.Tensor | None = None  # (T,) running sums of the terms, on the device
+    names: list[str] = []
+    finite = torch.ones((), dtype=torch.bool, device=device)
     batches = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{pretrain.epochs}", unit="batch", leave=False,
                disable=not distributed.is_main())
@@ -205,11 +211,7 @@ def train_one_epoch(
         with autocast():
             terms = trained(batch, step)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise StrokeSSLError(
-                f"pretraining loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                "lower pretrain.lr, raise pretrain.temperature_init or check the inputs for NaN"
-            )
+        finite &= torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if pretrain.grad_clip > 0:
@@ -219,17 +221,32 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         step += 1
-        # Mean over ranks before logging, so rank 0 reports the global batch.
-        values = {k: float(distributed.all_reduce_mean(v.detach().float())) for k, v in terms.items()}
-        for key, value in values.items():
-            sums[key] += value
+        names = names or list(terms)
+        current = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+        sums = current if sums is None else sums + current
         batches += 1
-        bar.set_postfix(loss=f"{values['loss']:.3f}")
-        if writer is not None and (step % pretrain.log_every == 0 or step == 1):
-            for key, value in values.items():
-                writer.add_scalar(f"train/{key}", value, step)
-            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-    return step, {k: v / max(batches, 1) for k, v in sums.items()}
+        if step % pretrain.log_every == 0 or step == 1:
+            _check_finite(finite, epoch, step)
+            values = dict(zip(names, distributed.all_reduce_mean(current).tolist(), strict=True))  # the global batch
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+            if writer is not None:
+                for key, value in values.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    _check_finite(finite, epoch, step)
+    if sums is None:
+        return step, {}
+    means = distributed.all_reduce_mean(sums / batches).tolist()  # the mean of the ranks' means, as per step
+    return step, dict(zip(names, means, strict=True))
+
+
+def _check_finite(finite: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop the run when a loss since the last check was not finite (one host read)."""
+    if not bool(distributed.all_reduce_mean(finite.float()) == 1.0):
+        raise StrokeSSLError(
+            f"pretraining loss became non-finite by epoch {epoch + 1}, step {step}; "
+            "lower pretrain.lr, raise pretrain.temperature_init or check the inputs for NaN"
+        )
 
 
 @torch.no_grad()

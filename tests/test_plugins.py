@@ -114,6 +114,10 @@ def test_the_plugins_list_imports_a_module_and_refuses_a_missing_one(plugin_fold
     cohort = write_synthetic_cohort(tmp_path / "cohort", n=8, grid=16, labeled_fraction=1.0, seed=4)
     with pytest.raises(ConfigError, match="plugins: module 'no_such_plugin' cannot be imported"):
         load_run_config(_config(tmp_path, cohort, plugins=["no_such_plugin"]))
-    monkeypatch.syspath_prepend(str(plugin_folder))
-    config = load_run_config(_config(tmp_path, cohort, plugins=["notes_plugin"]))
-    assert config.plugins == ["notes_plugin"] and "notes" in config.model.encoders
+    # in this process a module of another name and modality (other tests register "notes" here)
+    (tmp_path / "memo_plugin.py").write_text(PLUGIN.replace("notes", "memo"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = _config(tmp_path, cohort, plugins=["memo_plugin"])
+    path.write_text(path.read_text().replace("notes", "memo"))
+    config = load_run_config(path)
+    assert config.plugins == ["memo_plugin"] and config.model.encoders["memo"].name == "trigram_memo"

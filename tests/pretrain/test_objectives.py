@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 
-from multimodal.errors import ConfigError
+from multimodal.errors import ConfigError, StrokeSSLError
 from pretrain.config import PretrainConfig
 from pretrain.objectives import (
     EmbeddingQueue,
@@ -373,3 +373,35 @@ def test_paired_clip_is_symmetric_clip_over_the_rows_having_both():
     zero = paired_clip_loss(lonely, b, scale, torch.tensor([True, False, False, False, False, False]))
     zero.backward()
     assert zero.item() == 0.0 and lonely.grad is not None and lonely.grad.abs().sum() == 0
+
+
+def _epoch(losses, log_every=10):
+    """train_one_epoch over a fake step whose loss at step k is ``losses[k]`` (and a second term)."""
+    import contextlib
+
+    from pretrain.loop import train_one_epoch
+
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch, step):
+            loss = self.w * batch.sum() * 0 + losses[step]
+            return {"loss": loss, "clip_loss": loss * 2}
+
+    fake = Fake()
+    optimizer = torch.optim.SGD(fake.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    settings = PretrainConfig(epochs=1, log_every=log_every, grad_clip=0.0)
+    return train_one_epoch(fake, fake, [torch.ones(2)] * len(losses), optimizer, scheduler,
+                           torch.amp.GradScaler(enabled=False), contextlib.nullcontext, settings, 0, 0, None,
+                           torch.device("cpu"))
+
+
+def test_an_epoch_reports_the_mean_of_its_steps_and_stops_on_a_non_finite_loss():
+    step, means = _epoch([1.0, 2.0, 4.0, 5.0])
+    assert step == 4 and means["loss"] == pytest.approx(3.0) and means["clip_loss"] == pytest.approx(6.0)
+    # a NaN at step 2 between two reads is still caught before the epoch returns (before any checkpoint)
+    with pytest.raises(StrokeSSLError, match="non-finite by epoch 1, step 4"):
+        _epoch([1.0, 2.0, float("nan"), 5.0])
