@@ -343,7 +343,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     # trained run's config, the modules the run recorded (multimodal.plugins)
     load_entry_points()
     import_plugins(config.plugins)
-    record = read_record(path.parent) if path.parent.is_dir() else None
+    record = read_record(path.parent)
     if record is not None and record.facts:
         import_plugins(list(record.facts.get("plugin_modules", [])), needed_by=path.parent)
     check_model(config.model)

@@ -170,18 +170,15 @@ def modality_presence(cohort: Cohort, ids: list[str], cache: VolumeCache | None,
     return present
 
 
-def fit_encoders_to_data(encoders: dict[str, nn.Module], dataset: MultimodalDataset) -> list[str]:
+def fit_encoders_to_data(encoders: dict[str, nn.Module], dataset: MultimodalDataset) -> None:
     """Fit the data-dependent state of every encoder that has one (``fit_to_data(inputs (N, ...),
     present (N,))``, e.g. the report encoder's IDF weights) on ``dataset``'s rows, the training rows
     of the stage building the encoders; that state is a buffer, so it travels with the weights.
-    Returns the modalities fitted. Encoders loaded from a pretraining run keep the state they
-    trained with: the caller passes only the encoders it built fresh."""
-    fitted = []
+    Encoders loaded from a pretraining run keep the state they trained with: the caller passes only
+    the encoders it built fresh."""
     for modality, encoder in encoders.items():
         if hasattr(encoder, "fit_to_data") and modality in dataset.others:
             encoder.fit_to_data(dataset.others[modality], dataset.present[modality])
-            fitted.append(modality)
-    return fitted
 
 
 def modalities_with_data(cohort: Cohort, ids: list[str], modalities: list[str],

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from finetune.explain.scorer import Scorer
 from multimodal.cohort import Cohort
 from multimodal.data import table_present, to_device
-from multimodal.text import DEFAULT_FEATURES, hashed_counts, report_columns, report_documents
+from multimodal.text import DEFAULT_FEATURES, hashed_counts, run_documents
 
 MIN_REPORTS = 5  # a word shown without --with-ids is in at least this many reports ...
 MIN_SHARE = 0.01  # ... and this share of them
@@ -51,7 +51,7 @@ def word_effects(scorer: Scorer, cohort: Cohort, batch_size: int = 16) -> dict[s
         return None
     args = scorer.others["report"]
     features = int(args.get("features", DEFAULT_FEATURES))
-    documents = report_documents(cohort, list(cohort.ids), report_columns(cohort, args))
+    documents = run_documents(cohort, list(cohort.ids), scorer.others)
     cache = scorer.cache(cohort)
     if cache is not None:
         cache.warm(cohort.records())
@@ -112,8 +112,7 @@ def shown_words(result: dict[str, Any], with_ids: bool) -> set[str] | None:
 
 def common_vocabulary(cohort: Cohort, scorer: Scorer) -> set[str]:
     """The words ``shown_words`` allows, counted over every report of ``cohort``."""
-    args = scorer.others["report"]
-    documents = report_documents(cohort, list(cohort.ids), report_columns(cohort, args))
+    documents = run_documents(cohort, list(cohort.ids), scorer.others)
     return shown_words({"words": [report_words(d) for d in documents if d]}, with_ids=False) or set()
 
 
