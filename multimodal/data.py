@@ -139,10 +139,13 @@ class MultimodalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``i``, or ``(epoch, i)``: item ``i`` augmented as in that epoch (a sampler carrying
+        the epoch to persistent workers, ``pretrain.data.EpochSampler``)."""
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         item: dict[str, Any] = {"index": self.positions[i], "subject_id": self.ids[i]}
         if self.images is not None:
-            item["image"] = self.images[i]["image"]
+            item["image"] = self.images.item(i, epoch)["image"]
         if self.table is not None:
             item["table"] = {key: value[i] for key, value in self.table.items()}
         for modality, inputs in self.others.items():

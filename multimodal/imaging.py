@@ -250,8 +250,8 @@ class ImageDataset(Dataset):
     "label": () float32 (nan = unlabeled)}``, plain tensors. With ``views > 1`` (two augmented
     views for SimCLR) ``image`` is ``(views, C, H, W, D)``, each view drawn independently. The
     augmentation of item ``index`` is drawn from (seed, epoch, index, view), so it does not depend
-    on the worker count; call ``set_epoch`` before each epoch (with ``persistent_workers=False``,
-    workers get the new epoch).
+    on the worker count; call ``set_epoch`` before each epoch, or ask for ``item(index, epoch)``
+    (what persistent DataLoader workers do, their sampler carrying the epoch).
     """
 
     def __init__(
@@ -280,6 +280,11 @@ class ImageDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int | None = None) -> dict[str, Any]:
+        """Item ``index`` augmented as in ``epoch`` (default: the one ``set_epoch`` chose)."""
+        epoch = self.epoch if epoch is None else epoch
         record = self.records[index]
         if self.cache.has_image(record):
             tensors = self.cache.load(record)
@@ -288,7 +293,7 @@ class ImageDataset(Dataset):
             channels = len(self.cache.sequences)
             cached = torch.zeros(channels, *self.cache.imaging.spatial_size)
             modality_mask = torch.zeros(channels)
-        views = [self._augment(cached, modality_mask, index, view) for view in range(self.views)]
+        views = [self._augment(cached, modality_mask, index, view, epoch) for view in range(self.views)]
         image = views[0] if self.views == 1 else torch.stack(views)
         label = record.get("label")
         return {
@@ -298,10 +303,11 @@ class ImageDataset(Dataset):
             "label": torch.tensor(float("nan") if label is None else float(label), dtype=torch.float32),
         }
 
-    def _augment(self, image: torch.Tensor, modality_mask: torch.Tensor, index: int, view: int) -> torch.Tensor:
+    def _augment(self, image: torch.Tensor, modality_mask: torch.Tensor, index: int, view: int,
+                 epoch: int) -> torch.Tensor:
         """One random draw for (seed, epoch, index, view); the cached volume when not augmenting."""
         if self.transform is not None:
-            seed = np.random.SeedSequence([self.seed, self.epoch, index, view]).generate_state(1)[0]
+            seed = np.random.SeedSequence([self.seed, epoch, index, view]).generate_state(1)[0]
             self.transform.set_random_state(seed=int(seed))
             image = torch.as_tensor(self.transform({"image": image})["image"]).float()
             # Noise and bias must not make a missing sequence's channel look present.

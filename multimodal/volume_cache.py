@@ -19,7 +19,7 @@ from typing import Any
 
 import monai
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -147,7 +147,7 @@ class VolumeCache:
             return True  # error / drop: an unusable sequence is refused in preprocessing
         key = self.key(record)
         if key not in self._masks:
-            self._ensure(record, key)
+            self._entry(record, key)
         return any(self._masks[key])
 
     def path(self, record: dict[str, Any]) -> Path:
@@ -171,6 +171,32 @@ class VolumeCache:
             logger.warning("cache entry %s holds NaN or infinite values; rebuilding it", path)
             return None
         return tensors
+
+    def _peek(self, path: Path) -> list[float] | None:
+        """The entry's modality mask when its header holds the expected tensors (the voxels are not
+        read: ``load`` checks them, and rebuilds a damaged entry, when training reads it); else None."""
+        channels, size = len(self.sequences), tuple(self.imaging.spatial_size)
+        expected = {"image": (channels, *size), "head_mask": size, "modality_mask": (channels,), "affine": (4, 4)}
+        try:
+            with safe_open(str(path), framework="pt") as entry:
+                if set(entry.keys()) != set(CACHE_KEYS) or any(
+                        tuple(entry.get_slice(k).get_shape()) != v for k, v in expected.items()):
+                    return None
+                mask = entry.get_tensor("modality_mask")
+        except (SafetensorError, OSError, ValueError):
+            return None
+        return mask.tolist() if bool(torch.isfinite(mask).all()) else None
+
+    def _entry(self, record: dict[str, Any], key: str) -> tuple[str, list[float]]:
+        """``("hit" | "built", modality mask)``: an existing entry is checked by its header alone
+        (warming a cache of N subjects reads N headers, not N volumes), a missing or malformed one built."""
+        path = self.cache_dir / f"{key}.safetensors"
+        mask = self._peek(path) if path.is_file() else None
+        if mask is not None:
+            self._masks[key] = mask
+            return "hit", mask
+        status, tensors = self._ensure(record, key)
+        return status, tensors["modality_mask"].tolist()
 
     def _ensure(self, record: dict[str, Any], key: str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
         key = key or self.key(record)
@@ -254,7 +280,7 @@ class _WarmDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, str, list[float]]:
         try:
-            status, tensors = self.cache._ensure(self.records[index], self.keys[index])
+            status, mask = self.cache._entry(self.records[index], self.keys[index])
         except StrokeSSLError as err:  # an unusable image, or a cache write the disk refused
             return "error", str(err), []
-        return status, "", tensors["modality_mask"].tolist()
+        return status, "", mask

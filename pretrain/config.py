@@ -24,6 +24,10 @@ ROWS = ("unlabeled", "all")
 class PretrainConfig:
     epochs: int = 100
     batch_size: int = 16  # per process; negatives span the global batch (and the queue)
+    # micro-batches of batch_size whose gradients are summed before each optimiser step (for GPUs too
+    # small for the batch): each micro-batch is its own contrastive batch, so accumulation does not add
+    # negatives (pretrain.queue_size does); DDP synchronises gradients on the last micro-batch only
+    accumulate_steps: int = 1
     lr: float = 3e-4  # AdamW peak learning rate
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
@@ -110,6 +114,8 @@ class PretrainConfig:
         check_range("pretrain.itm_hard_fraction", self.itm_hard_fraction, 0.0, 1.0)
         check_range("pretrain.val_fraction", self.val_fraction, 0.0, 1.0, above=True, below=True)
         check_range("pretrain.epochs", self.epochs, 1, 100_000)
+        check_range("pretrain.accumulate_steps", self.accumulate_steps, 1, 4096,
+                    hint="micro-batches per optimiser step; 1 = no accumulation")
         check_range("pretrain.batch_size", self.batch_size, 2, 65_536,
                     hint="contrastive objectives contrast each subject with the others in its batch")
         check_range("pretrain.lr", self.lr, 0.0, 1.0, above=True)

@@ -10,6 +10,7 @@ same batches as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +102,12 @@ def build_pretrain_data(
     position = {s: i for i, s in enumerate(cohort.ids)}
     labels = cohort.labels[[position[s] for s in subjects]]
     train_ids, val_ids = stratified_split(subjects, labels, pretrain.val_fraction, run_config.seed)
-    if len(train_ids) < pretrain.batch_size * distributed.world_size():
+    if len(train_ids) < pretrain.batch_size * distributed.world_size() * pretrain.accumulate_steps:
+        accumulated = f" x {pretrain.accumulate_steps} accumulated micro-batches" if pretrain.accumulate_steps > 1 else ""
         raise StrokeSSLError(
-            f"{len(train_ids)} training subjects cannot fill one global batch of "
-            f"{pretrain.batch_size} x {distributed.world_size()} process(es); lower pretrain.batch_size "
-            "or pretrain.val_fraction, or use pretrain.rows: all"
+            f"{len(train_ids)} training subjects cannot fill one optimiser step of "
+            f"{pretrain.batch_size} x {distributed.world_size()} process(es){accumulated}; lower pretrain.batch_size"
+            f"{' or pretrain.accumulate_steps' if accumulated else ''} or pretrain.val_fraction, or use pretrain.rows: all"
         )
     logger.info("pretraining on %d subjects, %d held out for validation", len(train_ids), len(val_ids))
 
@@ -135,23 +137,34 @@ def build_pretrain_data(
     return PretrainData(cohort, sequences, modalities, preprocessor, train, dataset(val_ids, False), pool)
 
 
+class EpochSampler(DistributedSampler):
+    """A ``DistributedSampler`` that yields ``(epoch, index)``: each item's augmentation follows the
+    sampler's epoch, so persistent DataLoader workers (which keep their own copy of the dataset and
+    never see ``set_epoch`` on the main process's) draw each new epoch's views."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
+
+
 def make_loader(
     dataset: MultimodalDataset, batch_size: int, workers: int, seed: int, train: bool
 ) -> DataLoader:
-    """Training: a ``DistributedSampler`` (one replica when not distributed) whose order depends
-    on (seed, epoch) only — call ``loader.sampler.set_epoch`` — dropping the last incomplete batch,
+    """Training: an ``EpochSampler`` (one replica when not distributed) whose order depends on
+    (seed, epoch) only — call ``loader.sampler.set_epoch`` — dropping the last incomplete batch,
     since gathered contrastive batches must have the same size on every rank. Evaluation: every
-    subject in order (evaluation runs on the main process).
+    subject in order (evaluation runs on the main process). Workers persist between epochs (no
+    re-forking, no cold start each epoch); batches are pinned when a GPU is there.
     """
     sampler = None
     if train:
-        sampler = DistributedSampler(
+        sampler = EpochSampler(
             dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
             shuffle=True, seed=seed, drop_last=True,
         )
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
         drop_last=train, pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,8 @@ from pretrain.objectives import (
 )
 
 logger = logging.getLogger(__name__)
+
+SPEED_KEYS = ("subjects_per_s", "data_wait_share")  # train_one_epoch's wall-clock figures beside the terms
 
 
 def step_generator(*parts: int) -> torch.Generator:
@@ -75,9 +78,10 @@ class PretrainStep(nn.Module):
         elif "scarf" in self.weights:
             pool = {k: getattr(self, f"pool_{k}") for k in ("continuous", "categorical", "missing")}
             table = batch["table"]
+            # one draw for the global batch, each rank its rows: 1 and N processes corrupt alike
             corrupted = scarf_corrupt(table["continuous"], table["categorical"], table["missing"], pool,
-                                      self.pretrain.scarf_corruption,
-                                      step_generator(self.seed, step, distributed.rank(), 1))
+                                      self.pretrain.scarf_corruption, step_generator(self.seed, step, 1),
+                                      distributed.rank(), distributed.world_size())
             terms.update(scarf_loss(self.model.encode_table(table), self.model.encode_table(corrupted),
                                     self.pretrain.scarf_temperature))
         else:
@@ -128,8 +132,8 @@ class PretrainStep(nn.Module):
                 image = torch.stack([masked_image, image[:, 1]], dim=1) if image.ndim == 6 else masked_image
         masked, mask = None, None
         if "masked_tabular" in self.weights:  # hide present features; the encoder uses its missing token
-            mask = mask_features(table["missing"], self.pretrain.mask_rate,
-                                 step_generator(self.seed, step, distributed.rank(), 2))
+            mask = mask_features(table["missing"], self.pretrain.mask_rate, step_generator(self.seed, step, 2),
+                                 distributed.rank(), distributed.world_size())
             masked = dict(table, missing=table["missing"] | mask)
         others = [m for m in self.model.modalities if m not in ("image", "table")]
         out = self.model(image=image, table=table, masked_table=masked,
@@ -193,27 +197,54 @@ def train_one_epoch(
     scheduler: Any, scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
     pretrain: PretrainConfig, epoch: int, step: int, writer: Any, device: torch.device,
 ) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns the new global step and the epoch means of every term.
+    """One pass over ``loader``; returns the new global (optimiser) step and the epoch means of every
+    term, with the epoch's ``subjects_per_s`` (end to end, loader included) and ``data_wait_share``
+    (the share of the epoch the loop waited for the loader).
 
-    The host waits for the device only every ``pretrain.log_every`` steps (and at the end): the terms
-    are summed on the device, and their finiteness and rank mean are read then, in one stacked
-    all-reduce. A non-finite loss stops the run at that read, before any checkpoint holds its weights
-    (checkpoints are written between epochs)."""
+    Each optimiser step sums the gradients of ``pretrain.accumulate_steps`` micro-batches (DDP
+    synchronises on the last one only, ``no_sync``); the micro-batches left over at the epoch's end
+    are not trained on (the next epoch's shuffle reaches them). The host waits for the device only
+    every ``pretrain.log_every`` steps (and at the end): the terms are summed on the device, and their
+    finiteness and rank mean are read then, in one stacked all-reduce, with the step time and the
+    subjects per second since the last read. A non-finite loss stops the run at that read, before any
+    checkpoint holds its weights (checkpoints are written between epochs)."""
     trained.train()
+    accumulate = pretrain.accumulate_steps
+    micro_batches = (len(loader) // accumulate) * accumulate
     sums: torch.Tensor | None = None  # (T,) running sums of the terms, on the device
     names: list[str] = []
     finite = torch.ones((), dtype=torch.bool, device=device)
-    batches = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{pretrain.epochs}", unit="batch", leave=False,
-               disable=not distributed.is_main())
-    for batch in bar:
-        batch = to_device(batch, device)
-        with autocast():
-            terms = trained(batch, step)
-        loss = terms["loss"]
-        finite &= torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+    batches, subjects, waited = 0, 0, 0.0
+    clock = _Clock()
+    bar = tqdm(total=micro_batches // accumulate, desc=f"epoch {epoch + 1}/{pretrain.epochs}", unit="step",
+               leave=False, disable=not distributed.is_main())
+    batch_iter = iter(loader)
+    for micro in range(micro_batches):
+        waiting = time.perf_counter()
+        batch = to_device(next(batch_iter), device)
+        waited += time.perf_counter() - waiting
+        clock.waited += time.perf_counter() - waiting
+        last = (micro + 1) % accumulate == 0
+        if micro % accumulate == 0:
+            optimizer.zero_grad(set_to_none=True)
+        # DDP: gradients are all-reduced on the group's last backward only
+        sync = contextlib.nullcontext() if last or not hasattr(trained, "no_sync") else trained.no_sync()
+        with sync:
+            with autocast():
+                # each micro-batch its own random draws (ITM noise, masks): (step, micro) -> one index
+                terms = trained(batch, step * accumulate + micro % accumulate)
+            loss = terms["loss"]
+            finite &= torch.isfinite(loss.detach())
+            scaler.scale(loss / accumulate).backward()
+        names = names or list(terms)
+        current = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+        sums = current if sums is None else sums + current
+        batches += 1
+        rows = len(batch["index"]) * distributed.world_size()
+        subjects += rows
+        clock.subjects += rows
+        if not last:
+            continue
         if pretrain.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(step_module.parameters(), pretrain.grad_clip)
@@ -221,23 +252,46 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         step += 1
-        names = names or list(terms)
-        current = torch.stack([terms[k].detach().float().reshape(()) for k in names])
-        sums = current if sums is None else sums + current
-        batches += 1
+        clock.steps += 1
+        bar.update(1)
         if step % pretrain.log_every == 0 or step == 1:
-            _check_finite(finite, epoch, step)
+            _check_finite(finite, epoch, step)  # the host waits for the device here
             values = dict(zip(names, distributed.all_reduce_mean(current).tolist(), strict=True))  # the global batch
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
+            speed = clock.read()
+            bar.set_postfix(loss=f"{values['loss']:.3f}", subjects_per_s=f"{speed['subjects_per_s']:.1f}")
             if writer is not None:
-                for key, value in values.items():
+                for key, value in {**values, **speed}.items():
                     writer.add_scalar(f"train/{key}", value, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    bar.close()
     _check_finite(finite, epoch, step)
     if sums is None:
         return step, {}
+    elapsed = clock.since_epoch()
     means = distributed.all_reduce_mean(sums / batches).tolist()  # the mean of the ranks' means, as per step
-    return step, dict(zip(names, means, strict=True))
+    return step, {**dict(zip(names, means, strict=True)), "subjects_per_s": subjects / elapsed,
+                  "data_wait_share": waited / elapsed}
+
+
+class _Clock:
+    """Wall-clock of the epoch and of the interval since the last log read: subjects per second,
+    seconds per optimiser step and the share of the interval spent waiting for the loader (read
+    right after a host-device sync, so the device's queued work is counted)."""
+
+    def __init__(self) -> None:
+        self.epoch_start = self.start = time.perf_counter()
+        self.subjects, self.steps, self.waited = 0, 0, 0.0
+
+    def read(self) -> dict[str, float]:
+        now = time.perf_counter()
+        elapsed = max(now - self.start, 1e-9)
+        speed = {"subjects_per_s": self.subjects / elapsed, "step_time_s": elapsed / max(self.steps, 1),
+                 "data_wait_share": self.waited / elapsed}
+        self.start, self.subjects, self.steps, self.waited = now, 0, 0, 0.0
+        return speed
+
+    def since_epoch(self) -> float:
+        return max(time.perf_counter() - self.epoch_start, 1e-9)
 
 
 def _check_finite(finite: torch.Tensor, epoch: int, step: int) -> None:

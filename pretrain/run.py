@@ -74,7 +74,7 @@ from multimodal.run_lock import run_lock
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
-from pretrain.loop import PretrainStep, evaluate, train_one_epoch
+from pretrain.loop import SPEED_KEYS, PretrainStep, evaluate, train_one_epoch
 from pretrain.model import build_pretrain_model, encoder_state_dicts
 
 logger = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
                                           find_unused_parameters=True)
     train_loader = make_loader(data.train, pretrain.batch_size, run_config.data.workers, run_config.seed, train=True)
     val_loader = make_loader(data.val, pretrain.batch_size, run_config.data.workers, run_config.seed, train=False)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(train_loader) // pretrain.accumulate_steps  # optimiser steps
     optimizer = build_optimizer(step_module, pretrain)
     scheduler = build_scheduler(optimizer, pretrain, steps_per_epoch)
     precision = resolve_precision(pretrain.precision, device)
@@ -348,6 +348,9 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
             trained, step_module, train_loader, optimizer, scheduler, scaler,
             lambda: autocast_context(precision, device), pretrain, epoch, step, writer, device,
         )
+        # the epoch's speed goes to the log and TensorBoard, not the history: a resumed run's history is
+        # the uninterrupted one's, bit for bit
+        speed = {k: train_metrics.pop(k) for k in SPEED_KEYS if k in train_metrics}
         entry = {"epoch": epoch + 1, "step": step, **{f"train/{k}": v for k, v in train_metrics.items()}}
         if main:
             evaluation = evaluate(model, val_loader, device, lambda: autocast_context(precision, device))
@@ -355,7 +358,10 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
             entry.update({f"val/{k}": v for k, v in val_metrics.items()})
             for key, value in val_metrics.items():
                 writer.add_scalar(f"val/{key}", value, step)
-            logger.info("epoch %d/%d: %s", epoch + 1, pretrain.epochs, _short(entry))
+            for key, value in speed.items():
+                writer.add_scalar(f"epoch/{key}", value, step)
+            logger.info("epoch %d/%d: %s%s", epoch + 1, pretrain.epochs, _short(entry),
+                        "".join(f", {k}={v:.3g}" for k, v in speed.items()))
         history.append(entry)
         rng = _gather_rng()
         if main:
@@ -385,7 +391,8 @@ def _gather_rng() -> list[dict[str, Any]]:
 
 
 def _short(entry: dict[str, Any]) -> str:
-    keys = ("train/loss", "val/recall@1_image_to_table", "val/recall@5_image_to_table", "val/alignment")
+    keys = ("train/loss", "val/recall@1_image_to_table", "val/recall@5_image_to_table",
+            "val/alignment")
     return ", ".join(f"{k.split('/', 1)[1]}={entry[k]:.4g}" for k in keys if k in entry)
 
 

@@ -13,14 +13,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from pretrain import distributed
 
-def mask_features(missing: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+
+def mask_features(missing: torch.Tensor, rate: float, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
     """Choose max(1, round(rate · present)) present features per row (none in an all-missing row).
 
     Args:
         missing: (B, F) bool, True where the value is missing.
         rate: share of each row's present features to mask, in (0, 1).
-        generator: random source (draws on its device; the mask follows ``missing``'s device).
+        generator: random source (draws on its device; the mask follows ``missing``'s device), seeded
+            alike on every rank: the scores cover the global (world_size · B) rows, this rank keeps its own.
+        rank, world_size: this rank's rows of that draw.
 
     Returns:
         (B, F) bool mask, True = hidden and reconstructed; never True where ``missing``.
@@ -29,7 +34,9 @@ def mask_features(missing: torch.Tensor, rate: float, generator: torch.Generator
         raise ValueError(f"mask_features: rate must be in (0, 1), got {rate}; set pretrain.mask_rate")
     present = (~missing).sum(dim=1)  # (B,)
     count = torch.where(present > 0, (present.float() * rate).round().long().clamp(min=1), 0)
-    scores = torch.rand(missing.shape, generator=generator, device=generator.device).to(missing.device)
+    rows = missing.shape[0]
+    scores = torch.rand((rows * world_size, missing.shape[1]), generator=generator, device=generator.device)
+    scores = scores[rank * rows:(rank + 1) * rows].to(missing.device)
     scores = scores.masked_fill(missing, 2.0)  # missing features sort last
     order = scores.argsort(dim=1).argsort(dim=1)
     return (order < count[:, None]) & ~missing
@@ -42,6 +49,7 @@ def masked_tabular_loss(
     categorical: torch.Tensor,
     missing: torch.Tensor,
     mask: torch.Tensor,
+    gather: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Mean reconstruction loss over the masked, present features.
 
@@ -51,6 +59,8 @@ def masked_tabular_loss(
         continuous: (B, n_cont) true values; categorical: (B, n_cat) true codes.
         missing: (B, n_cont + n_cat) bool, True where the true value is missing.
         mask: (B, n_cont + n_cat) bool from ``mask_features``.
+        gather: divide by the target count of all ranks (identity when not distributed), so DDP's
+            gradient average equals the single-process mean over the global batch.
 
     Returns:
         ``masked_tabular_loss``: scalar; squared errors and cross-entropies averaged together over
@@ -68,4 +78,7 @@ def masked_tabular_loss(
         rows = target[:, n_cont + j]
         if rows.any():
             total = total + F.cross_entropy(logits[rows].float(), categorical[rows, j], reduction="sum")
-    return {"masked_tabular_loss": total / target.sum().clamp(min=1)}
+    count, world = target.sum().to(total.dtype), 1
+    if gather:
+        count, world = distributed.all_reduce_sum(count), distributed.world_size()
+    return {"masked_tabular_loss": total * (world / count.clamp(min=1))}

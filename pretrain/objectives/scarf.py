@@ -23,6 +23,8 @@ def scarf_corrupt(
     pool: dict[str, torch.Tensor],
     rate: float,
     generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Replace round(rate · F) randomly chosen features of each row by a random pool row's values.
 
@@ -31,7 +33,10 @@ def scarf_corrupt(
             F = n_cont + n_cat (``TabularPreprocessor`` tensors).
         pool: the same three keys for M training rows, (M, ...): the empirical marginals.
         rate: share of the F features replaced in each row, in (0, 1).
-        generator: random source (its device draws the choices; results follow the batch's device).
+        generator: random source (its device draws the choices; results follow the batch's device),
+            seeded alike on every rank: the draw covers the global (world_size · B) rows and this rank
+            keeps its own, so 1 and N processes corrupt the same features.
+        rank, world_size: this rank's rows of that draw.
 
     Returns:
         dict with ``continuous``, ``categorical``, ``missing`` of the input shapes (new tensors).
@@ -49,9 +54,10 @@ def scarf_corrupt(
     device = generator.device
     count = max(1, round(rate * features))
     # a random subset of `count` features per row: the smallest `count` of random scores
-    scores = torch.rand(rows, features, generator=generator, device=device)
+    mine = slice(rank * rows, (rank + 1) * rows)
+    scores = torch.rand(rows * world_size, features, generator=generator, device=device)[mine]
     chosen = scores.argsort(dim=1).argsort(dim=1) < count  # (B, F)
-    donor = torch.randint(pool_rows, (rows, features), generator=generator, device=device)  # (B, F)
+    donor = torch.randint(pool_rows, (rows * world_size, features), generator=generator, device=device)[mine]
 
     pool_device = pool["missing"].device
     donor, chosen_pool = donor.to(pool_device), chosen.to(pool_device)

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
@@ -283,6 +283,25 @@ def test_warm_counts_and_collects_errors(tmp_path):
         cache.warm(broken)
 
 
+def test_warming_a_warm_cache_reads_headers_not_volumes_and_load_still_checks_voxels(tmp_path, monkeypatch, caplog):
+    from multimodal import volume_cache
+
+    records = [two_sequence_subject(tmp_path, f"s{i}") for i in range(2)]
+    VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"]).warm(records)
+    entry = VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"]).path(records[0])
+    tensors = load_file(str(entry))
+    reference = tensors["image"].clone()
+    tensors["image"][0, 0, 0, 0] = float("nan")  # damaged voxels, a whole header
+    save_file(tensors, str(entry))
+    reads = []
+    real_load = volume_cache.load_file
+    monkeypatch.setattr(volume_cache, "load_file", lambda path: (reads.append(path), real_load(path))[1])
+    cache = VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"])  # the next run
+    assert cache.warm(records) == {"built": 0, "hit": 2} and reads == []
+    loaded = cache.load(records[0])  # the voxels are checked where training reads them
+    assert "NaN" in caplog.text and cache.built == 1 and torch.equal(loaded["image"], reference)
+
+
 # --------------------------------------------------------------------------- augmentation
 AUGMENT = AugmentConfig(
     affine_prob=1.0, flip_prob=0.5, noise_prob=1.0, bias_field_prob=1.0, gamma_prob=1.0
@@ -329,6 +348,25 @@ def test_augmentation_does_not_depend_on_worker_count(dataset_records):
         batches.append(torch.cat([batch["image"] for batch in loader]))
     assert batches[0].shape == (4, 2, 24, 24, 24)
     assert torch.equal(batches[0], batches[1])
+
+
+def test_persistent_workers_draw_the_epoch_the_sampler_carries(dataset_records):
+    from multimodal.data import MultimodalDataset
+    from pretrain.data import make_loader
+
+    records, cache = dataset_records
+    images = ImageDataset(records, cache, AUGMENT, seed=3)
+    dataset = MultimodalDataset([r["subject_id"] for r in records], list(range(4)), images, None)
+    loader = make_loader(dataset, 2, workers=1, seed=0, train=True)
+    assert loader.persistent_workers
+    seen = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # never dataset.set_epoch: the workers' copy could not see it
+        for batch in loader:
+            seen += [(epoch, int(i), image) for i, image in zip(batch["index"], batch["image"], strict=True)]
+    for epoch, index, image in seen:
+        assert torch.equal(image, images.item(index, epoch)["image"])
+    assert not torch.equal(images.item(0, 0)["image"], images.item(0, 1)["image"])
 
 
 def test_augmentation_keeps_missing_channel_zero(tmp_path):

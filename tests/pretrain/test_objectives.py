@@ -375,33 +375,47 @@ def test_paired_clip_is_symmetric_clip_over_the_rows_having_both():
     assert zero.item() == 0.0 and lonely.grad is not None and lonely.grad.abs().sum() == 0
 
 
-def _epoch(losses, log_every=10):
-    """train_one_epoch over a fake step whose loss at step k is ``losses[k]`` (and a second term)."""
+def _epoch(losses, log_every=10, accumulate=1, slopes=None):
+    """train_one_epoch over a fake step whose loss at forward call k is ``losses[k]`` (and a second
+    term) plus ``slopes[k] * w`` (zero at w's start value 0)."""
     import contextlib
 
     from pretrain.loop import train_one_epoch
 
+    slopes = slopes or [0.0] * len(losses)
+
     class Fake(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(()))
+            self.w = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, batch, step):
-            loss = self.w * batch.sum() * 0 + losses[step]
+            loss = self.w * slopes[step] + losses[step]
             return {"loss": loss, "clip_loss": loss * 2}
 
     fake = Fake()
-    optimizer = torch.optim.SGD(fake.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(fake.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    settings = PretrainConfig(epochs=1, log_every=log_every, grad_clip=0.0)
-    return train_one_epoch(fake, fake, [torch.ones(2)] * len(losses), optimizer, scheduler,
-                           torch.amp.GradScaler(enabled=False), contextlib.nullcontext, settings, 0, 0, None,
-                           torch.device("cpu"))
+    settings = PretrainConfig(epochs=1, log_every=log_every, grad_clip=0.0, accumulate_steps=accumulate)
+    batches = [{"index": torch.arange(2)}] * len(losses)
+    step, means = train_one_epoch(fake, fake, batches, optimizer, scheduler, torch.amp.GradScaler(enabled=False),
+                                  contextlib.nullcontext, settings, 0, 0, None, torch.device("cpu"))
+    return step, means, float(fake.w.detach())
 
 
 def test_an_epoch_reports_the_mean_of_its_steps_and_stops_on_a_non_finite_loss():
-    step, means = _epoch([1.0, 2.0, 4.0, 5.0])
+    step, means, _ = _epoch([1.0, 2.0, 4.0, 5.0])
     assert step == 4 and means["loss"] == pytest.approx(3.0) and means["clip_loss"] == pytest.approx(6.0)
+    assert means["subjects_per_s"] > 0 and 0 <= means["data_wait_share"] <= 1
     # a NaN at step 2 between two reads is still caught before the epoch returns (before any checkpoint)
     with pytest.raises(StrokeSSLError, match="non-finite by epoch 1, step 4"):
         _epoch([1.0, 2.0, float("nan"), 5.0])
+
+
+def test_accumulation_steps_once_per_group_on_the_mean_gradient_and_drops_the_tail():
+    # 5 micro-batches, 2 per step: two SGD steps (lr 1) on the mean gradient of each pair; the 5th is not trained
+    step, means, w = _epoch([0.0] * 5, accumulate=2, slopes=[1.0, 3.0, 10.0, 20.0, 1000.0])
+    assert step == 2
+    assert w == pytest.approx(-(1.0 + 3.0) / 2 - (10.0 + 20.0) / 2)
+    # the mean over the 4 trained micro-batches: w = 0, 0, then -2 after the first step: 0, 0, -20, -40
+    assert means["loss"] == pytest.approx(-15.0)

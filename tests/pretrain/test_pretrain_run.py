@@ -165,7 +165,7 @@ def test_a_refused_config_leaves_no_lock_and_a_damaged_pointer_falls_back(tmp_pa
     # batch 64 cannot be filled: refused after the run folder was made...
     config = write_config(tmp_path, cohort, batch_size=64)
     assert main(["pretrain", str(config)]) == 2
-    assert "cannot fill one global batch" in capsys.readouterr().err
+    assert "cannot fill one optimiser step" in capsys.readouterr().err
     # ...and the corrected config runs there, with or without --resume (nothing had started)
     config = write_config(tmp_path, cohort, epochs=1)
     assert main(["pretrain", str(config), "--resume"]) == 0
