@@ -74,6 +74,7 @@ from multimodal.run_lock import run_lock
 from pretrain import distributed
 from pretrain.config import PretrainConfig, pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
+from pretrain.gpu import check_mixed_precision
 from pretrain.loop import SPEED_KEYS, PretrainStep, evaluate, train_one_epoch
 from pretrain.model import build_pretrain_model, encoder_state_dicts
 
@@ -316,6 +317,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     optimizer = build_optimizer(step_module, pretrain)
     scheduler = build_scheduler(optimizer, pretrain, steps_per_epoch)
     precision = resolve_precision(pretrain.precision, device)
+    check_mixed_precision(precision, device)  # bf16 conv3d: known bad stacks, and a check on this device
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     start_epoch, step, history = 0, 0, []
