@@ -400,6 +400,8 @@ def stratified_split(
     labels = np.asarray(labels, dtype=float)
     strata = np.where(np.isnan(labels), -1, labels).astype(int)
     counts = np.bincount(strata + 1)
-    stratify = strata if (counts[counts > 0] >= 2).all() else None
+    held = round(fraction * len(ids)) if fraction * len(ids) >= 1 else 1
+    # too few held out to hold every stratum (or a stratum of one): a plain random split
+    stratify = strata if (counts[counts > 0] >= 2).all() and held >= (counts > 0).sum() else None
     train, held_out = train_test_split(list(ids), test_size=fraction, random_state=seed, stratify=stratify)
     return list(train), list(held_out)

@@ -112,3 +112,12 @@ def test_split_keeps_label_proportions_and_unlabeled_stratum():
     assert len(held) == 25 and not set(train) & set(held)
     held_labels = labels[[int(s) for s in held]]
     assert (held_labels == 1).sum() == 5 and np.isnan(held_labels).sum() == 5
+
+
+def test_a_held_out_share_smaller_than_the_strata_count_splits_without_error():
+    from multimodal.cohort import stratified_split
+
+    ids = [f"s{i}" for i in range(40)]
+    labels = np.array([np.nan] * 20 + [0.0] * 15 + [1.0] * 5)  # three strata, 2 subjects held out
+    train, held = stratified_split(ids, labels, 0.05, seed=0)
+    assert len(held) == 2 and sorted(train + held) == sorted(ids)
