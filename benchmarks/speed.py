@@ -10,8 +10,12 @@ On one synthetic cohort (``strokessl synth``, written once into ``--work``) and 
 - **FLOP utilisation**: training FLOPs per step (``torch.utils.flop_counter.FlopCounterMode``) per
   second ÷ this run's dense float32 matmul FLOP/s;
 - **end-to-end ÷ fixed batch**: ``train_one_epoch`` over the real loader (cache warm, ``data.workers``)
-  ÷ the same step on a fixed batch;
+  ÷ the same step on a fixed batch; also with the augmentation off (the loop's own cost, apart from
+  the CPU time the workers' augmentation takes from the compute threads on a small machine);
 - **loader ÷ step**: the warm loader alone (0 / 1 / 2 workers) ÷ what the step consumes;
+- **profile**: the fixed-batch step's top operators by self CPU time (``torch.profiler``);
+- **memory format**: the image encoder's forward + backward time in ``channels_last_3d`` ÷ contiguous
+  (what ``pretrain.memory_format: auto`` would weigh);
 - **a peer-style pipeline** on the same cohort, grid, batch and sequences: a plain MONAI ``Dataset``
   loading and resampling the NIfTI files every epoch, a MONAI ResNet-10, CLIP with one matching
   negative per row picked in a Python loop; at MONAI's default (stride-1 stem, full width) and at
@@ -55,6 +59,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from multimodal.config import load_cohort_config, load_run_config
 from multimodal.data import encoder_sizes, to_device
+
+try:
+    from pretrain.acceleration import time_memory_formats
+except ImportError:  # an earlier strokessl measured by --before
+    time_memory_formats = None
 from pretrain.config import pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
 from pretrain.loop import PretrainStep, train_one_epoch
@@ -74,6 +83,22 @@ def seconds_per_call(fn, calls: int) -> float:
         fn()
     _sync()
     return (time.perf_counter() - start) / calls
+
+
+def profile_top_ops(fn, calls: int, top: int = 10) -> list[dict]:
+    """``torch.profiler`` over ``calls`` calls of ``fn``: the ``top`` operators by self CPU time, each
+    with its share of the total self CPU time and its call count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    fn()
+    with profile(activities=activities) as profiler:
+        for _ in range(calls):
+            fn()
+    events = profiler.key_averages()
+    total = max(sum(e.self_cpu_time_total for e in events), 1e-9)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in ranked]
 
 
 def _sync() -> None:
@@ -99,7 +124,26 @@ def make_cohort(work: Path, subjects: int, grid: int) -> Path:
     return cohort / "cohort.yaml"
 
 
-def strokessl_figures(config, device: torch.device, calls: int, run_dir: Path) -> dict:
+def real_loop_figures(step_module, loader, dataset, optimizer, settings, device: torch.device) -> dict:
+    """Two epochs of ``train_one_epoch`` over ``loader``, the second timed (workers started, cache warm)."""
+    scheduler = build_scheduler(optimizer, settings, len(loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    figures = {}
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        start = time.perf_counter()
+        _, metrics = train_one_epoch(step_module, step_module, loader, optimizer, scheduler, scaler,
+                                     contextlib.nullcontext, settings, epoch, 0, None, device)
+        seconds = time.perf_counter() - start
+        # an earlier strokessl (--before) returned neither figure: the epoch's wall-clock then
+        figures = {"seconds": seconds, "subjects_per_s": len(loader) * settings.batch_size / seconds,
+                   "data_wait_share": float("nan"), **metrics}
+    return figures
+
+
+def strokessl_figures(config, plain_config, device: torch.device, calls: int, run_dir: Path) -> dict:
+    """Our figures under ``config``; ``plain_config``: the same without augmentation."""
     settings = pretrain_config(config)
     data = build_pretrain_data(config, load_cohort_config(config.cohort), settings, run_dir)  # warms the cache
     torch.manual_seed(config.seed)
@@ -125,18 +169,18 @@ def strokessl_figures(config, device: torch.device, calls: int, run_dir: Path) -
     with FlopCounterMode(display=False) as counter:
         train_step()
     flops = counter.get_total_flops()
+    profile = profile_top_ops(train_step, calls)
     peak = matmul_flops_per_s(device)
-    # end to end: two epochs of the real loop, the second timed (workers started, cache warm)
-    scheduler = build_scheduler(optimizer, settings, len(loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    epoch_figures = {}
-    for epoch in range(2):
-        loader.sampler.set_epoch(epoch)
-        start = time.perf_counter()
-        _, metrics = train_one_epoch(step_module, step_module, loader, optimizer, scheduler, scaler,
-                                     contextlib.nullcontext, settings, epoch, 0, None, device)
-        epoch_figures = {"seconds": time.perf_counter() - start, **metrics}
+    formats = (time_memory_formats(model.image_encoder, batch["image"], contextlib.nullcontext, calls)
+               if time_memory_formats is not None else None)
+    epoch_figures = real_loop_figures(step_module, loader, data.train, optimizer, settings, device)
     end_to_end = epoch_figures["subjects_per_s"]
+    # the same loop with the loader's augmentation off: what the loop itself costs beyond the step,
+    # apart from the CPU time the workers' augmentation takes from the compute threads
+    plain = build_pretrain_data(plain_config, load_cohort_config(plain_config.cohort), settings, run_dir)
+    plain_loader = make_loader(plain.train, size, config.data.workers, config.seed, train=True)
+    plain_figures = real_loop_figures(step_module, plain_loader, plain.train, optimizer, settings, device)
+    del plain_loader
     loaders = {}
     for workers in (0, 1, 2):
         warm = make_loader(data.train, size, workers, config.seed, train=True)
@@ -149,8 +193,14 @@ def strokessl_figures(config, device: torch.device, calls: int, run_dir: Path) -
         "flop_utilisation": flops / step_s / peak,
         "end_to_end_subjects_per_s": end_to_end, "data_wait_share": epoch_figures["data_wait_share"],
         "end_to_end_over_fixed_batch": end_to_end * step_s / size,
+        "end_to_end_no_augmentation_subjects_per_s": plain_figures["subjects_per_s"],
+        "end_to_end_no_augmentation_over_fixed_batch": plain_figures["subjects_per_s"] * step_s / size,
         "loader_subjects_per_s": {str(w): v for w, v in loaders.items()},
         "loader_over_step": {str(w): v * step_s / size for w, v in loaders.items()},
+        "profile_top_ops_fixed_batch_step": profile,
+        **({"memory_format_seconds": formats,
+            "channels_last_over_contiguous_seconds": formats["channels_last"] / formats["contiguous"]}
+           if formats else {}),
     }
 
 
@@ -223,7 +273,14 @@ def markdown(result: dict) -> str:
         ("objective overhead (bare encoders ÷ default step, fixed batch)", s["objective_overhead"]),
         ("training FLOP/s ÷ dense matmul FLOP/s", s["flop_utilisation"]),
         ("end-to-end epoch ÷ fixed-batch step (target ≥ 0.95)", s["end_to_end_over_fixed_batch"]),
+        ("end-to-end epoch without augmentation ÷ fixed-batch step", s["end_to_end_no_augmentation_over_fixed_batch"]),
         *[(f"warm loader, {w} worker(s) ÷ the step's consumption", v) for w, v in s["loader_over_step"].items()],
+        ("image encoder fwd + bwd time, channels_last_3d ÷ contiguous", s["channels_last_over_contiguous_seconds"]),
+        *([(f"end-to-end epoch ÷ fixed-batch step, strokessl at {b['commit']} (before)",
+            b["strokessl"]["end_to_end_over_fixed_batch"]),
+           (f"end to end, this version ÷ strokessl at {b['commit']} (before), subjects/s",
+            s["end_to_end_subjects_per_s"] / b["strokessl"]["end_to_end_subjects_per_s"])]
+          if (b := result.get("before")) else []),
         *[(f"StrokeSSL end to end ÷ peer-style pipeline, {name}", s["end_to_end_subjects_per_s"] / p["subjects_per_s"])
           for name, p in peers.items()],
     ]
@@ -233,8 +290,32 @@ def markdown(result: dict) -> str:
              f"subjects/s: fixed-batch step {s['fixed_batch_step_subjects_per_s']:.2f}, end to end "
              f"{s['end_to_end_subjects_per_s']:.2f} (loader wait {s['data_wait_share']:.1%}), "
              + ", ".join(f"peer {n} {p['subjects_per_s']:.2f}" for n, p in peers.items())
-             + f"; wall-clock {result['seconds']:.0f} s."]
+             + f"; wall-clock {result['seconds']:.0f} s.", "",
+             "Where the fixed-batch step spends its CPU time (`torch.profiler`, self time): " + ", ".join(
+                 f"`{op['op']}` {op['self_cpu_share']:.1%}" for op in s.get("profile_top_ops_fixed_batch_step", [])[:6])
+             + "."]
     return "\n".join(lines) + "\n"
+
+
+def before_figures(args: argparse.Namespace, cohort: Path) -> dict:
+    """This script's strokessl figures for the strokessl of ``args.before`` (a commit, checked out in
+    a temporary git worktree and put first on ``PYTHONPATH``), on the same cohort, batch and workers,
+    with that version's demo config; run before this version's own figures, on a quiet machine alike."""
+    tree = (args.work / f"before-{args.before}").resolve()
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "--force", str(tree), args.before],
+                   check=True)
+    try:
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        out = tree / "speed_before.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--no-peer", "--cohort", str(cohort),
+                        "--config", str(tree / "configs" / "demo.yaml"), "--batch", str(args.batch),
+                        "--workers", str(args.workers), "--calls", str(args.calls),
+                        "--work", str((args.work / "before").resolve()), "--out", str(out)],
+                       check=True, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
+        return {"commit": commit, **json.loads(out.read_text())}
+    finally:
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -247,32 +328,44 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calls", type=int, default=5, help="timed calls per fixed-batch figure")
     parser.add_argument("--work", type=Path, default=Path("runs/speed"))
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed_<device>.json)")
+    parser.add_argument("--before", metavar="COMMIT",
+                        help="also measure strokessl at COMMIT (a git worktree) on the same cohort, without peers")
+    parser.add_argument("--cohort", type=Path, help="an existing cohort.yaml instead of a new synthetic one")
+    parser.add_argument("--no-peer", action="store_true", help="leave out the peer-style pipeline")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cohort = make_cohort(args.work, args.subjects, args.grid)
-    config = load_run_config(args.config, [
-        f"cohort={cohort.resolve()}", f"pretrain.batch_size={args.batch}", f"data.workers={args.workers}",
-        f"data.cache_dir={(args.work / 'cache').resolve()}", "pretrain.val_fraction=0.1",
-        "pretrain.rows=all", "pretrain.epochs=2"])
+    cohort = args.cohort.resolve() if args.cohort else make_cohort(args.work, args.subjects, args.grid)
+    before = before_figures(args, cohort) if args.before else None
+    overrides = [f"cohort={cohort.resolve()}", f"pretrain.batch_size={args.batch}", f"data.workers={args.workers}",
+                 f"data.cache_dir={(args.work / 'cache').resolve()}", "pretrain.val_fraction=0.1",
+                 "pretrain.rows=all", "pretrain.epochs=2"]
+    config = load_run_config(args.config, overrides)
+    plain_config = load_run_config(args.config, [*overrides, "imaging.augment.enabled=false"])
     run_dir = args.work / f"run-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    ours = strokessl_figures(config, device, args.calls, run_dir)
+    ours = strokessl_figures(config, plain_config, device, args.calls, run_dir)
     image_args = config.model.encoders["image"].args
-    peers = {"MONAI default (stride-1 stem, full width)": peer_figures(cohort, config, device, 1, 1.0),
-             "our stem and width": peer_figures(cohort, config, device, int(image_args.get("stem_stride", 2)),
-                                                float(image_args.get("widen_factor", 1.0)))}
+    peers = {} if args.no_peer else {
+        "MONAI default (stride-1 stem, full width)": peer_figures(cohort, config, device, 1, 1.0),
+        "our stem and width": peer_figures(cohort, config, device, int(image_args.get("stem_stride", 2)),
+                                           float(image_args.get("widen_factor", 1.0)))}
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, "
               f"{os.cpu_count()} cores)", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
               "workers": args.workers, "config": str(args.config), "subjects": args.subjects, "grid": args.grid,
-              "strokessl": ours, "peer": peers, "seconds": time.perf_counter() - started}
-    out = args.out or HERE / "results" / f"speed_{device.type}.json"
+              "strokessl": ours, "peer": peers, **({"before": before} if before else {}),
+              "seconds": time.perf_counter() - started}
+    write_result(result, args.out or HERE / "results" / f"speed_{device.type}.json", markdown)
+    return result
+
+
+def write_result(result: dict, out: Path, markdown) -> None:
+    """``result`` as JSON at ``out`` and its ``markdown(result)`` table beside it (``.md``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     logger.info("wrote %s and %s\n%s", out, out.with_suffix(".md"), markdown(result))
-    return result
 
 
 if __name__ == "__main__":

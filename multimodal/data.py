@@ -145,7 +145,10 @@ class MultimodalDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         item: dict[str, Any] = {"index": self.positions[i], "subject_id": self.ids[i]}
         if self.images is not None:
-            item["image"] = self.images.item(i, epoch)["image"]
+            image = self.images.item(i, epoch)
+            item["image"] = image["image"]
+            if "augment_seeds" in image:  # augmented on the device (multimodal.imaging.DeviceAugmentation)
+                item["augment"] = {"seeds": image["augment_seeds"], "channels": image["modality_mask"]}
         if self.table is not None:
             item["table"] = {key: value[i] for key, value in self.table.items()}
         for modality, inputs in self.others.items():
@@ -215,13 +218,16 @@ def build_dataset(
     seed: int = 0,
     views: int = 1,
     labels: bool = False,
+    deferred_augment: bool = False,
 ) -> MultimodalDataset:
     """The dataset of ``ids`` (default: every subject, in cohort order).
 
     Images come from ``cache`` (None: no image key), augmented with ``augment`` (None: the cached
     volume) in ``views`` independent draws; the table from ``preprocessor`` (None: no table key);
     ``others`` maps further modalities to their encoder args, read by their registered readers;
-    ``labels=True`` adds each subject's label (the caller keeps only labeled subjects then).
+    ``labels=True`` adds each subject's label (the caller keeps only labeled subjects then);
+    ``deferred_augment=True`` leaves the augmentation to the training device (items carry
+    ``augment``: ``seeds`` (views,) and ``channels`` (C,), for ``multimodal.imaging.DeviceAugmentation``).
     """
     ids = list(cohort.ids) if ids is None else list(ids)
     position = {s: i for i, s in enumerate(cohort.ids)}
@@ -230,7 +236,7 @@ def build_dataset(
     images = table = None
     if cache is not None:
         records = cohort.records(ids)
-        images = ImageDataset(records, cache, augment, seed=seed, views=views)
+        images = ImageDataset(records, cache, augment, seed=seed, views=views, deferred=deferred_augment)
         present["image"] = torch.tensor([cache.has_image(r) for r in records], dtype=torch.bool)
     if preprocessor is not None:
         table = preprocessor.transform_tensors(cohort.features.loc[ids])

@@ -215,10 +215,11 @@ def preprocess_subject(
 
 
 # --------------------------------------------------------------------------- augmentation
-def build_augmentation(augment: AugmentConfig, seed: int) -> Compose:
+def build_augmentation(augment: AugmentConfig, seed: int, device: torch.device | None = None) -> Compose:
     """MONAI random transforms on key ``"image"`` (C, H, W, D) → same shape, seeded by ``seed``.
 
-    Every transform draws its own parameters per call; axis 0 is left-right (RAS).
+    Every transform draws its own parameters per call; axis 0 is left-right (RAS). ``device``: where
+    the affine's sampling grid is built (None: the CPU; the volume is resampled where it lies).
     """
     rotate, scale, translate = augment.rotate_range, augment.scale_range, augment.translate_range
     coeff = augment.bias_field_coeff
@@ -231,6 +232,7 @@ def build_augmentation(augment: AugmentConfig, seed: int) -> Compose:
             scale_range=(scale, scale, scale),  # MONAI adds 1: factor in 1 ± scale
             translate_range=(translate, translate, translate),  # voxels
             padding_mode="border",  # the volume's edge is background after the head crop
+            device=device,
         ),
         RandFlipd(keys="image", prob=augment.flip_prob, spatial_axis=0),
         RandGaussianNoised(keys="image", prob=augment.noise_prob, std=augment.noise_std),
@@ -243,6 +245,37 @@ def build_augmentation(augment: AugmentConfig, seed: int) -> Compose:
     return transforms
 
 
+def augmentation_seed(seed: int, epoch: int, index: int, view: int) -> int:
+    """The seed of item ``index``'s view ``view`` in ``epoch``: independent of worker count and device."""
+    return int(np.random.SeedSequence([seed, epoch, index, view]).generate_state(1)[0])
+
+
+def apply_augmentation(transform: Compose, image: torch.Tensor, modality_mask: torch.Tensor,
+                       seed: int) -> torch.Tensor:
+    """``transform`` drawn from ``seed`` on ``image`` (C, H, W, D), where it lies (CPU or GPU)."""
+    transform.set_random_state(seed=seed)
+    image = torch.as_tensor(transform({"image": image})["image"]).float()
+    # Noise and bias must not make a missing sequence's channel look present.
+    return image * modality_mask.to(image.device)[:, None, None, None]
+
+
+class DeviceAugmentation:
+    """``ImageDataset``'s augmentation, run on the batch's device after the loader (GPU runs whose
+    loader workers cannot keep up): the draws are those the loader would have made, per item.
+
+    ``__call__(image (B, C, H, W, D), seeds (B, V), channels (B, C))`` → ``(B, C, H, W, D)`` when
+    ``V`` = 1, else ``(B, V, C, H, W, D)``."""
+
+    def __init__(self, augment: AugmentConfig, seed: int, device: torch.device) -> None:
+        self.transform = build_augmentation(augment, seed, device)
+
+    def __call__(self, image: torch.Tensor, seeds: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        views = [[apply_augmentation(self.transform, image[b], channels[b], int(s)) for s in seeds[b].tolist()]
+                 for b in range(len(image))]
+        out = torch.stack([torch.stack(v) for v in views])  # (B, V, C, H, W, D)
+        return out[:, 0] if seeds.shape[1] == 1 else out
+
+
 class ImageDataset(Dataset):
     """Cached volumes of ``records``, randomly augmented when ``augment`` is enabled.
 
@@ -252,6 +285,10 @@ class ImageDataset(Dataset):
     augmentation of item ``index`` is drawn from (seed, epoch, index, view), so it does not depend
     on the worker count; call ``set_epoch`` before each epoch, or ask for ``item(index, epoch)``
     (what persistent DataLoader workers do, their sampler carrying the epoch).
+
+    ``deferred=True`` (augmentation on the training device, ``DeviceAugmentation``): ``image`` is
+    the cached volume (C, H, W, D), un-augmented, and the item adds ``augment_seeds`` (views,) int64,
+    the seeds the loader would have drawn with.
     """
 
     def __init__(
@@ -261,6 +298,7 @@ class ImageDataset(Dataset):
         augment: AugmentConfig | None,
         seed: int = 0,
         views: int = 1,
+        deferred: bool = False,
     ) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
@@ -271,6 +309,7 @@ class ImageDataset(Dataset):
         self.epoch = 0
         enabled = augment is not None and augment.enabled
         self.transform: Compose | None = build_augmentation(augment, seed) if enabled else None
+        self.deferred = deferred and enabled
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch that, with the seed and the index, draws each item's augmentation."""
@@ -293,23 +332,21 @@ class ImageDataset(Dataset):
             channels = len(self.cache.sequences)
             cached = torch.zeros(channels, *self.cache.imaging.spatial_size)
             modality_mask = torch.zeros(channels)
-        views = [self._augment(cached, modality_mask, index, view, epoch) for view in range(self.views)]
-        image = views[0] if self.views == 1 else torch.stack(views)
+        seeds = [augmentation_seed(self.seed, epoch, index, view) for view in range(self.views)]
         label = record.get("label")
-        return {
+        item = {
             "subject_id": str(record["subject_id"]),
-            "image": image,
             "modality_mask": modality_mask,
             "label": torch.tensor(float("nan") if label is None else float(label), dtype=torch.float32),
         }
+        if self.deferred:
+            return {**item, "image": cached.as_subclass(torch.Tensor).contiguous(),
+                    "augment_seeds": torch.tensor(seeds, dtype=torch.int64)}
+        views = [self._augment(cached, modality_mask, seed) for seed in seeds]
+        return {**item, "image": views[0] if self.views == 1 else torch.stack(views)}
 
-    def _augment(self, image: torch.Tensor, modality_mask: torch.Tensor, index: int, view: int,
-                 epoch: int) -> torch.Tensor:
-        """One random draw for (seed, epoch, index, view); the cached volume when not augmenting."""
+    def _augment(self, image: torch.Tensor, modality_mask: torch.Tensor, seed: int) -> torch.Tensor:
+        """One random draw from ``seed``; the cached volume when not augmenting."""
         if self.transform is not None:
-            seed = np.random.SeedSequence([self.seed, epoch, index, view]).generate_state(1)[0]
-            self.transform.set_random_state(seed=int(seed))
-            image = torch.as_tensor(self.transform({"image": image})["image"]).float()
-            # Noise and bias must not make a missing sequence's channel look present.
-            image = image * modality_mask[:, None, None, None]
+            image = apply_augmentation(self.transform, image, modality_mask, seed)
         return image.as_subclass(torch.Tensor).contiguous()

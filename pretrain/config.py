@@ -17,6 +17,8 @@ from pretrain.objectives import OBJECTIVES
 from pretrain.views import SIMCLR_VIEWS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_ON = ("loader", "device")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 ROWS = ("unlabeled", "all")
 
 
@@ -34,6 +36,13 @@ class PretrainConfig:
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     precision: str = "auto"  # auto = bf16 on CUDA with bf16, fp16 + GradScaler on other CUDA, fp32 on CPU
+    # where the training views are augmented: loader (its workers, default) | device (the training
+    # device, after the batch is moved: a GPU whose loader workers cannot keep up); the same draws
+    augment_on: str = "loader"
+    # the image encoder's convolutions: auto = channels_last_3d on CUDA when a start-up timing of the
+    # encoder finds it faster (contiguous on CPU) | channels_last | contiguous
+    memory_format: str = "auto"
+    compile: bool = False  # torch.compile the encoders in place (weights and checkpoints unchanged)
     # objective name -> weight in the total loss. clip alone is the default: on the quality
     # benchmark matching (itm) stayed near its majority rate and added nothing downstream, and
     # simclr beside clip lowered what the image embedding holds (benchmarks/README.md)
@@ -76,6 +85,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         check_choice("pretrain.precision", self.precision, PRECISIONS)
         check_choice("pretrain.rows", self.rows, ROWS)
+        check_choice("pretrain.augment_on", self.augment_on, AUGMENT_ON)
+        check_choice("pretrain.memory_format", self.memory_format, MEMORY_FORMATS)
         check_choice("pretrain.simclr_views", self.simclr_views, SIMCLR_VIEWS)
         if not self.objectives:
             raise ConfigError("pretrain.objectives is empty; use e.g. {clip: 1.0, itm: 1.0}")

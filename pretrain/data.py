@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from multimodal.cohort import Cohort, load_cohort, stratified_split
-from multimodal.config import CohortConfig, RunConfig
+from multimodal.config import AugmentConfig, CohortConfig, RunConfig
 from multimodal.data import (
     BUILT_IN_MODALITIES,
     MultimodalDataset,
@@ -50,6 +50,7 @@ class PretrainData:
     train: MultimodalDataset
     val: MultimodalDataset
     table_pool: dict[str, torch.Tensor]  # training rows' tensors: SCARF's empirical marginals
+    augment: AugmentConfig  # the training views' augmentation (run on the device with augment_on: device)
 
 
 def pretraining_subjects(cohort: Cohort, rows: str) -> list[str]:
@@ -82,9 +83,16 @@ def build_pretrain_data(
     cache = volume_cache(run_config, cohort_config, sequences)
     use_images = "image" in modalities
     if use_images:  # first: under missing_images zero / drop_modality preprocessing says whose image is usable
-        if distributed.is_main():
-            cache.warm(cohort.records(subjects), workers=run_config.data.workers)
+        # Each process builds its share of the missing entries (rank 0 alone, with the others waiting at
+        # the barrier, would outlast NCCL's 10-minute timeout on a cohort of tens of thousands), then
+        # reads the headers of the others' entries (cheap: hits read no volume).
+        records = cohort.records(subjects)
+        counts = cache.warm(records[distributed.rank()::distributed.world_size()], workers=run_config.data.workers)
+        logger.info("rank %d of %d: %d MRI cache entries built, %d already cached", distributed.rank(),
+                    distributed.world_size(), counts["built"], counts["hit"])
         distributed.barrier()
+        if distributed.world_size() > 1:
+            cache.warm(records, workers=run_config.data.workers)
     present = modality_presence(cohort, subjects, cache if use_images else None, others)
     # image and table form every pair; a subject lacking another modality (a report) stays, and the
     # pairs with that modality skip it (pretrain.objectives.paired_clip_loss)
@@ -130,11 +138,12 @@ def build_pretrain_data(
         views = 2 if train and simclr else 1
         return build_dataset(cohort, ids, cache=cache if use_images else None,
                              preprocessor=preprocessor if use_table else None, others=others,
-                             augment=augment if train else None, seed=run_config.seed, views=views)
+                             augment=augment if train else None, seed=run_config.seed, views=views,
+                             deferred_augment=train and pretrain.augment_on == "device")
 
     train = dataset(train_ids, True)
     pool = train.table if train.table is not None else preprocessor.transform_tensors(cohort.features.loc[train_ids])
-    return PretrainData(cohort, sequences, modalities, preprocessor, train, dataset(val_ids, False), pool)
+    return PretrainData(cohort, sequences, modalities, preprocessor, train, dataset(val_ids, False), pool, augment)
 
 
 class EpochSampler(DistributedSampler):

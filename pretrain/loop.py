@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from multimodal.data import to_device
 from multimodal.embedding_space import embedding_metrics
 from multimodal.errors import StrokeSSLError
+from multimodal.imaging import DeviceAugmentation
 from pretrain import distributed
 from pretrain.config import PretrainConfig
 from pretrain.objectives import (
@@ -196,6 +197,7 @@ def train_one_epoch(
     trained: nn.Module, step_module: PretrainStep, loader: Any, optimizer: torch.optim.Optimizer,
     scheduler: Any, scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
     pretrain: PretrainConfig, epoch: int, step: int, writer: Any, device: torch.device,
+    device_augment: DeviceAugmentation | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns the new global (optimiser) step and the epoch means of every
     term, with the epoch's ``subjects_per_s`` (end to end, loader included) and ``data_wait_share``
@@ -207,7 +209,8 @@ def train_one_epoch(
     every ``pretrain.log_every`` steps (and at the end): the terms are summed on the device, and their
     finiteness and rank mean are read then, in one stacked all-reduce, with the step time and the
     subjects per second since the last read. A non-finite loss stops the run at that read, before any
-    checkpoint holds its weights (checkpoints are written between epochs)."""
+    checkpoint holds its weights (checkpoints are written between epochs). ``device_augment``: the
+    augmentation of batches the loader left un-augmented (``pretrain.augment_on: device``)."""
     trained.train()
     accumulate = pretrain.accumulate_steps
     micro_batches = (len(loader) // accumulate) * accumulate
@@ -224,6 +227,9 @@ def train_one_epoch(
         batch = to_device(next(batch_iter), device)
         waited += time.perf_counter() - waiting
         clock.waited += time.perf_counter() - waiting
+        if "augment" in batch:  # outside autocast: the views are resampled in float32, as in the loader
+            with torch.no_grad():
+                batch["image"] = device_augment(batch["image"], **batch.pop("augment"))
         last = (micro + 1) % accumulate == 0
         if micro % accumulate == 0:
             optimizer.zero_grad(set_to_none=True)

@@ -58,6 +58,7 @@ from multimodal.data import (
     seed_everything,
 )
 from multimodal.errors import ConfigError, RunFolderError, StrokeSSLError
+from multimodal.imaging import DeviceAugmentation
 from multimodal.plugins import plugin_modules
 from multimodal.run_folder import (
     PRETRAINING,
@@ -72,6 +73,7 @@ from multimodal.run_folder import (
 )
 from multimodal.run_lock import run_lock
 from pretrain import distributed
+from pretrain.acceleration import choose_memory_format, compile_encoders
 from pretrain.config import PretrainConfig, pretrain_config
 from pretrain.data import build_pretrain_data, make_loader
 from pretrain.gpu import check_mixed_precision
@@ -302,6 +304,15 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     model = build_pretrain_model(run_config.model, pretrain, sizes)
     fit_encoders_to_data({m: getattr(model, f"{m}_encoder") for m in data.modalities}, data.train)
     model = model.to(device)
+    precision = resolve_precision(pretrain.precision, device)
+    check_mixed_precision(precision, device)  # bf16 conv3d: known bad stacks, and a check on this device
+    if "image" in data.modalities:
+        choose_memory_format(pretrain.memory_format, model.image_encoder, device,
+                             lambda: _example_images(data.train, pretrain.batch_size),
+                             lambda: autocast_context(precision, device))
+    if pretrain.compile:
+        compile_encoders(model, data.modalities)
+    device_augment = DeviceAugmentation(data.augment, run_config.seed, device) if pretrain.augment_on == "device" else None
     step_module = PretrainStep(model, pretrain, data.preprocessor.category_sizes, data.table_pool,
                                seed=run_config.seed).to(device)
     trained = step_module
@@ -316,8 +327,6 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
     steps_per_epoch = len(train_loader) // pretrain.accumulate_steps  # optimiser steps
     optimizer = build_optimizer(step_module, pretrain)
     scheduler = build_scheduler(optimizer, pretrain, steps_per_epoch)
-    precision = resolve_precision(pretrain.precision, device)
-    check_mixed_precision(precision, device)  # bf16 conv3d: known bad stacks, and a check on this device
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     start_epoch, step, history = 0, 0, []
@@ -348,7 +357,7 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         data.train.set_epoch(epoch)
         step, train_metrics = train_one_epoch(
             trained, step_module, train_loader, optimizer, scheduler, scaler,
-            lambda: autocast_context(precision, device), pretrain, epoch, step, writer, device,
+            lambda: autocast_context(precision, device), pretrain, epoch, step, writer, device, device_augment,
         )
         # the epoch's speed goes to the log and TensorBoard, not the history: a resumed run's history is
         # the uninterrupted one's, bit for bit
@@ -380,6 +389,12 @@ def _run(run_config: RunConfig, cohort_config: Any, pretrain: PretrainConfig, re
         _finish(run_dir, model, evaluation, history, writer, data, pretrain, run_config)
     distributed.barrier()
     return run_dir
+
+
+def _example_images(dataset: Any, size: int) -> torch.Tensor:
+    """``(B, C, H, W, D)``: the first ``size`` training volumes (first views), for the format timing."""
+    images = [dataset[i]["image"] for i in range(min(size, len(dataset)))]
+    return torch.stack([image[0] if image.ndim == 5 else image for image in images])
 
 
 def _gather_rng() -> list[dict[str, Any]]:

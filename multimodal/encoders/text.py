@@ -15,7 +15,7 @@ from torch import nn
 
 from multimodal.encoders.registry import register_encoder
 from multimodal.errors import ConfigError
-from multimodal.text import DEFAULT_FEATURES
+from multimodal.text import DEFAULT_FEATURES, SparseRows
 
 
 class TfidfProjection(nn.Module):
@@ -33,14 +33,15 @@ class TfidfProjection(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     @torch.no_grad()
-    def fit_to_data(self, counts: torch.Tensor, present: torch.Tensor) -> None:
-        """Inverse document frequencies of the ``(N, features)`` training rows that have a report:
-        ``ln((1 + n) / (1 + df)) + 1`` (scikit-learn's smoothed IDF), 0 where no row has the term."""
+    def fit_to_data(self, counts: torch.Tensor | SparseRows, present: torch.Tensor) -> None:
+        """Inverse document frequencies of the ``(N, features)`` training rows that have a report
+        (dense, or the reader's sparse rows): ``ln((1 + n) / (1 + df)) + 1`` (scikit-learn's smoothed
+        IDF), 0 where no row has the term."""
         rows = counts[present.bool()]
         if rows.shape[0] == 0:
             raise ConfigError("no training subject has a report, so the report encoder has nothing to fit; "
                               "drop model.encoders.report or give the cohort reports")
-        df = (rows > 0).sum(dim=0).to(self.idf)
+        df = (rows.document_frequency() if isinstance(rows, SparseRows) else (rows > 0).sum(dim=0)).to(self.idf)
         idf = torch.log((1 + rows.shape[0]) / (1 + df)) + 1
         self.idf.copy_(torch.where(df > 0, idf, torch.zeros_like(idf)))
 

@@ -369,6 +369,32 @@ def test_persistent_workers_draw_the_epoch_the_sampler_carries(dataset_records):
     assert not torch.equal(images.item(0, 0)["image"], images.item(0, 1)["image"])
 
 
+@pytest.mark.parametrize("views", [1, 2])
+def test_augmenting_on_the_device_draws_what_the_loader_draws(tmp_path, views):
+    """pretrain.augment_on: device — the loader hands over the cached volume and the seeds; the
+    batch augmented afterwards (here on the CPU) equals the loader-augmented one, missing channel
+    zero included."""
+    from multimodal.imaging import DeviceAugmentation
+
+    record = two_sequence_subject(tmp_path)
+    records = [dict(record, subject_id=f"s{i}") for i in range(3)] + [dict(record, subject_id="gap")]
+    records[-1]["image"] = dict(record["image"], b=None)
+    cache = VolumeCache(tmp_path / "cache", IMAGING, ["a", "b"], missing_images="zero")
+    augmented = ImageDataset(records, cache, AUGMENT, seed=5, views=views)
+    deferred = ImageDataset(records, cache, AUGMENT, seed=5, views=views, deferred=True)
+    for dataset in (augmented, deferred):
+        dataset.set_epoch(3)
+    expected = torch.stack([augmented[i]["image"] for i in range(4)])
+    items = [deferred[i] for i in range(4)]
+    assert torch.equal(items[0]["image"], cache.load(records[0])["image"])  # not augmented by the loader
+    batch = DeviceAugmentation(AUGMENT, seed=0, device=torch.device("cpu"))(
+        torch.stack([i["image"] for i in items]), torch.stack([i["augment_seeds"] for i in items]),
+        torch.stack([i["modality_mask"] for i in items]))
+    assert batch.shape == expected.shape == ((4, 2, 24, 24, 24) if views == 1 else (4, 2, 2, 24, 24, 24))
+    torch.testing.assert_close(batch, expected, rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(batch[3, ..., 1, :, :, :]) == 0 and not torch.equal(batch[0], batch[1])
+
+
 def test_augmentation_keeps_missing_channel_zero(tmp_path):
     record = two_sequence_subject(tmp_path)
     record["image"]["b"] = None

@@ -123,6 +123,21 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cohort, monk
         assert torch.equal(a[key], b[key]), key
 
 
+def test_augmenting_on_the_device_trains_the_weights_the_loader_path_trains(tmp_path, cohort):
+    """pretrain.augment_on: device (for GPUs whose loader cannot keep up) draws the same views, so
+    clip + simclr (two views per subject) ends with the loader path's weights."""
+    weights = {}
+    for where in ("loader", "device"):
+        folder = tmp_path / where
+        folder.mkdir()
+        config = write_config(folder, cohort, epochs=1, objectives={"clip": 1.0, "simclr": 0.5}, augment_on=where)
+        assert main(["pretrain", str(config)]) == 0
+        weights[where] = load_file(str(folder / "run" / "checkpoints" / "model.safetensors"))
+    assert weights["loader"].keys() == weights["device"].keys()
+    for key, value in weights["loader"].items():
+        torch.testing.assert_close(weights["device"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_existing_run_and_changed_resume_are_refused(tmp_path, cohort, capsys):
     config = write_config(tmp_path, cohort, epochs=1)
     assert main(["pretrain", str(config)]) == 0

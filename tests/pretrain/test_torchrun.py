@@ -1,4 +1,5 @@
-"""The real pretraining under ``torchrun`` with 2 CPU processes (gloo): the default objective runs.
+"""The real pretraining under ``torchrun`` with 2 CPU processes (gloo): the default objective runs,
+and both processes build the MRI cache.
 
 Which parameters a step uses depends on the objectives (clip alone never reads the image tokens'
 positions), and DistributedDataParallel refuses a second step when a parameter got no gradient
@@ -26,6 +27,9 @@ def test_torchrun_two_processes_pretrain_the_default_objective(tmp_path):
                            "-m", "strokessl.cli", "pretrain", str(config), "--set", f"run.dir={run}",
                            "--set", "data.workers=0"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the MRI cache is built by both processes, half each (rank 0 alone could outlast NCCL's timeout;
+    # the other ranks log warnings only)
+    assert "rank 0 of 2: 20 MRI cache entries built" in done.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics  # written last: the run finished
     # 32 training subjects in batches of 4: several steps ran (the failure came at the second)
