@@ -34,6 +34,7 @@ from monai.transforms import (
     RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
+    Randomizable,
     ResampleToMatchd,
     ResizeWithPadOrCropd,
     Spacingd,
@@ -252,8 +253,15 @@ def augmentation_seed(seed: int, epoch: int, index: int, view: int) -> int:
 
 def apply_augmentation(transform: Compose, image: torch.Tensor, modality_mask: torch.Tensor,
                        seed: int) -> torch.Tensor:
-    """``transform`` drawn from ``seed`` on ``image`` (C, H, W, D), where it lies (CPU or GPU)."""
-    transform.set_random_state(seed=seed)
+    """``transform`` drawn from ``seed`` on ``image`` (C, H, W, D), where it lies (CPU or GPU).
+
+    Every transform draws from one ``RandomState`` of ``seed``: ``Compose.set_random_state`` would
+    build one per transform (and per inner transform), measured at a quarter of the loader's time
+    per subject at 32³."""
+    state = np.random.RandomState(seed)
+    for member in transform.transforms:
+        if isinstance(member, Randomizable):
+            member.set_random_state(state=state)
     image = torch.as_tensor(transform({"image": image})["image"]).float()
     # Noise and bias must not make a missing sequence's channel look present.
     return image * modality_mask.to(image.device)[:, None, None, None]
