@@ -125,21 +125,22 @@ def make_cohort(work: Path, subjects: int, grid: int) -> Path:
 
 
 def real_loop_figures(step_module, loader, dataset, optimizer, settings, device: torch.device) -> dict:
-    """Two epochs of ``train_one_epoch`` over ``loader``, the second timed (workers started, cache warm)."""
+    """Three epochs of ``train_one_epoch`` over ``loader``, the last two timed (workers started, cache warm)."""
     scheduler = build_scheduler(optimizer, settings, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    figures = {}
-    for epoch in range(2):
+    seconds, waits = 0.0, []
+    for epoch in range(3):
         loader.sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         start = time.perf_counter()
         _, metrics = train_one_epoch(step_module, step_module, loader, optimizer, scheduler, scaler,
                                      contextlib.nullcontext, settings, epoch, 0, None, device)
-        seconds = time.perf_counter() - start
-        # an earlier strokessl (--before) returned neither figure: the epoch's wall-clock then
-        figures = {"seconds": seconds, "subjects_per_s": len(loader) * settings.batch_size / seconds,
-                   "data_wait_share": float("nan"), **metrics}
-    return figures
+        if epoch:
+            seconds += time.perf_counter() - start
+            # an earlier strokessl (--before) returned no loader wait
+            waits.append(metrics.get("data_wait_share", float("nan")))
+    return {"seconds": seconds, "subjects_per_s": 2 * len(loader) * settings.batch_size / seconds,
+            "data_wait_share": sum(waits) / len(waits)}
 
 
 def strokessl_figures(config, plain_config, device: torch.device, calls: int, run_dir: Path) -> dict:
@@ -173,14 +174,20 @@ def strokessl_figures(config, plain_config, device: torch.device, calls: int, ru
     peak = matmul_flops_per_s(device)
     formats = (time_memory_formats(model.image_encoder, batch["image"], contextlib.nullcontext, calls)
                if time_memory_formats is not None else None)
+    # Each loop's figure is set against the fixed-batch step timed right before and right after it
+    # (their mean): this machine's speed drifts by tens of percent within minutes.
+    before_loop = seconds_per_call(train_step, calls)
     epoch_figures = real_loop_figures(step_module, loader, data.train, optimizer, settings, device)
+    between = seconds_per_call(train_step, calls)
     end_to_end = epoch_figures["subjects_per_s"]
     # the same loop with the loader's augmentation off: what the loop itself costs beyond the step,
     # apart from the CPU time the workers' augmentation takes from the compute threads
     plain = build_pretrain_data(plain_config, load_cohort_config(plain_config.cohort), settings, run_dir)
     plain_loader = make_loader(plain.train, size, config.data.workers, config.seed, train=True)
     plain_figures = real_loop_figures(step_module, plain_loader, plain.train, optimizer, settings, device)
+    after = seconds_per_call(train_step, calls)
     del plain_loader
+    loop_step_s, plain_step_s = (before_loop + between) / 2, (between + after) / 2
     loaders = {}
     for workers in (0, 1, 2):
         warm = make_loader(data.train, size, workers, config.seed, train=True)
@@ -192,9 +199,10 @@ def strokessl_figures(config, plain_config, device: torch.device, calls: int, ru
         "train_flops_per_step": flops, "train_flops_per_s": flops / step_s, "dense_matmul_flops_per_s": peak,
         "flop_utilisation": flops / step_s / peak,
         "end_to_end_subjects_per_s": end_to_end, "data_wait_share": epoch_figures["data_wait_share"],
-        "end_to_end_over_fixed_batch": end_to_end * step_s / size,
+        "fixed_batch_step_seconds_around_the_loops": [before_loop, between, after],
+        "end_to_end_over_fixed_batch": end_to_end * loop_step_s / size,
         "end_to_end_no_augmentation_subjects_per_s": plain_figures["subjects_per_s"],
-        "end_to_end_no_augmentation_over_fixed_batch": plain_figures["subjects_per_s"] * step_s / size,
+        "end_to_end_no_augmentation_over_fixed_batch": plain_figures["subjects_per_s"] * plain_step_s / size,
         "loader_subjects_per_s": {str(w): v for w, v in loaders.items()},
         "loader_over_step": {str(w): v * step_s / size for w, v in loaders.items()},
         "profile_top_ops_fixed_batch_step": profile,
