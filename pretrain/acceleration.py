@@ -1,7 +1,7 @@
 """How the model runs on its device: the image encoder's memory format and optional ``torch.compile``.
 
 ``channels_last_3d`` speeds plain 3D convolution stacks on GPUs with tensor cores but made a
-GroupNorm / InstanceNorm network slower in a published case (pytorch issue 59168), so ``auto``
+GroupNorm / InstanceNorm network slower in a case reported to PyTorch, so ``auto``
 times the image encoder's forward and backward on a real batch in both formats at start-up and keeps
 the faster one (CUDA only: on CPU the default contiguous format is kept, unmeasured there at run
 time; ``benchmarks/speed.py`` measures it).

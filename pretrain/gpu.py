@@ -1,6 +1,6 @@
 """GPU start-up checks for mixed-precision 3D convolutions.
 
-Known hazards (PyTorch issues 166122, 166643, 163539): PyTorch 2.9.x made bf16/AMP ``conv3d`` up to
+Known hazards, reported to PyTorch: PyTorch 2.9.x made bf16/AMP ``conv3d`` up to
 4x slower and ~3x more memory-hungry, and cuDNN 9.8-9.10 gave silently wrong bf16 ``conv3d`` results.
 A bf16 run on such a stack is refused at start with the fix; on any other stack a tiny bf16 and
 fp32 ``conv3d`` must agree on the device before training starts (a wrong kernel is refused, not
@@ -29,11 +29,10 @@ def known_conv3d_problem(torch_version: str, cudnn_version: int | None) -> str |
     """Why bf16 ``conv3d`` is unsafe on this stack, or None. ``cudnn_version`` as
     ``torch.backends.cudnn.version()`` gives it (e.g. 90800 for 9.8.0)."""
     if _version(torch_version)[:2] == (2, 9):
-        return (f"PyTorch {torch_version} makes bf16 conv3d up to 4x slower and ~3x more memory-hungry "
-                "(pytorch issue 166122)")
+        return f"PyTorch {torch_version} makes bf16 conv3d up to 4x slower and ~3x more memory-hungry"
     if cudnn_version is not None and 90800 <= cudnn_version < 91100:
         major, minor = cudnn_version // 10000, cudnn_version // 100 % 100
-        return f"cuDNN {major}.{minor} gives wrong bf16 conv3d results (pytorch issues 166643, 163539)"
+        return f"cuDNN {major}.{minor} gives wrong bf16 conv3d results"
     return None
 
 
