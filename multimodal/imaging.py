@@ -340,7 +340,9 @@ class ImageDataset(Dataset):
             channels = len(self.cache.sequences)
             cached = torch.zeros(channels, *self.cache.imaging.spatial_size)
             modality_mask = torch.zeros(channels)
-        seeds = [augmentation_seed(self.seed, epoch, index, view) for view in range(self.views)]
+        # the seeds only when augmenting: evaluation items draw nothing
+        seeds = [augmentation_seed(self.seed, epoch, index, view) for view in range(self.views)
+                 ] if self.transform is not None else [0] * self.views
         label = record.get("label")
         item = {
             "subject_id": str(record["subject_id"]),

@@ -13,12 +13,13 @@ from multimodal.config import RunConfig
 from multimodal.config_checks import check_choice, check_range
 from multimodal.config_mapping import from_dict
 from multimodal.errors import ConfigError
+from pretrain.acceleration import FORMATS
 from pretrain.objectives import OBJECTIVES
 from pretrain.views import SIMCLR_VIEWS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_ON = ("loader", "device")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+MEMORY_FORMATS = ("auto", *FORMATS)  # auto: timed at start-up on CUDA (pretrain.acceleration)
 ROWS = ("unlabeled", "all")
 
 
