@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,44 @@ def test_text_methods_are_compared_with_baselines_that_read_the_text():
     assert rows["logistic_regression"]["auroc"]["mean"] == pytest.approx(0.70)
     assert rows["logistic_regression+text"]["auroc"]["mean"] == pytest.approx(0.76)
     assert rows["gradient_boosting+text"]["auroc_fraction"]["bayes"] == pytest.approx(0.76 / 0.9)
+
+
+def _report(methods: dict, rows: dict, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    return {"info": {"methods": methods, "settings": {"seeds": list(seeds)}, "profile": "full", "cohort_seed": 2},
+            "by_budget": {"100%": rows}}
+
+
+def _row(auroc: float, n: int = 3) -> dict:
+    return {"auroc": {"mean": auroc, "sd": 0.0, "n": n}, "auprc": {"mean": 0.3, "sd": 0.0, "n": n}}
+
+
+def test_tables_name_rows_by_todays_recipe_and_list_what_never_ran(tmp_path):
+    from quality import METHODS
+    from quality_tables import gather, markdown
+
+    old = _report({"default": ["clip", {"mode": "frozen", "head": "probe"}]},  # the default of an older version
+                  {"default": _row(0.70), "logistic_regression": _row(0.67)})
+    new = _report({"default": list(METHODS["default"])}, {"default": _row(0.72), "logistic_regression": _row(0.67)})
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    table = gather([tmp_path / "a.json", tmp_path / "b.json"])
+    methods = table["by_budget"]["100%"]["methods"]
+    assert METHODS["clip_avg"] == ("clip", {"mode": "frozen", "head": "probe"})  # the premise of the rename
+    assert [r["file"] for r in methods["clip_avg"]] == ["a.json"]
+    assert [r["file"] for r in methods["default"]] == ["b.json"]
+    assert "clip_avg" not in table["not_run"] and "scratch" in table["not_run"]
+    assert "| 100% | default | b.json | 3 | 0.720 ± 0.000 |" in markdown(table, "image")
+
+
+def test_tables_refuse_baselines_that_differ_on_the_same_seeds(tmp_path):
+    from quality_tables import gather
+
+    a = _report({}, {"logistic_regression": _row(0.67)})
+    b = _report({}, {"logistic_regression": _row(0.70)})
+    fewer = _report({}, {"logistic_regression": _row(0.70, n=1)}, seeds=(1,))  # other seeds: may differ
+    for name, report in (("a", a), ("b", b), ("fewer", fewer)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    assert gather([tmp_path / "a.json", tmp_path / "fewer.json"])["by_budget"]["100%"]["reference"][
+        "logistic_regression"]["file"] == "a.json"  # the file with the most seeds
+    with pytest.raises(ValueError, match="not the same cohort and split"):
+        gather([tmp_path / "a.json", tmp_path / "b.json"])
