@@ -41,7 +41,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import MissingIndicator, SimpleImputer
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
@@ -145,7 +145,7 @@ def _logistic_regression(seed: int, params: dict[str, Any]) -> Pipeline:
     # tie goes to the smallest, whose near-constant probabilities then pool badly across folds.
     classifier = LogisticRegressionCV(
         Cs=list(np.logspace(-4, 2, 13)), cv=StratifiedKFold(5, shuffle=True, random_state=seed),
-        scoring="neg_log_loss", class_weight="balanced", max_iter=5000, random_state=seed)
+        scoring=neg_log_loss, class_weight="balanced", max_iter=5000, random_state=seed)
     pure_l2(classifier)
     classifier.set_params(**params)
     return Pipeline([("features", linear_design()), ("classifier", classifier)])
@@ -187,6 +187,20 @@ def _gradient_boosting(seed: int, params: dict[str, Any]) -> Pipeline:
         ("as_category", FunctionTransformer(_encoded_as_category)),
         ("classifier", classifier),
     ])
+
+
+def neg_log_loss(estimator: LogisticRegression | LogisticRegressionCV, x: np.ndarray, y: np.ndarray) -> float:
+    """scikit-learn's ``neg_log_loss`` scorer for a binary logistic regression, computed directly.
+
+    The string scorer validates its inputs on each of the 13 Cs x 5 inner folds it scores per fit (x 16
+    block weightings in a probe): 40 % of a probe's time (cProfile). Same clipping of p to [eps, 1 - eps] as ``log_loss``.
+    """
+    # (F,) and () while LogisticRegressionCV scores its path, (1, F) and (1,) on a fitted estimator
+    logit = x @ np.ravel(estimator.coef_) + np.ravel(estimator.intercept_)[0]
+    eps = np.finfo(np.float64).eps
+    p = np.clip(1.0 / (1.0 + np.exp(-logit)), eps, 1.0 - eps)
+    positive = np.asarray(y) == estimator.classes_[-1]
+    return float(np.mean(np.where(positive, np.log(p), np.log1p(-p))))
 
 
 def pure_l2(classifier: LogisticRegressionCV) -> None:

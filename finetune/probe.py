@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch import nn
 
-from finetune.baselines import pure_l2
+from finetune.baselines import neg_log_loss, pure_l2
 from multimodal.encoders.tabular import Piece, along_path, presence
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int, groups
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
 
     def fit(weight: np.ndarray) -> tuple[float, LogisticRegressionCV]:
-        search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring="neg_log_loss", class_weight="balanced",
+        search = LogisticRegressionCV(Cs=list(_CS), cv=cv, scoring=neg_log_loss, class_weight="balanced",
                                       max_iter=5000, random_state=seed)
         pure_l2(search)
         search.fit(z * weight, y)

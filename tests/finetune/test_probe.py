@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import get_scorer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from finetune.baselines import neg_log_loss
 from finetune.model import build_classifier
 from finetune.probe import ProbeTable, TableDesign, fit_linear_probe, load_probe
 
@@ -173,3 +175,16 @@ def test_more_than_two_blocks_use_a_coordinate_search_that_keeps_the_signal_bloc
     fit = fit_linear_probe(x, y, seed=0, groups=groups, components=4)
     assert set(fit["group_weights"]) == {1, 2, 3}
     assert fit["group_weights"][2] > 0 and fit["group_weights"][2] >= max(fit["group_weights"][1], fit["group_weights"][3])
+
+
+def test_probe_scorer_equals_scikit_learns_neg_log_loss():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 4))
+    y = (x[:, 0] + rng.normal(size=60) > 0).astype(int)
+    reference = get_scorer("neg_log_loss")
+    for c in (1e-3, 1.0, 1e6):  # from near-constant to near-separating (probabilities clipped at eps)
+        model = LogisticRegression(C=c, max_iter=5000).fit(x * (1.0 if c < 1e6 else 50.0), y)
+        assert neg_log_loss(model, x, y) == pytest.approx(reference(model, x, y), rel=1e-10, abs=1e-12)
+    labels = np.where(y == 1, "stroke", "none")  # labels that are not 0/1: the positive class is classes_[-1]
+    model = LogisticRegression().fit(x, labels)
+    assert neg_log_loss(model, x, labels) == pytest.approx(reference(model, x, labels), rel=1e-10)
