@@ -2,7 +2,7 @@
 
 Each test starts the CLI as a subprocess, waits until it has written a new epoch (pretraining) or
 a new fold (fine-tuning), sleeps a random fraction of a second (seeded) and kills it with SIGKILL,
-five times, then lets a last ``--resume`` finish and compares with a run that was never killed.
+three times, then lets a last ``--resume`` finish and compares with a run that was never killed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from multimodal.synthetic import write_synthetic_cohort
 
-KILLS = 5
+KILLS = 3
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
 
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs PO
 def config(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("kill")
     cohort = write_synthetic_cohort(folder / "cohort", n=40, grid=16, labeled_fraction=1.0, seed=6, prevalence=0.3)
-    path = write_tiny_config(folder / "run.yaml", cohort, pretrain={"epochs": 60},
-                               finetune={"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 5,
+    path = write_tiny_config(folder / "run.yaml", cohort, pretrain={"epochs": 40},
+                               finetune={"mode": "scratch", "epochs": 3, "batch_size": 8, "folds": 3, "repeats": 3,
                                          "bootstrap": 100, "hidden": 16, "baselines": ["logistic_regression"]})
     return path
 
@@ -66,7 +66,7 @@ def _kill_repeatedly(args: list[str], progress, rng: random.Random) -> int:
     return kills
 
 
-def test_pretraining_killed_five_times_resumes_bit_identical(config, tmp_path):
+def test_pretraining_killed_three_times_resumes_bit_identical(config, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _finish(["pretrain", str(config), "--set", f"run.dir={reference}"])
     pointer = killed / "checkpoints" / "latest.json"
@@ -88,7 +88,7 @@ def test_pretraining_killed_five_times_resumes_bit_identical(config, tmp_path):
     assert history[0] == history[1]
 
 
-def test_finetuning_killed_five_times_resumes_bit_identical(config, tmp_path):
+def test_finetuning_killed_three_times_resumes_bit_identical(config, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _finish(["finetune", str(config), "--set", f"run.dir={reference}"])
 
