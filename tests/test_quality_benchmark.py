@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,15 @@ def test_tables_refuse_baselines_that_differ_on_the_same_seeds(tmp_path):
         "logistic_regression"]["file"] == "a.json"  # the file with the most seeds
     with pytest.raises(ValueError, match="not the same cohort and split"):
         gather([tmp_path / "a.json", tmp_path / "b.json"])
+
+
+def test_oracle_decomposition_splits_as_the_benchmark_and_adds_each_quantity(tmp_path):
+    from oracle_decomposition import decompose
+    from quality import PROFILES, prepare_cohort
+
+    profile = replace(PROFILES["quick"], n=120, grid=16)
+    data = prepare_cohort(tmp_path, profile, seed=5, risk_profile="image")
+    result = decompose(data["cohort"], split_seed=5)
+    assert result["test_ids"] == sorted(data["test_ids"])  # the same fixed test cohort as quality.py
+    names = result["quantities"]
+    assert len(result["auroc"]) == 2 ** len(names) and "table only" in result["auroc"]
