@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer, make_column_selector
 from sklearn.decomposition import TruncatedSVD
@@ -198,7 +199,7 @@ def neg_log_loss(estimator: LogisticRegression | LogisticRegressionCV, x: np.nda
     # (F,) and () while LogisticRegressionCV scores its path, (1, F) and (1,) on a fitted estimator
     logit = x @ np.ravel(estimator.coef_) + np.ravel(estimator.intercept_)[0]
     eps = np.finfo(np.float64).eps
-    p = np.clip(1.0 / (1.0 + np.exp(-logit)), eps, 1.0 - eps)
+    p = np.clip(expit(logit), eps, 1.0 - eps)
     positive = np.asarray(y) == estimator.classes_[-1]
     return float(np.mean(np.where(positive, np.log(p), np.log1p(-p))))
 
