@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from quality import budget_rows, split_pool_test  # noqa: E402  (benchmarks/ is on sys.path)
 
 from finetune.baselines import baseline_frame, fit_predict_baseline  # noqa: E402
 from finetune.oracle import with_truth  # noqa: E402
@@ -38,20 +38,17 @@ logger = logging.getLogger("oracle_decomposition")
 
 def decompose(cohort_yaml: Path, split_seed: int, test_share: float = 0.5, budget: float = 1.0,
               seed: int = 0) -> dict[str, Any]:
-    """Test AUROC of LR on the table plus every subset of the true image quantities. The labeled subjects
-    are split into pool and test as ``quality.prepare_cohort`` does (``split_seed`` = its cohort seed);
-    ``budget`` < 1 takes that stratified share of the pool with ``seed``, as ``quality.budget_cohort``."""
+    """Test AUROC of LR on the table plus every subset of the true image quantities, on the split of
+    ``quality.prepare_cohort`` (``split_seed`` = its cohort seed); ``budget`` < 1 takes that stratified
+    share of the pool with ``seed``, as ``quality.budget_cohort`` does."""
     config = load_cohort_config(cohort_yaml)
     cohort = load_cohort(config)
     folder = Path(config.csv).parent
     names = json.loads((folder / "truth.json").read_text())["image_quantities"]
     risk = pd.read_csv(folder / "risk.csv", dtype={"subject_id": str}).set_index("subject_id")
-    labeled = [s for s, y in zip(cohort.ids, cohort.labels, strict=True) if y is not None and not np.isnan(y)]
-    y_all = pd.Series(dict(zip(cohort.ids, cohort.labels, strict=True))).loc[labeled].astype(int)
-    pool, test = train_test_split(np.array(labeled), test_size=test_share, stratify=y_all.to_numpy(),
-                                  random_state=split_seed)
-    if budget < 1.0:
-        pool, _ = train_test_split(pool, train_size=budget, stratify=y_all.loc[pool].to_numpy(), random_state=seed)
+    pool_rows, test_rows = split_pool_test(Path(config.csv), test_share, split_seed)
+    pool, test = list(budget_rows(pool_rows, budget, seed)["subject_id"]), list(test_rows["subject_id"])
+    y_all = pd.Series(dict(zip(cohort.ids, cohort.labels, strict=True))).loc[pool + test].astype(int)
     frame = baseline_frame(cohort.features, cohort.continuous, cohort.categorical)
     rows = {}
     for size in range(len(names) + 1):

@@ -54,6 +54,7 @@ from pretrain.run import run_pretrain
 
 logger = logging.getLogger("quality")
 CONFIG = HERE / "quality.yaml"
+LABEL = "recurrence_12m"  # the synthetic cohorts' label column (empty = unlabeled)
 
 # Pretraining objectives the methods draw on (name -> pretrain.objectives).
 PRETRAININGS = {
@@ -158,13 +159,26 @@ def prepare_cohort(root: Path, profile: Profile, seed: int, risk_profile: str = 
     else:
         write_synthetic_cohort(root / "cohort", n=profile.n, grid=profile.grid,
                                labeled_fraction=profile.labeled_fraction, seed=seed, profile=risk_profile)
-    table = pd.read_csv(root / "cohort" / "cohort.csv", dtype=str, keep_default_na=False)
-    labeled = table[table["recurrence_12m"] != ""]
-    pool, test = train_test_split(labeled, test_size=profile.test_share, stratify=labeled["recurrence_12m"],
-                                  random_state=seed)
+    pool, test = split_pool_test(root / "cohort" / "cohort.csv", profile.test_share, seed)
     _write_subset(cohort_yaml, test, "test")
     return {"cohort": cohort_yaml, "pool": pool, "test": root / "cohort" / "test.yaml",
             "test_ids": list(test["subject_id"])}
+
+
+def split_pool_test(csv: Path, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The labeled rows of the cohort table, split (stratified) into the training pool and the test cohort."""
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    labeled = table[table[LABEL] != ""]
+    pool, test = train_test_split(labeled, test_size=test_share, stratify=labeled[LABEL], random_state=seed)
+    return pool, test
+
+
+def budget_rows(pool: pd.DataFrame, budget: float, seed: int) -> pd.DataFrame:
+    """The stratified ``budget`` share of the training pool's rows (all of them at 1)."""
+    if budget >= 1.0:
+        return pool
+    chosen, _ = train_test_split(pool, train_size=budget, stratify=pool[LABEL], random_state=seed)
+    return chosen
 
 
 def _write_subset(cohort_yaml: Path, rows: pd.DataFrame, name: str) -> Path:
@@ -180,11 +194,7 @@ def _write_subset(cohort_yaml: Path, rows: pd.DataFrame, name: str) -> Path:
 
 def budget_cohort(cohort_yaml: Path, pool: pd.DataFrame, budget: float, seed: int) -> Path:
     """The stratified ``budget`` share of the training pool, as its own cohort.yaml."""
-    if budget >= 1.0:
-        chosen = pool
-    else:
-        chosen, _ = train_test_split(pool, train_size=budget, stratify=pool["recurrence_12m"], random_state=seed)
-    return _write_subset(cohort_yaml, chosen, f"budget{round(budget * 100)}_seed{seed}")
+    return _write_subset(cohort_yaml, budget_rows(pool, budget, seed), f"budget{round(budget * 100)}_seed{seed}")
 
 
 # --------------------------------------------------------------------------- runs
