@@ -420,6 +420,15 @@ def test_build_augmentation_preserves_shape_and_seeds():
     assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
 
 
+def warm_cache(cohort_yaml: str, folder: str) -> None:
+    """What each process of the race below runs (and this process, for the reference)."""
+    from multimodal.cohort import load_cohort
+    from multimodal.config import load_cohort_config
+
+    records = load_cohort(load_cohort_config(cohort_yaml)).records()
+    VolumeCache(folder, ImagingConfig(spacing=(14.0, 14.0, 14.0), spatial_size=(16, 16, 16)), ["flair", "dwi"]).warm(records)
+
+
 def test_two_processes_warming_one_cache_folder_corrupt_nothing(tmp_path):
     """Two runs sharing a cache folder build the same entries at once: every entry ends readable and
     equal to what one process alone builds (entries are written to a temp file and renamed)."""
@@ -429,23 +438,12 @@ def test_two_processes_warming_one_cache_folder_corrupt_nothing(tmp_path):
     from multimodal.synthetic import write_synthetic_cohort
 
     cohort = write_synthetic_cohort(tmp_path / "c", n=12, grid=16, labeled_fraction=0.5, seed=2)
-    script = (
-        "import sys; from multimodal.cohort import load_cohort; from multimodal.config import ImagingConfig, "
-        "load_cohort_config; from multimodal.volume_cache import VolumeCache; "
-        "c = load_cohort(load_cohort_config(sys.argv[1])); "
-        "VolumeCache(sys.argv[2], ImagingConfig(spacing=(14.0, 14.0, 14.0), spatial_size=(16, 16, 16)), "
-        "['flair', 'dwi']).warm(c.records())"
-    )
+    script = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_imaging import warm_cache; " \
+             "warm_cache(sys.argv[1], sys.argv[2])"
     shared, alone = tmp_path / "shared", tmp_path / "alone"
     procs = [subprocess.Popen([sys.executable, "-c", script, str(cohort), str(shared)]) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    # the reference in this process (a third interpreter start costs more than the warm itself)
-    from multimodal.cohort import load_cohort
-    from multimodal.config import ImagingConfig, load_cohort_config
-    from multimodal.volume_cache import VolumeCache
-
-    records = load_cohort(load_cohort_config(cohort)).records()
-    VolumeCache(alone, ImagingConfig(spacing=(14.0, 14.0, 14.0), spatial_size=(16, 16, 16)), ["flair", "dwi"]).warm(records)
+    warm_cache(str(cohort), str(alone))  # the reference in this process (a third interpreter costs more)
     entries = sorted(p.name for p in shared.glob("*.safetensors"))
     assert entries == sorted(p.name for p in alone.glob("*.safetensors")) and len(entries) == 12
     assert not list(shared.glob(".*.tmp"))  # no temp file left behind
