@@ -144,3 +144,17 @@ def test_oracle_decomposition_splits_as_the_benchmark_and_adds_each_quantity(tmp
     assert result["test_ids"] == sorted(data["test_ids"])  # the same fixed test cohort as quality.py
     names = result["quantities"]
     assert len(result["auroc"]) == 2 ** len(names) and "table only" in result["auroc"]
+
+
+def test_tables_compare_a_stopped_benchmark_on_the_seeds_it_finished(tmp_path):
+    from quality_tables import gather
+
+    full = _report({}, {"logistic_regression": _row(0.6717)})
+    stopped = _report({}, {"logistic_regression": _row(0.6716, n=2)})  # seeds 0 and 1 of (0, 1, 2) done
+    stopped_wrong = _report({}, {"logistic_regression": _row(0.6716, n=3)})  # all three: must agree, does not
+    for name, report in (("full", full), ("stopped", stopped), ("wrong", stopped_wrong)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    assert gather([tmp_path / "full.json", tmp_path / "stopped.json"])["by_budget"]["100%"]["reference"][
+        "logistic_regression"]["file"] == "full.json"
+    with pytest.raises(ValueError, match="not the same cohort and split"):
+        gather([tmp_path / "full.json", tmp_path / "wrong.json"])
