@@ -16,7 +16,9 @@ from scipy.stats import spearmanr
 
 # benchmarks/ is a folder of scripts, not a package: import the module by its file name.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import independent_anatomy as head
 import independent_generator as gen
+import independent_record as record
 
 from multimodal.errors import CohortError
 
@@ -35,7 +37,7 @@ def test_files_and_columns(cohort: Path) -> None:
     assert config["images"] == {"flair": "flair_file", "dwi": "dwi_file"}
     table = pd.read_csv(cohort / "cohort.csv", dtype=str, keep_default_na=False)
     assert list(table.columns[:3]) == ["subject_id", "flair_file", "dwi_file"]
-    assert set(gen.CLINICAL) <= set(table.columns) and gen.LABEL in table.columns
+    assert set(record.CLINICAL) <= set(table.columns) and record.LABEL in table.columns
     assert set(config["types"]) <= set(table.columns)
     for column in ("flair_file", "dwi_file"):
         assert all((cohort / path).is_file() for path in table[column])
@@ -49,8 +51,8 @@ def test_files_and_columns(cohort: Path) -> None:
     # Labeled subjects carry their drawn label; the others an empty cell.
     labeled = risk["labeled"].to_numpy() == 1
     assert labeled.sum() == 2
-    assert (table[gen.LABEL].to_numpy()[~labeled] == "").all()
-    assert (table[gen.LABEL].to_numpy()[labeled].astype(int) == risk["drawn_label"].to_numpy()[labeled]).all()
+    assert (table[record.LABEL].to_numpy()[~labeled] == "").all()
+    assert (table[record.LABEL].to_numpy()[labeled].astype(int) == risk["drawn_label"].to_numpy()[labeled]).all()
     truth = json.loads((cohort / "truth.json").read_text())
     assert truth["generator"] == "independent" and truth["n"] == 4 and truth["seed"] == 3
     assert set(truth["auroc"]) == {"bayes_labeled", "image_only_labeled", "tabular_only_labeled"}
@@ -96,7 +98,7 @@ def test_sequences_share_world_space(cohort: Path) -> None:
 
 def test_bigger_infarct_renders_bigger_dwi_lesion() -> None:
     """Eight MCA infarcts from 1 to 150 ml: the DWI volume above a bright threshold follows them."""
-    _, truth = gen.draw_independent_table(8, seed=5)
+    _, truth = record.draw_independent_table(8, seed=5)
     volumes = np.geomspace(1.0, 150.0, 8)
     protocol = gen.scaled(gen.PROTOCOLS["dwi"][1], 64)
     measured = []
@@ -105,7 +107,7 @@ def test_bigger_infarct_renders_bigger_dwi_lesion() -> None:
         subject["territory"], subject["main_infarct_ml"], subject["infarct_ml"] = "mca", ml, ml
         subject["n_territories"] = 1
         rng = np.random.default_rng([11, i])
-        anatomy = gen.make_anatomy(subject, rng)
+        anatomy = head.make_anatomy(subject, rng)
         affine = gen.affine_for(protocol, np.zeros(3))
         image = gen.render(anatomy, subject, "dwi", protocol, affine, np.zeros(3), np.eye(3), rng)
         tissue = np.median(image[image > image.mean()])
