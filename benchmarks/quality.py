@@ -55,6 +55,7 @@ from pretrain.run import run_pretrain
 logger = logging.getLogger("quality")
 CONFIG = HERE / "quality.yaml"
 LABEL = "recurrence_12m"  # the synthetic cohorts' label column (empty = unlabeled)
+FIELD_OF_VIEW_MM = 224.0  # quality.yaml's 32 voxels of 7 mm; --grid G keeps it with G voxels of 224/G mm
 
 # Pretraining objectives the methods draw on (name -> pretrain.objectives).
 PRETRAININGS = {
@@ -125,8 +126,9 @@ class Profile:
     seeds: tuple[int, ...]
     pretrain: dict[str, Any] = field(default_factory=dict)  # --set overrides of pretrain.*
     finetune: dict[str, Any] = field(default_factory=dict)  # --set overrides of finetune.*
-    grid: int = 32
+    grid: int = 32  # synth grid (voxels along the longest axis)
     test_share: float = 0.5
+    imaging: dict[str, Any] = field(default_factory=dict)  # --set overrides of imaging.* (--grid)
 
 
 PROFILES = {
@@ -151,7 +153,10 @@ def prepare_cohort(root: Path, profile: Profile, seed: int, risk_profile: str = 
     """Synthesise once; split the labeled subjects into a training pool and a fixed test cohort."""
     cohort_yaml = root / "cohort" / "cohort.yaml"
     if (root / "cohort" / "cohort.csv").is_file():
-        pass
+        truth = json.loads((root / "cohort" / "truth.json").read_text())
+        if risk_profile != "independent" and truth.get("grid") != profile.grid:
+            raise SystemExit(f"{root / 'cohort'} was synthesised at grid {truth.get('grid')}, not {profile.grid}: "
+                             "give another --runs folder for this grid")
     elif risk_profile == "independent":  # the second generator, written apart from ours (native grids)
         from independent_generator import write_independent_cohort  # benchmarks/ is on sys.path
 
@@ -202,7 +207,8 @@ def pretrain(root: Path, name: str, cohort: Path, profile: Profile) -> Path:
     run = root / f"pretrain-{name}"
     if not (run / "metrics.json").is_file():
         overrides = [f"cohort={cohort}", f"run.dir={run}", f"pretrain.objectives={json.dumps(PRETRAININGS[name])}",
-                     *PRETRAIN_SETS.get(name, []), *_sets("pretrain", profile.pretrain)]
+                     *PRETRAIN_SETS.get(name, []), *_sets("pretrain", profile.pretrain),
+                     *_sets("imaging", profile.imaging)]
         run_pretrain(CONFIG, overrides, resume=True)
     return run
 
@@ -216,7 +222,8 @@ def finetune(root: Path, method: str, budget: float, seed: int, cohort: Path, te
         return None
     if not (run / "metrics.json").is_file():
         overrides = [f"cohort={cohort}", f"run.dir={run}", f"seed={seed}", f"finetune.test_cohort={test}",
-                     *_sets("finetune", {**profile.finetune, **METHODS[method][1]})]
+                     *_sets("finetune", {**profile.finetune, **METHODS[method][1]}),
+                     *_sets("imaging", profile.imaging)]
         run_finetune(CONFIG, overrides, init=init, resume=(run / "folds.json").is_file())
     metrics = json.loads((run / "metrics.json").read_text())
     scores = pd.read_csv(run / "test_predictions.csv").set_index("subject_id")
@@ -360,7 +367,7 @@ def markdown(summary: dict[str, Any], probes: dict[str, Any], info: dict[str, An
     return "\n".join(lines) + "\n"
 
 
-def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[str, Any]:
+def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path], imaging: dict[str, Any]) -> dict[str, Any]:
     import factor_probe  # benchmarks/factor_probe.py
 
     probes = {}
@@ -368,7 +375,8 @@ def factor_probes(root: Path, cohort_dir: Path, runs: dict[str, Path]) -> dict[s
         out = root / f"factor_probe-{name}.json"
         if not out.is_file():
             factor_probe.main([str(CONFIG), str(cohort_dir), "--out", str(out), "--label", name,
-                               *(["--init", str(run)] if run is not None else [])])
+                               *(["--init", str(run)] if run is not None else []),
+                               *(arg for item in _sets("imaging", imaging) for arg in ("--set", item))])
         probes[name] = json.loads(out.read_text())
     return probes
 
@@ -394,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick][_image].json)")
     parser.add_argument("--budgets", help="comma-separated subset of the profile's budgets, e.g. 0.1,1.0")
     parser.add_argument("--seeds", help="comma-separated subset of the profile's seeds, e.g. 0")
+    parser.add_argument("--grid", type=int, help="synthesise and preprocess at G³ voxels over the same "
+                        f"{FIELD_OF_VIEW_MM:.0f} mm field of view (default 32, the quick profile's synth 24)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: tabulate the finished runs in --runs (e.g. after a stopped benchmark)")
@@ -423,7 +433,11 @@ def run_benchmark(args: argparse.Namespace, risk_profile: str, methods: list[str
         profile = replace(profile, budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets
                           else profile.budgets,
                           seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else profile.seeds)
-    suffix = ("" if size == "full" else f"_{size}") + ("" if risk_profile == "standard" else f"_{risk_profile}")
+    if args.grid:  # the cohort is written at this grid and every run preprocesses to it
+        profile = replace(profile, grid=args.grid, imaging={"spatial_size": [args.grid] * 3,
+                                                            "spacing": [round(FIELD_OF_VIEW_MM / args.grid, 4)] * 3})
+    suffix = (("" if size == "full" else f"_{size}") + ("" if risk_profile == "standard" else f"_{risk_profile}")
+              + (f"_grid{args.grid}" if args.grid else ""))
     root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
     out = args.out or HERE / "results" / f"quality{suffix}.json"
     start = time.time()
@@ -435,7 +449,7 @@ def run_benchmark(args: argparse.Namespace, risk_profile: str, methods: list[str
     if args.pretrain_only:
         return {"pretrained": {k: str(v) for k, v in pretrained.items()}}
     images = {k: v for k, v in pretrained.items() if k != "scarf"}
-    probes = factor_probes(root, data["cohort"].parent, images)
+    probes = factor_probes(root, data["cohort"].parent, images, profile.imaging)
     oracle = oracles(data["cohort"].parent, data["test_ids"])
     results: dict[tuple[str, float, int], dict[str, Any]] = {}
     report: dict[str, Any] = {}

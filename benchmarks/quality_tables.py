@@ -69,6 +69,8 @@ def gather(files: list[Path], tolerance: float = 1e-6) -> dict[str, Any]:
                         slot["reference"][method] = {"row": row, "file": path.name, "seeds": seeds}
                 elif method in recipes:
                     name = recipe_name(method, recipes[method])
+                    if grid := report["info"]["settings"].get("imaging", {}).get("spatial_size"):  # --grid
+                        name += f" at {grid[0]}³"
                     slot["methods"].setdefault(name, []).append({"row": row, "file": path.name})
     order = sorted(budgets, key=lambda b: BUDGET_ORDER.index(b) if b in BUDGET_ORDER else len(BUDGET_ORDER))
     seen = {m for b in budgets.values() for m in b["methods"]}

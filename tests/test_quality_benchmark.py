@@ -93,8 +93,9 @@ def test_text_methods_are_compared_with_baselines_that_read_the_text():
     assert rows["gradient_boosting+text"]["auroc_fraction"]["bayes"] == pytest.approx(0.76 / 0.9)
 
 
-def _report(methods: dict, rows: dict, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
-    return {"info": {"methods": methods, "settings": {"seeds": list(seeds)}, "profile": "full", "cohort_seed": 2},
+def _report(methods: dict, rows: dict, seeds: tuple[int, ...] = (0, 1, 2), imaging: dict | None = None) -> dict:
+    return {"info": {"methods": methods, "settings": {"seeds": list(seeds), "imaging": imaging or {}},
+                     "profile": "full", "cohort_seed": 2},
             "by_budget": {"100%": rows}}
 
 
@@ -118,6 +119,19 @@ def test_tables_name_rows_by_todays_recipe_and_list_what_never_ran(tmp_path):
     assert [r["file"] for r in methods["default"]] == ["b.json"]
     assert "clip_avg" not in table["not_run"] and "scratch" in table["not_run"]
     assert "| 100% | default | b.json | 3 | 0.720 ± 0.000 |" in markdown(table, "image")
+
+
+def test_tables_name_a_finer_grid_run_apart(tmp_path):
+    from quality import METHODS
+    from quality_tables import gather
+
+    recipe = {"default": list(METHODS["default"])}
+    (tmp_path / "a.json").write_text(json.dumps(_report(recipe, {"default": _row(0.72)})))
+    (tmp_path / "b.json").write_text(json.dumps(_report(recipe, {"default": _row(0.75)},
+                                                        imaging={"spatial_size": [48] * 3, "spacing": [4.6667] * 3})))
+    methods = gather([tmp_path / "a.json", tmp_path / "b.json"])["by_budget"]["100%"]["methods"]
+    assert [r["file"] for r in methods["default"]] == ["a.json"]
+    assert [r["file"] for r in methods["default at 48³"]] == ["b.json"]
 
 
 def test_tables_refuse_baselines_that_differ_on_the_same_seeds(tmp_path):
@@ -144,6 +158,8 @@ def test_oracle_decomposition_splits_as_the_benchmark_and_adds_each_quantity(tmp
     assert result["test_ids"] == sorted(data["test_ids"])  # the same fixed test cohort as quality.py
     names = result["quantities"]
     assert len(result["auroc"]) == 2 ** len(names) and "table only" in result["auroc"]
+    with pytest.raises(SystemExit, match="synthesised at grid 16, not 24"):  # --grid never reuses another grid's cohort
+        prepare_cohort(tmp_path, replace(profile, grid=24), seed=5, risk_profile="image")
 
 
 def test_tables_compare_a_stopped_benchmark_on_the_seeds_it_finished(tmp_path):
