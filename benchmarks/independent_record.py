@@ -40,6 +40,7 @@ IMG_SCALE = 1.2
 _REFERENCE_N = 20_000
 _REFERENCE_SEED = 987_654
 
+
 # =========================================================================== record + latents
 def _bernoulli(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
     """0/1 draws with probabilities ``p``."""

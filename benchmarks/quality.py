@@ -55,7 +55,6 @@ from pretrain.run import run_pretrain
 logger = logging.getLogger("quality")
 CONFIG = HERE / "quality.yaml"
 LABEL = "recurrence_12m"  # the synthetic cohorts' label column (empty = unlabeled)
-FIELD_OF_VIEW_MM = 224.0  # quality.yaml's 32 voxels of 7 mm; --grid G keeps it with G voxels of 224/G mm
 
 # Pretraining objectives the methods draw on (name -> pretrain.objectives).
 PRETRAININGS = {
@@ -402,8 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality[_quick][_image].json)")
     parser.add_argument("--budgets", help="comma-separated subset of the profile's budgets, e.g. 0.1,1.0")
     parser.add_argument("--seeds", help="comma-separated subset of the profile's seeds, e.g. 0")
-    parser.add_argument("--grid", type=int, help="synthesise and preprocess at G³ voxels over the same "
-                        f"{FIELD_OF_VIEW_MM:.0f} mm field of view (default 32, the quick profile's synth 24)")
+    parser.add_argument("--grid", type=int, help="synthesise and preprocess at G³ voxels over quality.yaml's "
+                        "field of view (G voxels of its spacing x spatial_size / G mm; default 32, quick synth 24)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining runs")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: tabulate the finished runs in --runs (e.g. after a stopped benchmark)")
@@ -433,9 +432,11 @@ def run_benchmark(args: argparse.Namespace, risk_profile: str, methods: list[str
         profile = replace(profile, budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets
                           else profile.budgets,
                           seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else profile.seeds)
-    if args.grid:  # the cohort is written at this grid and every run preprocesses to it
+    if args.grid:  # the cohort is written at this grid and every run preprocesses to it, same field of view
+        imaging = yaml.safe_load(CONFIG.read_text())["imaging"]
+        fov = [spacing * size for spacing, size in zip(imaging["spacing"], imaging["spatial_size"], strict=True)]
         profile = replace(profile, grid=args.grid, imaging={"spatial_size": [args.grid] * 3,
-                                                            "spacing": [round(FIELD_OF_VIEW_MM / args.grid, 4)] * 3})
+                                                            "spacing": [round(mm / args.grid, 4) for mm in fov]})
     suffix = (("" if size == "full" else f"_{size}") + ("" if risk_profile == "standard" else f"_{risk_profile}")
               + (f"_grid{args.grid}" if args.grid else ""))
     root = (args.runs or Path("runs") / f"quality{suffix.replace('_', '-')}").resolve()
